@@ -1,0 +1,28 @@
+"""tftransfer: transfer learning with pretrained models in TensorFlow and Keras 3."""
+
+from tftransfer.errors import (
+    ConfigError,
+    DataError,
+    ExportError,
+    HandleError,
+    HandleNotFoundError,
+    InputSpecError,
+    TFTransferError,
+    TrainingError,
+)
+from tftransfer.hub import HubLayer, resolve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "ExportError",
+    "HandleError",
+    "HandleNotFoundError",
+    "HubLayer",
+    "InputSpecError",
+    "TFTransferError",
+    "TrainingError",
+    "resolve",
+]
