@@ -1,0 +1,355 @@
+"""`Backbone`: one description of a pretrained model, whatever its source."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from tftransfer.errors import ConfigError, InputSpecError
+
+SOURCES = ("hub", "hub_text", "keras_hub", "keras_application")
+MODALITIES = ("image", "text")
+
+
+class Backbone:
+    """A pretrained model described the same way whatever its source.
+
+    A `Backbone` says what a pretrained model takes (image size and value
+    range, or raw strings and the preprocessor that turns them into token
+    tensors), what it gives (the size of its feature vector) and how to
+    build it as a Keras layer. Data loaders read `image_size`,
+    `value_range` and `text_preprocessor()`; recipes call `build()`.
+
+    Create one with a constructor that matches the source, or with
+    `tftransfer.backbone()`, which picks the constructor from a handle or a
+    catalogue name:
+
+    - `Backbone.from_hub(handle)`: a TF Hub image feature vector model.
+    - `Backbone.from_hub_text(preprocessor, encoder)`: a TF Hub text
+      preprocessor + encoder pair (BERT family).
+    - `Backbone.from_keras_hub(preset)`: a KerasHub preset (image or BERT).
+    - `Backbone.from_keras_application(name, weights=...)`: a
+      `keras.applications` model.
+
+    Args:
+        name: Short name, used in logs, model names and model cards.
+        handle: Where the weights come from (URL, path or preset name).
+        source: One of `"hub"`, `"hub_text"`, `"keras_hub"`,
+            `"keras_application"`.
+        modality: `"image"` or `"text"`.
+        feature_dim: Size of the feature vector that `build()` returns.
+        builder: Callable `builder(trainable: bool) -> keras.Layer`.
+        image_size: `(height, width)` the model takes (images only).
+        value_range: `(low, high)` of the pixel values the model takes
+            (images only; TF Hub's convention `(0.0, 1.0)` by default).
+        seq_length: Number of tokens per example (text only).
+        output_key: Which output of the underlying model is the feature
+            vector, where it has several (for example `"pooled_output"`).
+        preprocessor_factory: Callable returning the text preprocessor
+            (text only).
+        config: The constructor and its arguments, so that
+            `Backbone.from_config(backbone.get_config())` rebuilds it.
+
+    Example:
+
+    >>> backbone = tftransfer.backbone("mobilenet_v2_100_224")
+    >>> backbone.image_size, backbone.value_range, backbone.feature_dim
+    ((224, 224), (0.0, 1.0), 1280)
+    >>> features = backbone.build(trainable=False)(images)  # [batch, 1280]
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        handle: str,
+        source: str,
+        modality: str,
+        feature_dim: int,
+        builder: Callable[[bool], keras.Layer],
+        image_size: tuple[int, int] | None = None,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        seq_length: int | None = None,
+        output_key: str | None = None,
+        preprocessor_factory: Callable[[], Callable] | None = None,
+        config: dict[str, Any] | None = None,
+    ):
+        if source not in SOURCES:
+            raise ConfigError(
+                f"Expected `source` to be one of {SOURCES}. "
+                f"Received: source={source!r} for backbone {handle!r}."
+            )
+        if modality not in MODALITIES:
+            raise ConfigError(
+                f"Expected `modality` to be one of {MODALITIES}. "
+                f"Received: modality={modality!r} for backbone {handle!r}."
+            )
+        if modality == "image" and image_size is None:
+            raise ConfigError(
+                f"Image backbone {handle!r} needs `image_size=(height, width)`; "
+                "pass it to the constructor."
+            )
+        if modality == "text" and preprocessor_factory is None:
+            raise ConfigError(
+                f"Text backbone {handle!r} needs a text preprocessor; "
+                "pass `preprocessor_factory`."
+            )
+        self.name = name
+        self.handle = handle
+        self.source = source
+        self.modality = modality
+        self.feature_dim = int(feature_dim)
+        self.image_size = (
+            (int(image_size[0]), int(image_size[1])) if image_size else None
+        )
+        self.value_range = (float(value_range[0]), float(value_range[1]))
+        self.seq_length = int(seq_length) if seq_length is not None else None
+        self.output_key = output_key
+        self._builder = builder
+        self._preprocessor_factory = preprocessor_factory
+        self._preprocessor = None
+        self._config = copy.deepcopy(config) if config else None
+
+    def build(self, trainable: bool = False) -> keras.Layer:
+        """Builds a new Keras layer that maps prepared inputs to features.
+
+        Args:
+            trainable: Whether the pretrained weights are trained
+                (fine-tuning) or frozen (feature extraction).
+
+        Returns:
+            A `keras.Layer` mapping prepared inputs to float32
+            `[batch, feature_dim]`. Images: float32 `[batch, height, width,
+            3]` in `value_range`. Text: the dict of int32 tensors that
+            `text_preprocessor()` returns.
+        """
+        layer = self._builder(bool(trainable))
+        layer.trainable = bool(trainable)
+        return layer
+
+    def text_preprocessor(self) -> Callable:
+        """Returns the function mapping raw strings to encoder inputs.
+
+        The function maps a `tf.string` tensor `[batch]` to the dict of
+        int32 `[batch, seq_length]` tensors (`input_word_ids`, `input_mask`,
+        `input_type_ids`) that `build()` takes. It uses only TF Text ops
+        that TF Serving ships, so it runs in `tf.data` pipelines and in
+        exported serving graphs. It is created once and reused.
+
+        Raises:
+            InputSpecError: if the backbone is not a text backbone.
+        """
+        if self.modality != "text":
+            raise InputSpecError(
+                f"Backbone {self.name!r} ({self.handle}) takes images, not "
+                "text: it has no text preprocessor. Resize images to "
+                f"{self.image_size} with values in {self.value_range} instead."
+            )
+        if self._preprocessor is None:
+            self._preprocessor = self._preprocessor_factory()
+        return self._preprocessor
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor and arguments that recreate this backbone.
+
+        The result is JSON-serialisable; `Backbone.from_config()` reverses it.
+
+        Raises:
+            ConfigError: if the backbone was created directly from a
+                `builder` callable, which cannot be serialised.
+        """
+        if self._config is None:
+            raise ConfigError(
+                f"Backbone {self.name!r} was built from a `builder` callable "
+                "and cannot be serialised; create it with a `Backbone.from_*` "
+                "constructor or `tftransfer.backbone()` instead."
+            )
+        return copy.deepcopy(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Backbone:
+        """Recreates a backbone from the output of `get_config()`."""
+        constructors = {
+            "from_hub": cls.from_hub,
+            "from_hub_text": cls.from_hub_text,
+            "from_keras_hub": cls.from_keras_hub,
+            "from_keras_application": cls.from_keras_application,
+        }
+        constructor = config.get("constructor")
+        if constructor not in constructors:
+            raise ConfigError(
+                f"Expected `constructor` in {sorted(constructors)}. "
+                f"Received: config={config!r}."
+            )
+        return constructors[constructor](**config.get("arguments", {}))
+
+    @classmethod
+    def from_hub(
+        cls,
+        handle: str,
+        *,
+        image_size: tuple[int, int] | None = None,
+        value_range: tuple[float, float] | None = None,
+        output_key: str | None = None,
+        name: str | None = None,
+    ) -> Backbone:
+        """Describes a TF Hub image model (a TF2 reusable SavedModel).
+
+        The image size, value range and feature size are read from the
+        SavedModel's `__call__` signature where it says them (a fixed input
+        shape; uint8 inputs mean `(0, 255)`); otherwise they are taken from
+        the arguments, with TF Hub's convention of float32 in `(0.0, 1.0)`
+        as the default value range.
+
+        Args:
+            handle: A TF Hub / Kaggle URL, `gs://` path, local directory or
+                anything `tftransfer.hub.resolve()` accepts.
+            image_size: `(height, width)`; required where the signature
+                leaves it open.
+            value_range: Pixel range the model takes. Defaults to the
+                signature's (uint8: `(0, 255)`), else `(0.0, 1.0)`.
+            output_key: Output to use where the model returns a dict.
+            name: Short name; defaults to one derived from the handle.
+
+        Example:
+
+        >>> backbone = Backbone.from_hub(
+        ...     "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/"
+        ...     "feature_vector/5"
+        ... )
+        """
+        from tftransfer.backbones import hub_source
+
+        return hub_source.image_backbone(
+            cls,
+            handle,
+            image_size=image_size,
+            value_range=value_range,
+            output_key=output_key,
+            name=name,
+        )
+
+    @classmethod
+    def from_hub_text(
+        cls,
+        preprocessor: str | None,
+        encoder: str,
+        *,
+        seq_length: int = 128,
+        output_key: str = "pooled_output",
+        name: str | None = None,
+    ) -> Backbone:
+        """Describes a TF Hub text encoder and its preprocessor.
+
+        Args:
+            preprocessor: Handle of the TF Hub preprocessor SavedModel
+                (with `tokenize` and `bert_pack_inputs`), or `None` for an
+                encoder that takes raw strings (Universal Sentence Encoder);
+                then `text_preprocessor()` passes strings through.
+            encoder: Handle of the TF Hub encoder SavedModel.
+            seq_length: Tokens per example given to the encoder.
+            output_key: The encoder output used as the feature vector.
+            name: Short name; defaults to one derived from the encoder handle.
+
+        Example:
+
+        >>> backbone = Backbone.from_hub_text(
+        ...     "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3",
+        ...     "https://tfhub.dev/tensorflow/small_bert/"
+        ...     "bert_en_uncased_L-4_H-256_A-4/2",
+        ...     seq_length=64,
+        ... )
+        """
+        from tftransfer.backbones import hub_source
+
+        return hub_source.text_backbone(
+            cls,
+            preprocessor,
+            encoder,
+            seq_length=seq_length,
+            output_key=output_key,
+            name=name,
+        )
+
+    @classmethod
+    def from_keras_hub(
+        cls,
+        preset: str,
+        *,
+        seq_length: int = 128,
+        pooling: str | None = None,
+        name: str | None = None,
+    ) -> Backbone:
+        """Describes a KerasHub preset: an image backbone or a BERT encoder.
+
+        `preset` is a KerasHub preset name, a `kaggle://` or `hf://` handle
+        (where a network exists) or a local folder, including Hugging Face
+        or timm checkpoints that KerasHub converts on load.
+
+        Args:
+            preset: The preset name, handle or folder.
+            seq_length: Tokens per example (text presets).
+            pooling: How features are pooled. Images: `"avg"` (default) or
+                `"max"`. Text: `"pooled"` (the `[CLS]` pooler, default),
+                `"cls"` (the raw `[CLS]` token) or `"mean"` (masked mean over
+                tokens, sentence-transformers style).
+            name: Short name; defaults to one derived from the preset.
+
+        Example:
+
+        >>> backbone = Backbone.from_keras_hub("efficientnet_lite0_ra_imagenet")
+        """
+        from tftransfer.backbones import keras_hub_source
+
+        return keras_hub_source.keras_hub_backbone(
+            cls, preset, seq_length=seq_length, pooling=pooling, name=name
+        )
+
+    @classmethod
+    def from_keras_application(
+        cls,
+        name: str,
+        *,
+        weights: str | None = None,
+        image_size: tuple[int, int] | None = None,
+        pooling: str = "avg",
+    ) -> Backbone:
+        """Describes a `keras.applications` model without its top.
+
+        The built layer includes the application's own input preprocessing,
+        so it takes float32 images with values in `(0.0, 255.0)`.
+
+        Args:
+            name: The application's name, as in `keras.applications`
+                (`"MobileNetV2"`, `"EfficientNetV2B0"`, `"ResNet50"`, ...).
+            weights: `"imagenet"` (downloads; needs a network), a path to a
+                `.weights.h5` file, or `None` for random initialisation.
+            image_size: `(height, width)`; defaults to the application's
+                default size.
+            pooling: `"avg"` or `"max"`.
+
+        Example:
+
+        >>> backbone = Backbone.from_keras_application(
+        ...     "MobileNetV2", weights=None, image_size=(96, 96)
+        ... )
+        """
+        from tftransfer.backbones import keras_application_source
+
+        return keras_application_source.application_backbone(
+            cls, name, weights=weights, image_size=image_size, pooling=pooling
+        )
+
+    def __repr__(self) -> str:
+        shape = (
+            f"image_size={self.image_size}, value_range={self.value_range}"
+            if self.modality == "image"
+            else f"seq_length={self.seq_length}"
+        )
+        return (
+            f"Backbone(name={self.name!r}, source={self.source!r}, "
+            f"handle={self.handle!r}, {shape}, feature_dim={self.feature_dim})"
+        )

@@ -1,0 +1,238 @@
+"""`Backbone`s over TF Hub SavedModels: image feature vectors and text encoders."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tftransfer.errors import HandleError, InputSpecError
+
+_FEATURE_KEYS = ("default", "feature_vector", "pooled_output", "outputs")
+
+
+def image_backbone(
+    cls,
+    handle: str,
+    *,
+    image_size: tuple[int, int] | None,
+    value_range: tuple[float, float] | None,
+    output_key: str | None,
+    name: str | None,
+):
+    """Implements `Backbone.from_hub`; see there."""
+    from tftransfer.hub import resolve
+
+    path = resolve(handle)
+    loaded = tf.saved_model.load(path)
+    spec = _call_input_spec(loaded, handle)
+    if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
+        raise HandleError(
+            f"Expected the TF Hub model {handle!r} to take images "
+            f"[batch, height, width, 3]. Received a signature taking {spec}. "
+            "For text models use `Backbone.from_hub_text(preprocessor, encoder)`."
+        )
+    signature_size = tuple(spec.shape[1:3])
+    if None not in signature_size:
+        if image_size is not None and tuple(image_size) != signature_size:
+            raise InputSpecError(
+                f"The TF Hub model {handle!r} takes images of size "
+                f"{signature_size}. Received: image_size={tuple(image_size)}. "
+                "Omit `image_size` to use the model's own."
+            )
+        image_size = signature_size
+    if image_size is None:
+        raise InputSpecError(
+            f"The TF Hub model {handle!r} accepts any image size; pass "
+            "`image_size=(height, width)` (for example the size it was trained at)."
+        )
+    if value_range is None:
+        value_range = (0.0, 255.0) if spec.dtype == tf.uint8 else (0.0, 1.0)
+    zeros = tf.zeros((1, *image_size, 3), spec.dtype)
+    outputs = loaded(zeros)
+    output_key = _pick_output_key(outputs, output_key, handle)
+    features = outputs[output_key] if output_key else outputs
+    if features.shape.rank != 2:
+        raise HandleError(
+            f"Expected the TF Hub model {handle!r} to return a feature vector "
+            f"[batch, dim]. Received shape {features.shape}. Use a "
+            "`feature_vector` model, not a `classification` or feature-map one."
+        )
+    input_dtype = spec.dtype
+
+    def builder(trainable: bool) -> keras.Layer:
+        return _image_hub_layer(path, trainable, output_key, image_size, input_dtype)
+
+    return cls(
+        name=name or name_from_handle(handle),
+        handle=handle,
+        source="hub",
+        modality="image",
+        feature_dim=int(features.shape[-1]),
+        builder=builder,
+        image_size=image_size,
+        value_range=value_range,
+        output_key=output_key,
+        config=_config(
+            "from_hub",
+            handle=handle,
+            image_size=list(image_size),
+            value_range=list(value_range),
+            output_key=output_key,
+            name=name,
+        ),
+    )
+
+
+def text_backbone(
+    cls,
+    preprocessor: str | None,
+    encoder: str,
+    *,
+    seq_length: int,
+    output_key: str,
+    name: str | None,
+):
+    """Implements `Backbone.from_hub_text`; see there."""
+    from tftransfer.hub import resolve
+
+    encoder_path = resolve(encoder)
+    preprocessor_path = resolve(preprocessor) if preprocessor else None
+    text_preprocessor = HubTextPreprocessor(preprocessor_path, seq_length)
+    loaded = tf.saved_model.load(encoder_path)
+    outputs = loaded(text_preprocessor(tf.constant(["a"])))
+    key = _pick_output_key(outputs, output_key, encoder)
+    features = outputs[key] if key else outputs
+
+    def builder(trainable: bool) -> keras.Layer:
+        from tftransfer.hub import HubLayer
+
+        return HubLayer(encoder_path, trainable=trainable, output_key=key)
+
+    def preprocessor_factory() -> HubTextPreprocessor:
+        return HubTextPreprocessor(preprocessor_path, seq_length)
+
+    return cls(
+        name=name or name_from_handle(encoder),
+        handle=encoder,
+        source="hub_text",
+        modality="text",
+        feature_dim=int(features.shape[-1]),
+        builder=builder,
+        seq_length=seq_length if preprocessor else None,
+        output_key=key,
+        preprocessor_factory=preprocessor_factory,
+        config=_config(
+            "from_hub_text",
+            preprocessor=preprocessor,
+            encoder=encoder,
+            seq_length=seq_length,
+            output_key=output_key,
+            name=name,
+        ),
+    )
+
+
+class HubTextPreprocessor(tf.Module):
+    """Raw strings to encoder inputs with a TF Hub BERT preprocessor.
+
+    Calls the preprocessor's `tokenize` and then `bert_pack_inputs` with
+    `seq_length`, so any length works (the preprocessor's default call is
+    fixed at the length it was exported with). With `path=None` strings pass
+    through unchanged, for encoders that take raw text.
+
+    Args:
+        path: Local directory of the preprocessor SavedModel, or `None`.
+        seq_length: Tokens per example.
+
+    Example:
+
+    >>> preprocess = HubTextPreprocessor(path, seq_length=64)
+    >>> preprocess(tf.constant(["hello world"]))["input_word_ids"].shape
+    TensorShape([1, 64])
+    """
+
+    def __init__(self, path: str | None, seq_length: int):
+        super().__init__()
+        self.seq_length = int(seq_length)
+        self._model = tf.saved_model.load(path) if path else None
+
+    def __call__(self, strings: tf.Tensor) -> dict[str, tf.Tensor] | tf.Tensor:
+        strings = tf.convert_to_tensor(strings, tf.string)
+        if self._model is None:
+            return strings
+        tokens = self._model.tokenize(strings)
+        packed = self._model.bert_pack_inputs(
+            [tokens], seq_length=tf.constant(self.seq_length, tf.int32)
+        )
+        return {key: tf.cast(value, tf.int32) for key, value in packed.items()}
+
+
+def name_from_handle(handle: str) -> str:
+    """A short name for a model: its handle's last meaningful path part.
+
+    >>> name_from_handle("https://tfhub.dev/google/imagenet/"
+    ...                  "mobilenet_v2_100_224/feature_vector/5")
+    'mobilenet_v2_100_224'
+    """
+    parts = [p for p in re.split(r"[/\\]+", handle.rstrip("/")) if p]
+    skip = {"feature_vector", "classification", "tensorFlow2", "tensorflow2"}
+    for part in reversed(parts):
+        if not part.isdigit() and part not in skip and ":" not in part:
+            return re.sub(r"[^A-Za-z0-9_.-]+", "_", part)
+    return "backbone"
+
+
+def _call_input_spec(loaded: Any, handle: str) -> Any:
+    functions = getattr(loaded.__call__, "concrete_functions", None)
+    if not functions:
+        raise HandleError(
+            f"The SavedModel {handle!r} has no `__call__` function, so it is not "
+            "a TF2 reusable SavedModel. Export it with `tftransfer.hubify()` or "
+            "pass a TF2 model from TF Hub."
+        )
+    args, _ = functions[0].structured_input_signature
+    return args[0]
+
+
+def _pick_output_key(outputs: Any, output_key: str | None, handle: str) -> str | None:
+    if not isinstance(outputs, dict):
+        if output_key is not None:
+            raise HandleError(
+                f"The model {handle!r} returns a single tensor, so "
+                f"output_key={output_key!r} cannot apply. Omit `output_key`."
+            )
+        return None
+    if output_key is None:
+        output_key = next((k for k in _FEATURE_KEYS if k in outputs), None)
+        if output_key is None and len(outputs) == 1:
+            output_key = next(iter(outputs))
+    if output_key not in outputs:
+        raise HandleError(
+            f"The model {handle!r} returns the outputs {sorted(outputs)}. "
+            f"Received: output_key={output_key!r}. Pass one of those."
+        )
+    return output_key
+
+
+def _image_hub_layer(
+    path: str,
+    trainable: bool,
+    output_key: str | None,
+    image_size: tuple[int, int],
+    input_dtype: tf.DType,
+) -> keras.Layer:
+    from tftransfer.hub import HubLayer
+
+    layer = HubLayer(path, trainable=trainable, output_key=output_key)
+    if input_dtype == tf.float32:
+        return layer
+    images = keras.Input((*image_size, 3), dtype="float32")
+    features = layer(keras.ops.cast(images, input_dtype.name))
+    return keras.Model(images, features, name=f"{layer.name}_float_input")
+
+
+def _config(constructor: str, **arguments: Any) -> dict[str, Any]:
+    return {"constructor": constructor, "arguments": arguments}
