@@ -38,3 +38,7 @@ class TrainingError(TFTransferError, RuntimeError):
 
 class ExportError(TFTransferError, RuntimeError):
     """A model cannot be exported or verified."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A dataset file, folder or prepared TFDS dataset does not exist."""
