@@ -108,7 +108,7 @@ def test_archive_member_outside_the_cache_is_refused(
     root, url = archive_server
     member.size = 1
     _tar_with_member(root / "evil.tar.gz", member)
-    with pytest.raises(tftransfer.HandleError, match="Refused the archive"):
+    with pytest.raises(tftransfer.HandleError, match="Refused the model"):
         tftransfer.hub.resolve(f"{url}/evil.tar.gz")
     assert not list(tmp_path.rglob("escaped.txt"))
     assert not [p for p in hub_cache.iterdir() if not p.name.endswith(".lock")]
@@ -121,7 +121,7 @@ def test_archive_with_links_is_refused(link_type, archive_server, hub_cache):
     member.type = link_type
     member.linkname = "/etc/passwd"
     _tar_with_member(root / "links.tar.gz", member)
-    with pytest.raises(tftransfer.HandleError, match="Refused the archive"):
+    with pytest.raises(tftransfer.HandleError, match="Refused the model"):
         tftransfer.hub.resolve(f"{url}/links.tar.gz")
     assert not list(hub_cache.rglob("saved_model.pb"))
 
@@ -162,9 +162,11 @@ def test_uncompressed_load_format_resolves_to_the_gcs_location(
 
     class Redirect(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            body = b"gs://tfhub-modules/test/model/1/uncompressed"
             self.send_response(303)
-            self.send_header("Location", "gs://tfhub-modules/test/model/1/uncompressed")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass

@@ -94,9 +94,10 @@ def _download(handle: str) -> str:
             f"Could not download the model {handle!r}: {reason}. {_OFFLINE_HINT}"
         ) from error
     except ValueError as error:
-        # tensorflow_hub refuses archive members outside the target folder.
+        # tensorflow_hub refuses archive members outside the target folder
+        # and unexpected server answers with ValueError.
         raise HandleError(
-            f"Refused the archive at {handle!r}: {error}. A model archive may "
+            f"Refused the model at {handle!r}: {error}. A model archive may "
             "only hold regular files and folders below its root; ask the "
             "publisher for a clean archive."
         ) from error
