@@ -1,0 +1,55 @@
+"""Small generated data for the `tftransfer.data` tests: images, text, backbones."""
+
+import io
+import os
+
+import keras
+import numpy as np
+from PIL import Image
+
+from tftransfer.backbones import Backbone
+
+# A distinct colour per class, so tests can tell which image they got.
+COLORS = {"cats": (250, 10, 10), "dogs": (10, 250, 10), "fish": (10, 10, 250)}
+
+
+def image_bytes(fmt: str, size=(24, 32), color=(250, 10, 10), mode="RGB") -> bytes:
+    """Encodes a `size` = (height, width) image of one colour in `fmt`."""
+    height, width = size
+    pixels = np.zeros((height, width, 3), np.uint8) + np.asarray(color, np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write(path, data: bytes) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def image_folder(root, counts=None, fmt="PNG", size=(24, 32)) -> str:
+    """Writes `root/<class>/<i>.<ext>` images; `counts` maps class -> number."""
+    counts = counts or {"cats": 3, "dogs": 3}
+    ext = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "GIF": "gif"}[fmt]
+    for name, count in counts.items():
+        for i in range(count):
+            data = image_bytes(fmt, size, COLORS[name])
+            write(os.path.join(root, name, f"{i}.{ext}"), data)
+    return str(root)
+
+
+def image_backbone(size=(16, 16), value_range=(0.0, 1.0)) -> Backbone:
+    """An image `Backbone` whose model is a global average pool."""
+    return Backbone(
+        name="tiny_image",
+        handle="test://tiny_image",
+        source="hub",
+        modality="image",
+        feature_dim=3,
+        builder=lambda trainable: keras.layers.GlobalAveragePooling2D(),
+        image_size=size,
+        value_range=value_range,
+    )

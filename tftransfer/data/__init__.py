@@ -1,0 +1,36 @@
+"""Reading labelled image and text data, and preparing it for a backbone.
+
+Readers return a `LabeledData`; `split()` divides one; `make_pipeline()`
+turns one into batches prepared for a `tftransfer.Backbone`; `prepare_fn()`
+is the preparation that training and serving share.
+"""
+
+from tftransfer.data.arrays import from_arrays
+from tftransfer.data.augment import AUGMENTATIONS, augmenter
+from tftransfer.data.images import from_image_folder
+from tftransfer.data.labeled_data import LabeledData
+from tftransfer.data.pipeline import make_pipeline
+from tftransfer.data.prepare import RESIZE_MODES, prepare_fn
+from tftransfer.data.skips import SkippedInputWarning
+from tftransfer.data.splits import Splits, split
+from tftransfer.data.text import from_csv, from_jsonl
+from tftransfer.data.tfds import from_tfds
+from tftransfer.data.tfrecord import from_tfrecord
+
+__all__ = [
+    "AUGMENTATIONS",
+    "LabeledData",
+    "RESIZE_MODES",
+    "SkippedInputWarning",
+    "Splits",
+    "augmenter",
+    "from_arrays",
+    "from_csv",
+    "from_image_folder",
+    "from_jsonl",
+    "from_tfds",
+    "from_tfrecord",
+    "make_pipeline",
+    "prepare_fn",
+    "split",
+]

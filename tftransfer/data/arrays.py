@@ -1,0 +1,92 @@
+"""`from_arrays`: images or texts already in memory as NumPy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tftransfer.data.labeled_data import LabeledData
+from tftransfer.data.labels import encode_labels
+from tftransfer.errors import DataError
+
+
+def from_arrays(
+    inputs: np.ndarray | Sequence[str],
+    labels: np.ndarray | Sequence,
+    class_names: Sequence[str] | None = None,
+    *,
+    value_range: tuple[float, float] = (0, 255),
+) -> LabeledData:
+    """Wraps in-memory images or texts and their labels.
+
+    Args:
+        inputs: Images as a numeric array `[n, height, width, channels]`
+            (1, 3 or 4 channels) or `[n, height, width]` (grayscale), or
+            texts as a sequence or array of strings.
+        labels: `n` labels: integer class indices or strings (numbered in
+            sorted order unless `class_names` gives the order).
+        class_names: Optional class names, in label order.
+        value_range: Images only: `(low, high)` of the pixel values, for
+            example `(0, 1)` for floats in `[0, 1]`; they are rescaled to
+            `[0, 255]`, which the preparation step expects.
+
+    Returns:
+        A `LabeledData` of `(pixels or raw string, label)`.
+
+    Raises:
+        DataError: if `inputs` is neither images nor strings, is empty, or
+            its length differs from that of `labels`.
+
+    Example:
+
+    >>> (x, y), _ = keras.datasets.cifar10.load_data()
+    >>> data = tftransfer.data.from_arrays(x, y[:, 0], class_names=CIFAR10)
+    """
+    array = np.asarray(inputs)
+    labels = list(np.asarray(labels).reshape(-1))
+    if len(array) == 0 or len(array) != len(labels):
+        raise DataError(
+            f"Expected as many labels as inputs, and at least one. Received: "
+            f"{len(array)} inputs and {len(labels)} labels."
+        )
+    encoded, names = encode_labels(labels, class_names, "from_arrays()")
+    if array.dtype.kind in "USO":
+        texts = [
+            t.decode("utf-8") if isinstance(t, bytes) else str(t)
+            for t in array.reshape(-1).tolist()
+        ]
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if array.ndim != 1 or empty:
+            raise DataError(
+                "Expected texts as a 1-D sequence of non-empty strings. "
+                f"Received: shape={array.shape}, empty at indices {empty[:10]}."
+            )
+        dataset = tf.data.Dataset.from_tensor_slices((texts, encoded))
+        kind, input_format = "text", "text"
+    else:
+        if array.ndim == 3:
+            array = array[..., np.newaxis]
+        if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
+            raise DataError(
+                "Expected images shaped [n, height, width, channels] with 1, 3 "
+                f"or 4 channels, or [n, height, width]. Received: "
+                f"shape={np.asarray(inputs).shape}."
+            )
+        dataset = tf.data.Dataset.from_tensor_slices((array, encoded))
+        low, high = value_range
+        if (low, high) != (0, 255):
+            scale = 255.0 / (high - low)
+            dataset = dataset.map(
+                lambda x, y: ((tf.cast(x, tf.float32) - low) * scale, y)
+            )
+        kind, input_format = "image", "pixels"
+    return LabeledData(
+        dataset=dataset,
+        class_names=names,
+        num_examples=len(array),
+        kind=kind,
+        source=f"arrays of {len(array)} {kind}s",
+        input_format=input_format,
+    )

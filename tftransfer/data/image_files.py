@@ -1,0 +1,96 @@
+"""Checking that files are images TensorFlow can decode, before training."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import tensorflow as tf
+
+from tftransfer.errors import DataError
+
+VERIFY_MODES = ("header", "decode")
+_SIGNATURES = {
+    b"\xff\xd8\xff": "jpeg",
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+    b"BM": "bmp",
+}
+# Bytes read from the end of a file to find its format's end marker. Cameras
+# and editors sometimes pad files after the marker.
+_TAIL_BYTES = 1024
+
+
+def _header_problem(path: str) -> str | None:
+    """Returns why `path` is not a complete image, judged from its ends."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        size = f.size()
+        if size == 0:
+            return "empty file"
+        head = f.read(32)
+        f.seek(max(0, size - _TAIL_BYTES))
+        tail = f.read()
+    fmt = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
+    if fmt is None:
+        return "not a JPEG, PNG, BMP or GIF image"
+    complete = {
+        "jpeg": lambda: b"\xff\xd9" in tail,
+        "png": lambda: b"IEND" in tail,
+        "gif": lambda: tail.rstrip(b"\x00").endswith(b";"),
+        "bmp": lambda: size >= int.from_bytes(head[2:6], "little"),
+    }[fmt]
+    return None if complete() else f"truncated {fmt.upper()} (its end is missing)"
+
+
+def _decode_problems(paths: list[str]) -> dict[int, str]:
+    """Decodes every file in `paths` with TensorFlow; returns failures by index."""
+    ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
+    ds = ds.map(
+        lambda i, p: (
+            i,
+            tf.shape(
+                tf.io.decode_image(
+                    tf.io.read_file(p), channels=3, expand_animations=False
+                )
+            ),
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).ignore_errors()
+    decoded = {int(i) for i, _ in ds.as_numpy_iterator()}
+    problems = {}
+    for i in sorted(set(range(len(paths))) - decoded):
+        try:
+            tf.io.decode_image(
+                tf.io.read_file(paths[i]), channels=3, expand_animations=False
+            )
+        except tf.errors.OpError as e:
+            problems[i] = f"could not be decoded ({e.message.strip()})"
+    return problems
+
+
+def find_bad_images(paths: list[str], verify: str = "header") -> dict[int, str]:
+    """Finds the files among `paths` that are not usable images.
+
+    Args:
+        paths: Image file paths (local or any `tf.io.gfile` file system).
+        verify: `"header"` reads each file's first bytes and its end: it
+            catches non-images (`.txt`, `.DS_Store`), empty files and
+            truncated files, cheaply. `"decode"` also decodes every image
+            with TensorFlow, which catches damage inside a file too.
+
+    Returns:
+        `{index into paths: reason}` for each bad file.
+    """
+    if verify not in VERIFY_MODES:
+        raise DataError(
+            f"Expected `verify` to be one of {VERIFY_MODES}. Received: "
+            f"verify={verify!r}."
+        )
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        reasons = list(pool.map(_header_problem, paths))
+    problems = {i: r for i, r in enumerate(reasons) if r is not None}
+    if verify == "decode":
+        good = [i for i in range(len(paths)) if i not in problems]
+        found = _decode_problems([paths[i] for i in good])
+        problems.update({good[j]: reason for j, reason in found.items()})
+    return problems

@@ -1,0 +1,79 @@
+"""`LabeledData`: what every reader returns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tftransfer.errors import DataError
+
+KINDS = ("image", "text")
+INPUT_FORMATS = ("file_path", "encoded_image", "pixels", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledData:
+    """A labelled dataset, as read from its source and before preparation.
+
+    Every reader in `tftransfer.data` returns one. `make_pipeline()` turns it
+    into batches prepared for a backbone; `split()` divides it.
+
+    Args:
+        dataset: Unbatched `tf.data.Dataset` of `(input, label)`; `label` is
+            an int64 scalar indexing `class_names`. `input` is described by
+            `input_format`.
+        class_names: Name of each class; label `i` is `class_names[i]`.
+        num_examples: Number of examples, or `None` when the source does not
+            say (for example a TFRecord pattern read lazily).
+        kind: `"image"` or `"text"`.
+        source: Where the data came from, for logs and model cards.
+        input_format: How each input is stored: `"file_path"` (a string path
+            to an encoded image), `"encoded_image"` (JPEG, PNG, BMP or GIF
+            bytes), `"pixels"` (a `[height, width, channels]` tensor with
+            values in `[0, 255]`) or `"text"` (a raw UTF-8 string).
+        skipped: One `"<file or line>: <reason>"` entry per input that the
+            reader left out (corrupt images, empty text, ...).
+
+    Example:
+
+    >>> data = tftransfer.data.from_image_folder("flowers/")
+    >>> data.class_names, data.num_examples, data.kind
+    (['daisy', 'roses', 'tulips'], 300, 'image')
+    """
+
+    dataset: tf.data.Dataset
+    class_names: list[str]
+    num_examples: int | None
+    kind: str
+    source: str
+    input_format: str
+    skipped: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DataError(
+                f"Expected `kind` to be one of {KINDS}. Received: kind={self.kind!r}."
+            )
+        if self.input_format not in INPUT_FORMATS:
+            raise DataError(
+                f"Expected `input_format` to be one of {INPUT_FORMATS}. "
+                f"Received: input_format={self.input_format!r}."
+            )
+        if (self.kind == "text") != (self.input_format == "text"):
+            raise DataError(
+                f"`kind={self.kind!r}` does not match "
+                f"`input_format={self.input_format!r}`: text data has "
+                "`input_format='text'` and image data one of the others."
+            )
+        if len(self.class_names) < 2:
+            raise DataError(
+                f"{self.source} has {len(self.class_names)} class(es) "
+                f"({self.class_names}); a classifier needs at least 2. "
+                "Add examples of at least one more class."
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.class_names)

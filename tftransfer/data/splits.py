@@ -1,0 +1,123 @@
+"""`split`: stratified, seeded train / validation / test splits."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from tftransfer.data.labeled_data import LabeledData
+from tftransfer.errors import DataError
+
+
+class Splits(NamedTuple):
+    """The parts `split()` returns; `test` is `None` when not asked for."""
+
+    train: LabeledData
+    validation: LabeledData
+    test: LabeledData | None
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise DataError(
+            f"Expected `{name}` to be a fraction strictly between 0 and 1. "
+            f"Received: {name}={value!r}."
+        )
+
+
+def _labels(data: LabeledData) -> np.ndarray:
+    batches = data.dataset.map(lambda x, y: y).batch(8192).as_numpy_iterator()
+    return np.concatenate([np.zeros([0], np.int64), *batches])
+
+
+def _subset(data: LabeledData, mask: np.ndarray, name: str, detail: str):
+    keep = tf.constant(mask)
+    dataset = (
+        data.dataset.enumerate()
+        .filter(lambda i, example: tf.gather(keep, i))
+        .map(lambda i, example: example)
+    )
+    return dataclasses.replace(
+        data,
+        dataset=dataset,
+        num_examples=int(mask.sum()),
+        source=f"{data.source}, {name} part of a {detail}",
+    )
+
+
+def split(
+    data: LabeledData,
+    *,
+    validation: float = 0.2,
+    test: float | None = None,
+    seed: int = 0,
+) -> Splits:
+    """Divides one split into train / validation (/ test) parts, by class.
+
+    Each class is divided in the same proportions (stratified), and every
+    class has at least one example in every part. Which examples go where
+    depends only on `seed` and the order of `data`, so the same seed gives
+    the same parts. To use a source's own splits instead, read them
+    separately (`from_tfds(name, split="test")`, `from_image_folder(path,
+    split="validation")`).
+
+    Args:
+        data: What a reader returned.
+        validation: Fraction of each class for validation, in (0, 1).
+        test: Fraction of each class for test, in (0, 1), or `None` for no
+            test part.
+        seed: Seed of the shuffle that picks the examples of each part.
+
+    Returns:
+        `Splits(train, validation, test)`.
+
+    Raises:
+        DataError: if a fraction is outside (0, 1), the fractions add up to
+            1 or more, or a class has too few examples for every part to
+            get one.
+
+    Example:
+
+    >>> data = tftransfer.data.from_image_folder("flowers/")
+    >>> train, validation, _ = tftransfer.data.split(data, validation=0.2)
+    """
+    _check_fraction("validation", validation)
+    fractions = [validation]
+    if test is not None:
+        _check_fraction("test", test)
+        fractions.append(test)
+    if sum(fractions) >= 1.0:
+        raise DataError(
+            f"`validation` + `test` must leave examples for training. "
+            f"Received: validation={validation}, test={test}."
+        )
+    labels = _labels(data)
+    parts = len(fractions) + 1
+    assignment = np.zeros(len(labels), np.int64)
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(data.class_names):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        counts = [max(1, round(len(members) * f)) for f in fractions]
+        if len(members) and len(members) - sum(counts) < 1:
+            raise DataError(
+                f"Class {name!r} of {data.source} has {len(members)} "
+                f"example(s), too few for {parts} stratified parts (train, "
+                f"validation{', test' if test else ''}) to each get at least "
+                f"one. Add examples, lower the fractions, or drop the class."
+            )
+        start = 0
+        for part, count in enumerate(counts, start=1):
+            assignment[members[start : start + count]] = part
+            start += count
+    detail = (
+        f"stratified split (validation={validation}"
+        f"{f', test={test}' if test else ''}, seed={seed})"
+    )
+    return Splits(
+        train=_subset(data, assignment == 0, "train", detail),
+        validation=_subset(data, assignment == 1, "validation", detail),
+        test=_subset(data, assignment == 2, "test", detail) if test else None,
+    )
