@@ -151,34 +151,3 @@ def test_not_an_archive_is_a_clear_error(archive_server, hub_cache):
     (root / "page.tar.gz").write_text("<html>not found</html>")
     with pytest.raises(tftransfer.HandleError, match="page.tar.gz"):
         tftransfer.hub.resolve(f"{url}/page.tar.gz")
-
-
-def test_uncompressed_load_format_resolves_to_the_gcs_location(
-    archive_server, hub_cache, monkeypatch
-):
-    """TPU workers read hub models in place from GCS (no local download)."""
-    root, url = archive_server
-    monkeypatch.setenv("TFHUB_MODEL_LOAD_FORMAT", "UNCOMPRESSED")
-
-    class Redirect(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"gs://tfhub-modules/test/model/1/uncompressed"
-            self.send_response(303)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        handle = f"http://127.0.0.1:{server.server_address[1]}/test/model/1"
-        assert (
-            tftransfer.hub.resolve(handle)
-            == "gs://tfhub-modules/test/model/1/uncompressed"
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
