@@ -1,0 +1,196 @@
+"""Strategy selection (TPU paths with a resolver double) and mirrored training."""
+
+import contextlib
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftransfer import ConfigError, distribute
+from tftransfer.recipes import training_loop
+
+# Two logical CPUs for MirroredStrategy; only possible before TF initialises.
+with contextlib.suppress(RuntimeError):
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+
+
+class FakeResolver:
+    """Stands in for `TPUClusterResolver`: records the TPU it was given."""
+
+    created = []
+
+    def __init__(self, tpu=None):
+        if tpu == "unreachable":
+            raise ValueError("Could not lookup TPU metadata")
+        self.tpu = tpu
+        FakeResolver.created.append(tpu)
+
+
+@pytest.fixture
+def fake_tpu(monkeypatch):
+    FakeResolver.created = []
+    calls = []
+    monkeypatch.setattr(distribute, "TPUClusterResolver", FakeResolver)
+    monkeypatch.setattr(
+        tf.config,
+        "experimental_connect_to_cluster",
+        lambda r: calls.append(("connect", r.tpu)),
+    )
+    monkeypatch.setattr(
+        tf.tpu.experimental,
+        "initialize_tpu_system",
+        lambda r: calls.append(("init", r.tpu)),
+    )
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", lambda r: ("TPUStrategy", r.tpu))
+    for name in ("TPU_NAME", "COLAB_TPU_ADDR", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    return calls
+
+
+def _no_tpu_vm(monkeypatch):
+    monkeypatch.setattr(distribute.glob, "glob", lambda pattern: [])
+
+
+def test_default_kind_returns_the_default_strategy():
+    strategy = distribute.resolve_strategy("default")
+    assert strategy is tf.distribute.get_strategy()
+    assert strategy.num_replicas_in_sync == 1
+    assert distribute.fit_supported(strategy)
+    assert distribute.is_chief(strategy)
+    assert distribute.load_options(strategy) is None
+    assert distribute.steps_per_execution(strategy) == 1
+    assert distribute.mixed_precision_policy(strategy) == "float32"
+
+
+def test_unknown_kind_raises_config_error_naming_it():
+    with pytest.raises(ConfigError, match="kind='gpu'"):
+        distribute.resolve_strategy("gpu")
+
+
+def test_auto_without_accelerators_or_cluster_gives_default(fake_tpu, monkeypatch):
+    _no_tpu_vm(monkeypatch)
+    assert distribute.resolve_strategy("auto") is tf.distribute.get_strategy()
+    assert FakeResolver.created == []
+
+
+def test_auto_connects_to_local_tpu_on_a_tpu_vm(fake_tpu, monkeypatch):
+    monkeypatch.setattr(
+        distribute.glob, "glob", lambda p: ["/dev/accel0"] if "accel" in p else []
+    )
+    monkeypatch.setattr(distribute.importlib.util, "find_spec", lambda name: object())
+    assert distribute.resolve_strategy("auto") == ("TPUStrategy", "local")
+    assert fake_tpu == [("connect", "local"), ("init", "local")]
+
+
+def test_auto_uses_tpu_name_from_environment(fake_tpu, monkeypatch):
+    _no_tpu_vm(monkeypatch)
+    monkeypatch.setenv("TPU_NAME", "node-1")
+    assert distribute.resolve_strategy("auto") == ("TPUStrategy", "node-1")
+
+
+def test_explicit_tpu_address_is_passed_to_the_resolver(fake_tpu):
+    strategy = distribute.resolve_strategy("tpu", tpu="grpc://10.0.0.2:8470")
+    assert strategy == ("TPUStrategy", "grpc://10.0.0.2:8470")
+    assert fake_tpu[0] == ("connect", "grpc://10.0.0.2:8470")
+
+
+def test_unreachable_tpu_raises_config_error_with_fix(fake_tpu):
+    with pytest.raises(ConfigError, match="tpu='local'"):
+        distribute.resolve_strategy("tpu", tpu="unreachable")
+
+
+def test_tpu_strategy_gets_bfloat16_io_device_and_steps_per_execution():
+    strategy = object.__new__(tf.distribute.TPUStrategy)
+    assert distribute.is_tpu(strategy)
+    assert distribute.load_options(strategy).experimental_io_device == "/job:localhost"
+    assert distribute.mixed_precision_policy(strategy) == "mixed_bfloat16"
+    assert distribute.steps_per_execution(strategy) == 32
+    assert distribute.fit_supported(strategy)
+
+
+def test_auto_picks_multi_worker_when_tf_config_names_two_workers(
+    fake_tpu, monkeypatch
+):
+    _no_tpu_vm(monkeypatch)
+    cluster = {
+        "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+        "task": {"type": "worker", "index": 0},
+    }
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    monkeypatch.setattr(
+        tf.distribute, "MultiWorkerMirroredStrategy", lambda: "multi_worker"
+    )
+    assert distribute.resolve_strategy("auto") == "multi_worker"
+
+
+def test_malformed_tf_config_raises_config_error(fake_tpu, monkeypatch):
+    _no_tpu_vm(monkeypatch)
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        distribute.resolve_strategy("auto")
+
+
+def test_auto_picks_mirrored_with_two_gpus(fake_tpu, monkeypatch):
+    _no_tpu_vm(monkeypatch)
+    gpus = [
+        tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(2)
+    ]
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus)
+    monkeypatch.setattr(
+        tf.distribute, "MirroredStrategy", lambda devices=None: "mirrored"
+    )
+    assert distribute.resolve_strategy("auto") == "mirrored"
+
+
+def test_global_batch_is_per_replica_batch_times_replicas():
+    strategy = distribute.resolve_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    assert distribute.global_batch_size(8, strategy) == 16
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        distribute.global_batch_size(0, strategy)
+
+
+def _train_tiny(strategy, owned):
+    keras.utils.set_random_seed(3)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(48, 6)).astype("float32")
+    labels = (features[:, 0] + features[:, 1] > 0).astype("int64")
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(16)
+    with strategy.scope():
+        model = keras.Sequential(
+            [
+                keras.Input((6,)),
+                keras.layers.Dense(5, activation="tanh"),
+                keras.layers.Dense(2, activation="softmax"),
+            ]
+        )
+        model.compile(
+            keras.optimizers.SGD(0.1),
+            keras.losses.SparseCategoricalCrossentropy(),
+            metrics=["accuracy"],
+        )
+    if owned:
+        history = training_loop.OwnedLoop(model, strategy).fit(
+            data, epochs=2, verbose=0
+        )
+    else:
+        history = training_loop.train(
+            model, data, strategy=strategy, epochs=2, verbose=0
+        )
+    return [v.numpy() for v in model.weights], history.history
+
+
+@pytest.mark.parametrize("owned", [False, True], ids=["fit", "owned_step"])
+def test_mirrored_two_cpus_matches_one_device_for_same_global_batch(owned):
+    assert len(tf.config.list_logical_devices("CPU")) >= 2, "needs 2 logical CPUs"
+    one_weights, one_history = _train_tiny(tf.distribute.get_strategy(), owned)
+    mirrored = distribute.resolve_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+    two_weights, two_history = _train_tiny(mirrored, owned)
+    for one, two in zip(one_weights, two_weights, strict=True):
+        np.testing.assert_allclose(one, two, atol=1e-5)
+    np.testing.assert_allclose(one_history["loss"], two_history["loss"], atol=1e-5)
+    assert len(one_history["loss"]) == 2

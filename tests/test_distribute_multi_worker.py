@@ -1,0 +1,115 @@
+"""MultiWorkerMirroredStrategy: 2 worker processes on 127.0.0.1.
+
+Run by pytest, this file starts itself twice as a worker (`python
+tests/test_distribute_multi_worker.py <index> <ports> <out>`).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_training_gives_identical_weights_on_both_workers(tmp_path):
+    ports = _free_ports(2)
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")]),
+    }
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                str(index),
+                ",".join(map(str, ports)),
+                str(tmp_path),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for index in range(2)
+    ]
+    outputs = [worker.communicate(timeout=240)[0].decode() for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+    weights = [np.load(tmp_path / f"worker{index}.npz") for index in range(2)]
+    assert weights[0].files == weights[1].files
+    for key in weights[0].files:
+        np.testing.assert_array_equal(weights[0][key], weights[1][key])
+    history = json.loads((tmp_path / "history0.json").read_text())
+    assert len(history["loss"]) == 3
+    assert history["loss"][-1] < history["loss"][0]
+    initial = np.load(tmp_path / "initial0.npz")
+    assert not np.array_equal(initial["w0"], weights[0]["w0"])
+
+
+def _worker(index, ports, out_dir):
+    os.environ["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports.split(",")]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
+    import keras
+    import tensorflow as tf
+
+    from tftransfer import distribute
+    from tftransfer.recipes import training_loop
+
+    strategy = distribute.resolve_strategy("auto")
+    assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    assert not distribute.fit_supported(strategy)
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(64, 8)).astype("float32")
+    labels = (features[:, 0] > 0).astype("int64")
+    batch = distribute.global_batch_size(8, strategy)
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(batch)
+    with strategy.scope():
+        model = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(4, activation="relu"),
+                keras.layers.Dense(2, activation="softmax"),
+            ]
+        )
+        model.compile(
+            keras.optimizers.Adam(0.05),
+            keras.losses.SparseCategoricalCrossentropy(),
+            metrics=["accuracy"],
+        )
+    np.savez(
+        f"{out_dir}/initial{index}.npz",
+        **{f"w{i}": v.numpy() for i, v in enumerate(model.weights)},
+    )
+    history = training_loop.train(
+        model, data, strategy=strategy, epochs=3, validation_data=data, verbose=2
+    )
+    np.savez(
+        f"{out_dir}/worker{index}.npz",
+        **{f"w{i}": v.numpy() for i, v in enumerate(model.weights)},
+    )
+    with open(f"{out_dir}/history{index}.json", "w") as handle:
+        json.dump(history.history, handle)
+
+
+if __name__ == "__main__":
+    _worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])

@@ -1,0 +1,1 @@
+"""Transfer-learning recipes: feature extraction and fine-tuning."""

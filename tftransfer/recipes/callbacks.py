@@ -1,0 +1,227 @@
+"""Callbacks the recipes train with: NaN guard and resumable training state."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tftransfer.errors import TrainingError
+from tftransfer.recipes import atomic
+
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training with a `TrainingError` as soon as the loss is NaN or inf.
+
+    Unlike `keras.callbacks.TerminateOnNaN`, which ends `fit()` quietly, this
+    raises an error naming the epoch and step and suggesting a fix.
+
+    Example:
+
+    >>> model.fit(data, callbacks=[NaNGuard()])
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or math.isfinite(float(loss)):
+            return
+        learning_rate = _current_learning_rate(self.model)
+        raise TrainingError(
+            f"The training loss became {float(loss)} at epoch {self._epoch + 1}, "
+            f"step {batch + 1}. Lower the learning rate (currently "
+            f"{learning_rate:.3g}; try {learning_rate / 10:.3g}), enable "
+            "gradient clipping, or check the inputs for NaN values."
+        )
+
+
+def _current_learning_rate(model: keras.Model) -> float:
+    optimizer = model.optimizer
+    learning_rate = optimizer.learning_rate
+    return float(np.asarray(learning_rate))
+
+
+class TrainingState(keras.callbacks.Callback):
+    """Checkpoints everything a killed run needs to resume, and stops early.
+
+    At the end of every epoch the model weights, the optimizer state, the
+    epoch number, the history so far and the early-stopping state are
+    written to one file, `<directory>/state.npz`, through a temporary
+    sibling renamed into place: a run killed at any moment (even SIGKILL)
+    leaves the previous complete checkpoint. `restore()` loads it before
+    training resumes, so the run ends after the same number of epochs, none
+    lost or repeated. The best weights seen so far (by `monitor`) are kept
+    in `best-<epoch>.weights.npz` and restored at the end of training.
+
+    Only the chief worker writes (`write=False` on the others).
+
+    Args:
+        directory: where the checkpoint files live.
+        monitor: the logged value that early stopping watches.
+        patience: epochs without improvement before stopping; `None` never
+            stops early.
+        restore_best_weights: whether to end with the best weights.
+        write: whether this process writes the files.
+
+    Example:
+
+    >>> state = TrainingState("runs/1/phase1", patience=3)
+    >>> initial_epoch = state.restore(model)
+    >>> model.fit(data, epochs=10, initial_epoch=initial_epoch,
+    ...           callbacks=[state])
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        monitor: str = "val_loss",
+        patience: int | None = None,
+        restore_best_weights: bool = True,
+        write: bool = True,
+    ):
+        super().__init__()
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self.patience = patience
+        self.restore_best_weights = restore_best_weights
+        self.write = write
+        self.history: dict[str, list[float]] = {}
+        self.finished = False
+        self._best: float | None = None
+        self._best_file: str | None = None
+        self._wait = 0
+        self._epochs_done = 0
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "state.npz"
+
+    def restore(self, model: keras.Model) -> int:
+        """Loads the last checkpoint into `model` and its optimizer.
+
+        Returns:
+            The number of epochs already done (0 without a checkpoint): the
+            `initial_epoch` to pass to `fit()`.
+        """
+        self.set_model(model)
+        if not self.path.exists():
+            return 0
+        with np.load(self.path) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            _assign(model.weights, arrays, "w")
+            _assign(_optimizer_variables(model), arrays, "o")
+        self.history = meta["history"]
+        self.finished = meta["finished"]
+        self._best = meta["best"]
+        self._best_file = meta["best_file"]
+        self._wait = meta["wait"]
+        self._epochs_done = int(meta["epoch"])
+        return self._epochs_done
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        if self.monitor in logs and self._improved(float(logs[self.monitor])):
+            self._best = float(logs[self.monitor])
+            self._wait = 0
+            if self.restore_best_weights:
+                self._save_best(epoch)
+        else:
+            self._wait += 1
+        if self.patience is not None and self._wait >= self.patience:
+            self.finished = True
+            self.model.stop_training = True
+        self._save(epoch + 1)
+
+    def on_train_end(self, logs=None):
+        self.load_best_weights()
+
+    def load_best_weights(self) -> None:
+        """Loads the best weights seen, where `restore_best_weights` is set."""
+        if self.restore_best_weights and self._best_file:
+            with np.load(self.directory / self._best_file) as arrays:
+                _assign(self.model.weights, arrays, "w")
+
+    def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        lower_is_better = "acc" not in self.monitor and "auc" not in self.monitor
+        if self._best is None:
+            return True
+        return value < self._best if lower_is_better else value > self._best
+
+    def _save_best(self, epoch: int) -> None:
+        if not self.write:
+            return
+        name = f"best-{epoch + 1}.weights.npz"
+        atomic.save_npz(self.directory / name, _arrays(self.model.weights, "w"))
+        self._best_file = name
+
+    def _save(self, epochs_done: int) -> None:
+        self._epochs_done = epochs_done
+        if not self.write:
+            return
+        arrays = _arrays(self.model.weights, "w")
+        arrays.update(_arrays(_optimizer_variables(self.model), "o"))
+        arrays["meta"] = np.array(json.dumps(self._meta()))
+        atomic.save_npz(self.path, arrays)
+        for stale in self.directory.glob("best-*.weights.npz"):
+            if stale.name != self._best_file:
+                stale.unlink(missing_ok=True)
+
+    def _meta(self) -> dict:
+        return {
+            "epoch": self._epochs_done,
+            "history": self.history,
+            "finished": self.finished,
+            "best": self._best,
+            "best_file": self._best_file,
+            "wait": self._wait,
+        }
+
+
+def _optimizer_variables(model: keras.Model) -> list:
+    optimizer = model.optimizer
+    if optimizer is None:
+        return []
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    return list(optimizer.variables)
+
+
+def _arrays(variables: list, prefix: str) -> dict[str, np.ndarray]:
+    return {f"{prefix}{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+
+
+def _assign(variables: list, arrays, prefix: str) -> None:
+    stored = sum(
+        1 for key in arrays.files if key.startswith(prefix) and key[1:].isdigit()
+    )
+    if stored != len(variables):
+        raise TrainingError(
+            f"The checkpoint holds {stored} {'weights' if prefix == 'w' else 'optimizer variables'} "
+            f"but the model has {len(variables)}: it was written by a different "
+            "model or recipe settings. Start with a new run directory, or delete "
+            "the old checkpoint."
+        )
+    for i, variable in enumerate(variables):
+        value = arrays[f"{prefix}{i}"]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise TrainingError(
+                f"Checkpoint value {prefix}{i} has shape {value.shape} but variable "
+                f"{getattr(variable, 'path', variable.name)} has shape "
+                f"{tuple(variable.shape)}. Start with a new run directory."
+            )
+        variable.assign(value)

@@ -1,0 +1,218 @@
+"""Training that works under every `tf.distribute` strategy.
+
+`train()` uses Keras' `Model.fit` where it works (default, mirrored and TPU
+strategies) and otherwise (`MultiWorkerMirroredStrategy`, where Keras 3's
+`fit` fails: keras-team/keras#20585) runs a training step of its own:
+`strategy.run` with `tf.GradientTape` and the model's Keras optimizer on a
+distributed dataset. The owned loop keeps what `fit` gives users: the Keras
+progress bar, Keras callbacks (TensorBoard, checkpoints, early stopping) and
+the `History` it returns.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftransfer import distribute
+
+
+def train(
+    model: keras.Model,
+    train_data: tf.data.Dataset,
+    *,
+    strategy: tf.distribute.Strategy,
+    epochs: int,
+    validation_data: tf.data.Dataset | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    initial_epoch: int = 0,
+    verbose: int | str = "auto",
+) -> keras.callbacks.History:
+    """Trains a compiled `model` under `strategy`.
+
+    Args:
+        model: a compiled `keras.Model` (built inside `strategy.scope()`)
+            with a loss such as `SparseCategoricalCrossentropy`; its logged
+            metrics are the loss and accuracy.
+        train_data: batches of `(inputs, labels)` with the global batch size.
+        strategy: the strategy the model was built under.
+        epochs: the epoch to stop after (as in `fit`).
+        validation_data: batches evaluated after each epoch, or `None`.
+        callbacks: Keras callbacks.
+        initial_epoch: the epoch to start from (when resuming).
+        verbose: as in `fit`: 0 silent, 1 progress bar, 2 one line per epoch.
+
+    Returns:
+        The `keras.callbacks.History` of this call.
+
+    Example:
+
+    >>> strategy = tftransfer.distribute.resolve_strategy()
+    >>> with strategy.scope():
+    ...     model = build_model()
+    ...     model.compile("adam", "sparse_categorical_crossentropy",
+    ...                   metrics=["accuracy"])
+    >>> history = train(model, data, strategy=strategy, epochs=3)
+    """
+    if distribute.fit_supported(strategy):
+        return model.fit(
+            train_data,
+            validation_data=validation_data,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    return OwnedLoop(model, strategy).fit(
+        train_data,
+        validation_data=validation_data,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+
+
+class OwnedLoop:
+    """`fit` for strategies where Keras 3's `Model.fit` fails.
+
+    Each step runs `strategy.run` on a per-replica batch: the forward pass
+    under `tf.GradientTape`, the loss summed over the replica's examples and
+    divided by the global number of examples in the step (so the all-reduced
+    gradient equals the single-device gradient), then the model's Keras
+    optimizer, which all-reduces the gradients across replicas and workers.
+
+    Args:
+        model: a compiled `keras.Model` built inside `strategy.scope()`.
+        strategy: the strategy to train under.
+    """
+
+    def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
+        self.model = model
+        self.strategy = strategy
+        if not model.optimizer.built:
+            with strategy.scope():
+                model.optimizer.build(model.trainable_variables)
+        self._train_step = tf.function(self._distributed(self._train_replica_step))
+        self._test_step = tf.function(self._distributed(self._test_replica_step))
+
+    def fit(
+        self,
+        train_data: tf.data.Dataset,
+        *,
+        epochs: int,
+        validation_data: tf.data.Dataset | None = None,
+        callbacks: list[keras.callbacks.Callback] | None = None,
+        initial_epoch: int = 0,
+        verbose: int | str = "auto",
+    ) -> keras.callbacks.History:
+        """Trains like `keras.Model.fit` (same arguments, same `History`)."""
+        steps = _steps(train_data)
+        verbose = 1 if verbose == "auto" else verbose
+        callback_list = keras.callbacks.CallbackList(
+            callbacks,
+            add_history=True,
+            add_progbar=verbose != 0,
+            model=self.model,
+            verbose=verbose,
+            epochs=epochs,
+            steps=steps,
+        )
+        train_batches = self._distribute(train_data)
+        validation_batches = (
+            self._distribute(validation_data) if validation_data is not None else None
+        )
+        self.model.stop_training = False
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            callback_list.on_epoch_begin(epoch)
+            totals = np.zeros(3)
+            iterator = iter(train_batches)
+            for step in range(steps):
+                callback_list.on_train_batch_begin(step)
+                totals += [float(t) for t in self._train_step(iterator)]
+                callback_list.on_train_batch_end(step, _logs(totals))
+            logs = _logs(totals)
+            if validation_batches is not None:
+                validation_logs = self._evaluate(validation_batches, validation_data)
+                logs.update({f"val_{k}": v for k, v in validation_logs.items()})
+            callback_list.on_epoch_end(epoch, logs)
+            if self.model.stop_training:
+                break
+        callback_list.on_train_end()
+        return self.model.history
+
+    def _evaluate(self, batches, dataset: tf.data.Dataset) -> dict[str, float]:
+        totals = np.zeros(3)
+        iterator = iter(batches)
+        for _ in range(_steps(dataset)):
+            totals += [float(t) for t in self._test_step(iterator)]
+        return _logs(totals)
+
+    def _distribute(self, dataset: tf.data.Dataset):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        return self.strategy.experimental_distribute_dataset(
+            dataset.with_options(options)
+        )
+
+    def _distributed(self, replica_step):
+        def step(iterator):
+            inputs, labels = next(iterator)
+            counts = self.strategy.run(_local_count, args=(labels,))
+            count = self.strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None)
+            per_replica = self.strategy.run(replica_step, args=(inputs, labels, count))
+            return [
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for value in per_replica
+            ]
+
+        return step
+
+    def _train_replica_step(self, inputs, labels, count):
+        model = self.model
+        optimizer = model.optimizer
+        with tf.GradientTape() as tape:
+            predictions = model(inputs, training=True)
+            loss_sum = tf.reduce_sum(model.loss.call(labels, predictions))
+            loss = loss_sum / tf.maximum(count, 1.0)
+            if model.losses:
+                replicas = self.strategy.num_replicas_in_sync
+                loss += tf.add_n(model.losses) / replicas
+            scaled_loss = optimizer.scale_loss(loss)
+        variables = model.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        optimizer.apply(gradients, variables)
+        return loss_sum, _correct(labels, predictions), _local_count(labels)
+
+    def _test_replica_step(self, inputs, labels, count):
+        del count  # Test steps sum over examples; only training divides.
+        predictions = self.model(inputs, training=False)
+        loss_sum = tf.reduce_sum(self.model.loss.call(labels, predictions))
+        return loss_sum, _correct(labels, predictions), _local_count(labels)
+
+
+def _steps(dataset: tf.data.Dataset) -> int:
+    cardinality = int(dataset.cardinality())
+    if cardinality < 0:
+        cardinality = int(dataset.reduce(0, lambda count, _: count + 1))
+    return cardinality
+
+
+def _local_count(labels) -> tf.Tensor:
+    return tf.cast(tf.shape(labels)[0], tf.float32)
+
+
+def _correct(labels, predictions) -> tf.Tensor:
+    predicted = tf.argmax(predictions, axis=-1, output_type=tf.int64)
+    matches = tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int64))
+    return tf.reduce_sum(tf.cast(matches, tf.float32))
+
+
+def _logs(totals: np.ndarray) -> dict[str, float]:
+    loss_sum, correct, count = totals
+    count = max(count, 1.0)
+    return {"loss": loss_sum / count, "accuracy": correct / count}
