@@ -1,5 +1,6 @@
 """tftransfer: transfer learning with pretrained models in TensorFlow and Keras 3."""
 
+from tftransfer import export  # a callable module: tftransfer.export(...)
 from tftransfer.errors import (
     ConfigError,
     DataError,
@@ -24,5 +25,6 @@ __all__ = [
     "InputSpecError",
     "TFTransferError",
     "TrainingError",
+    "export",
     "resolve",
 ]

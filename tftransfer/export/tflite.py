@@ -1,0 +1,121 @@
+"""Optional TFLite export, with its validation accuracy change measured."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftransfer.errors import ExportError
+
+TFLITE_FILE = "model.tflite"
+QUANTIZATIONS = ("dynamic_range", "float16", "none")
+_SIGNATURE = "serving_prepared"
+
+
+def convert(model: keras.Model, input_signature, quantization: str) -> bytes:
+    """Converts a Keras model on prepared inputs to a TFLite flatbuffer.
+
+    Args:
+        model: The Keras model (prepared inputs -> probabilities).
+        input_signature: The prepared inputs' `tf.TensorSpec` (or dict of
+            them), as the `serving_prepared` signature takes them.
+        quantization: `"dynamic_range"` (int8 weights), `"float16"` (float16
+            weights) or `"none"`.
+
+    Returns:
+        The TFLite model with one signature, `serving_prepared`, whose output
+        is `probabilities`.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(
+            f"Expected `quantization` in {QUANTIZATIONS}. "
+            f"Received: quantization={quantization!r}."
+        )
+    module = tf.Module()
+    module.model = model
+    module.serve = tf.function(
+        lambda inputs: {"probabilities": model(inputs, training=False)},
+        input_signature=[input_signature],
+    )
+    function = module.serve.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    if quantization != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def accuracy_change(
+    model: keras.Model, tflite_model: bytes, validation_data: tf.data.Dataset
+) -> dict:
+    """Measures top-1 accuracy of the Keras and the TFLite model on the same data.
+
+    Args:
+        model: The Keras model.
+        tflite_model: Its conversion by `convert()`.
+        validation_data: Batched `(prepared inputs, integer label)` pairs.
+
+    Returns:
+        `{"validation_examples", "accuracy_keras", "accuracy_tflite",
+        "accuracy_change", "max_abs_probability_difference"}`.
+    """
+    interpreter = tf.lite.Interpreter(model_content=tflite_model)
+    runner = interpreter.get_signature_runner()
+    total = keras_hits = tflite_hits = 0
+    max_difference = 0.0
+    for inputs, labels in validation_data:
+        expected = np.asarray(model(inputs, training=False))
+        feed = inputs if isinstance(inputs, dict) else {"inputs": inputs}
+        got = runner(**{k: np.asarray(v) for k, v in feed.items()})["probabilities"]
+        labels = np.asarray(labels).reshape(-1)
+        total += labels.size
+        keras_hits += int((expected.argmax(-1) == labels).sum())
+        tflite_hits += int((got.argmax(-1) == labels).sum())
+        max_difference = max(max_difference, float(np.abs(expected - got).max()))
+    if total == 0:
+        raise ExportError(
+            "`validation_data` is empty; pass batches of (prepared inputs, "
+            "label) to measure the TFLite model's accuracy."
+        )
+    return {
+        "validation_examples": total,
+        "accuracy_keras": keras_hits / total,
+        "accuracy_tflite": tflite_hits / total,
+        "accuracy_change": (tflite_hits - keras_hits) / total,
+        "max_abs_probability_difference": max_difference,
+    }
+
+
+def export_tflite(
+    model: keras.Model,
+    input_signature,
+    path: str | os.PathLike,
+    quantization: str,
+    validation_data: tf.data.Dataset,
+) -> dict:
+    """Writes `model.tflite` and returns its facts for the model card.
+
+    Args:
+        model: The Keras model.
+        input_signature: The prepared inputs' spec (see `convert()`).
+        path: Where to write the `.tflite` file.
+        quantization: See `convert()`.
+        validation_data: See `accuracy_change()`.
+
+    Returns:
+        The file name, quantization, size and `accuracy_change()`'s result.
+    """
+    tflite_model = convert(model, input_signature, quantization)
+    Path(path).write_bytes(tflite_model)
+    return {
+        "file": Path(path).name,
+        "signature": _SIGNATURE,
+        "quantization": quantization,
+        "size_bytes": len(tflite_model),
+        **accuracy_change(model, tflite_model, validation_data),
+    }
