@@ -1,0 +1,68 @@
+"""HubLayer forward time vs calling the restored SavedModel object directly.
+
+Both are measured in this one run, on the same hub-format SavedModel (a
+MobileNetV2 written by `tftransfer.hubify`, random weights), the same batch,
+each inside a `tf.function` (how Keras runs a layer in `predict` and `fit`),
+and also eagerly. Prints `name: ratio` lines; goal for the compiled ratio is
+<= 1.05.
+
+    python benchmarks/hub_layer_overhead.py
+"""
+
+import argparse
+import tempfile
+import timeit
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import tftransfer
+
+
+def _best_time(function, inputs, repeats: int, number: int) -> float:
+    function(inputs)  # Trace and warm up.
+    return min(timeit.repeat(lambda: function(inputs), repeat=repeats, number=number))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--number", type=int, default=5)
+    args = parser.parse_args()
+
+    size = args.image_size
+    network = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), include_top=False, pooling="avg", weights=None
+    )
+    path = tempfile.mkdtemp(prefix="hub_layer_overhead_")
+    tftransfer.hubify(network, path)
+
+    restored = tf.saved_model.load(path)
+    layer = tftransfer.HubLayer(path)
+    images = tf.constant(
+        np.random.default_rng(0).random((args.batch_size, size, size, 3)), tf.float32
+    )
+    np.testing.assert_array_equal(
+        layer(images).numpy(), restored(images, training=False).numpy()
+    )
+
+    timing = dict(repeats=args.repeats, number=args.number)
+    compiled_direct = _best_time(
+        tf.function(lambda x: restored(x, training=False)), images, **timing
+    )
+    compiled_layer = _best_time(tf.function(lambda x: layer(x)), images, **timing)
+    eager_direct = _best_time(lambda x: restored(x, training=False), images, **timing)
+    eager_layer = _best_time(layer, images, **timing)
+
+    print(f"batch {args.batch_size} x {size}x{size}x3, best of {args.repeats}")
+    print(f"direct_compiled_ms: {1000 * compiled_direct / args.number:.2f}")
+    print(f"hub_layer_compiled_ms: {1000 * compiled_layer / args.number:.2f}")
+    print(f"hub_layer_vs_direct_compiled: {compiled_layer / compiled_direct:.3f}")
+    print(f"hub_layer_vs_direct_eager: {eager_layer / eager_direct:.3f}")
+
+
+if __name__ == "__main__":
+    main()
