@@ -172,7 +172,10 @@ class Backbone:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Backbone:
         """Recreates a backbone from the output of `get_config()`."""
+        from tftransfer.backbones.factory import backbone
+
         constructors = {
+            "backbone": backbone,
             "from_hub": cls.from_hub,
             "from_hub_text": cls.from_hub_text,
             "from_keras_hub": cls.from_keras_hub,
@@ -313,7 +316,7 @@ class Backbone:
         cls,
         name: str,
         *,
-        weights: str | None = None,
+        weights: str | None = "imagenet",
         image_size: tuple[int, int] | None = None,
         pooling: str = "avg",
     ) -> Backbone:
@@ -325,8 +328,9 @@ class Backbone:
         Args:
             name: The application's name, as in `keras.applications`
                 (`"MobileNetV2"`, `"EfficientNetV2B0"`, `"ResNet50"`, ...).
-            weights: `"imagenet"` (downloads; needs a network), a path to a
-                `.weights.h5` file, or `None` for random initialisation.
+            weights: `"imagenet"` (the default; downloads, so needs a
+                network), a path to a weights file (`.h5`) or `None` for
+                random initialisation.
             image_size: `(height, width)`; defaults to the application's
                 default size.
             pooling: `"avg"` or `"max"`.

@@ -164,9 +164,14 @@ class HubTextPreprocessor(tf.Module):
         if self._model is None:
             return strings
         tokens = self._model.tokenize(strings)
-        packed = self._model.bert_pack_inputs(
-            [tokens], seq_length=tf.constant(self.seq_length, tf.int32)
-        )
+        try:
+            packed = self._model.bert_pack_inputs([tokens], seq_length=self.seq_length)
+        except (ValueError, TypeError) as error:
+            raise InputSpecError(
+                f"The TF Hub preprocessor cannot pack inputs to "
+                f"seq_length={self.seq_length}: {error}. Use the sequence length "
+                "it was exported with."
+            ) from error
         return {key: tf.cast(value, tf.int32) for key, value in packed.items()}
 
 
@@ -186,7 +191,10 @@ def name_from_handle(handle: str) -> str:
 
 
 def _call_input_spec(loaded: Any, handle: str) -> Any:
-    functions = getattr(loaded.__call__, "concrete_functions", None)
+    try:
+        functions = loaded.__call__.concrete_functions
+    except AttributeError:
+        functions = None
     if not functions:
         raise HandleError(
             f"The SavedModel {handle!r} has no `__call__` function, so it is not "

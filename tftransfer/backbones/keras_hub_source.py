@@ -100,7 +100,7 @@ def _text_backbone(cls, keras_hub, preset, skeleton, seq_length, pooling, name, 
     def builder(trainable: bool) -> keras.Layer:
         backbone = keras_hub.models.Backbone.from_preset(preset)
         backbone.trainable = trainable
-        return bert_feature_model(backbone, seq_length, pooling, name)
+        return bert_feature_model(backbone, pooling, name)
 
     def preprocessor_factory() -> BertTextPreprocessor:
         return BertTextPreprocessor(
@@ -115,30 +115,27 @@ def _text_backbone(cls, keras_hub, preset, skeleton, seq_length, pooling, name, 
         feature_dim=int(skeleton.hidden_dim),
         builder=builder,
         seq_length=seq_length,
-        output_key=pooling,
         preprocessor_factory=preprocessor_factory,
         config=config,
     )
 
 
-def bert_feature_model(
-    backbone: keras.Model, seq_length: int, pooling: str, name: str
-) -> keras.Model:
+def bert_feature_model(backbone: keras.Model, pooling: str, name: str) -> keras.Model:
     """Wraps a KerasHub BERT backbone to take TF Hub-style inputs.
 
     Args:
         backbone: A `keras_hub.models.BertBackbone`.
-        seq_length: Tokens per example.
         pooling: `"pooled"`, `"cls"` or `"mean"` (masked mean over tokens).
         name: Name of the returned model.
 
     Returns:
         A `keras.Model` from `{"input_word_ids", "input_mask",
-        "input_type_ids"}` (int32 `[batch, seq_length]`) to float32
+        "input_type_ids"}` (int32 `[batch, tokens]`, any length up to the
+        model's maximum) to float32
         `[batch, hidden_dim]`.
     """
     inputs = {
-        key: keras.Input((seq_length,), dtype="int32", name=key)
+        key: keras.Input((None,), dtype="int32", name=key)
         for key in ("input_word_ids", "input_mask", "input_type_ids")
     }
     outputs = backbone(

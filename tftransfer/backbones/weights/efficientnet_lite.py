@@ -141,3 +141,55 @@ def _timm_name(key: str, block_names: list[str], expands: set[int]) -> str:
         bn_index = int(layer[len("_bn") :]) + (1 if index in expands else 0)
         name = f"bn{bn_index}"
     return f"{block_names[index]}.{name}.{param}"
+
+
+def backbone():
+    """Returns the EfficientNet-Lite0 `Backbone` (1280-d, 224 x 224, [0, 255]).
+
+    Example:
+
+    >>> lite0 = backbone()
+    >>> lite0.build()(tf.zeros([1, 224, 224, 3])).shape
+    TensorShape([1, 1280])
+    """
+    from tftransfer.backbones.backbone import Backbone
+
+    return Backbone.from_keras_hub(preset_dir(), name="efficientnet-lite0")
+
+
+def imagenet_classifier():
+    """Returns EfficientNet-Lite0 with its ImageNet head, as a `keras.Model`.
+
+    The model maps float32 `[batch, 224, 224, 3]` images with values in
+    `[0, 255]` to `[batch, 1000]` class probabilities; `imagenet_class_name()`
+    names a class index.
+
+    Example:
+
+    >>> probabilities = imagenet_classifier()(images)
+    >>> imagenet_class_name(int(np.argmax(probabilities[0])))
+    'Egyptian_cat'
+    """
+    import keras
+    import keras_hub
+
+    classifier = keras_hub.models.ImageClassifier.from_preset(preset_dir())
+    converter = classifier.preprocessor.image_converter
+    images = keras.Input((*converter.image_size, 3), dtype="float32", name="images")
+    scaled = keras.layers.Rescaling(scale=converter.scale, offset=converter.offset)(
+        images
+    )
+    probabilities = keras.layers.Softmax()(classifier(scaled))
+    return keras.Model(images, probabilities, name="efficientnet_lite0_imagenet")
+
+
+def imagenet_class_name(index: int) -> str:
+    """The ImageNet-1k class name of `index` (for example 285: `Egyptian_cat`).
+
+    Names come from KerasHub's offline ImageNet table
+    (`keras_hub.utils.imagenet_id_to_name`), the same names as
+    `keras.applications.imagenet_utils.decode_predictions`.
+    """
+    import keras_hub
+
+    return keras_hub.utils.imagenet_id_to_name(index)
