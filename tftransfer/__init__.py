@@ -1,6 +1,7 @@
 """tftransfer: transfer learning with pretrained models in TensorFlow and Keras 3."""
 
 from tftransfer import export  # a callable module: tftransfer.export(...)
+from tftransfer.backbones import Backbone, backbone, hubify
 from tftransfer.errors import (
     ConfigError,
     DataError,
@@ -16,6 +17,7 @@ from tftransfer.hub import HubLayer, resolve
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backbone",
     "ConfigError",
     "DataError",
     "ExportError",
@@ -25,6 +27,8 @@ __all__ = [
     "InputSpecError",
     "TFTransferError",
     "TrainingError",
+    "backbone",
     "export",
+    "hubify",
     "resolve",
 ]

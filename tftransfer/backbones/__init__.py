@@ -7,5 +7,6 @@
 
 from tftransfer.backbones.backbone import Backbone
 from tftransfer.backbones.factory import backbone
+from tftransfer.backbones.hubify import hubify
 
-__all__ = ["Backbone", "backbone"]
+__all__ = ["Backbone", "backbone", "hubify"]
