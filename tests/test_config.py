@@ -1,0 +1,120 @@
+"""Recipe files: safe YAML loading, typed settings, overrides and messages."""
+
+import pathlib
+
+import pytest
+
+from tftransfer import config
+from tftransfer.errors import ConfigError
+
+MINIMAL = """
+name: demo
+backbone: {handle: all-minilm-l6-v2}
+data: {format: csv, path: reviews.csv}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_recipe_fills_defaults(tmp_path):
+    run = config.load(write(tmp_path, MINIMAL))
+    assert run.name == "demo"
+    assert run.backbone.handle == "all-minilm-l6-v2"
+    assert run.recipe.kind == "feature_extraction"
+    assert run.export.enabled is True
+    assert run.data.test == 0.2
+
+
+def test_integer_is_accepted_where_a_number_is_expected(tmp_path):
+    run = config.loads(MINIMAL + "recipe: {learning_rate: 1}\n")
+    assert run.recipe.learning_rate == 1.0
+    assert isinstance(run.recipe.learning_rate, float)
+
+
+def test_unknown_key_suggests_the_closest_known_key():
+    with pytest.raises(ConfigError) as info:
+        config.loads(MINIMAL + "recipe: {epoch: 3}\n", source="r.yaml")
+    message = str(info.value)
+    assert "unknown key 'recipe.epoch'" in message
+    assert "Did you mean 'recipe.epochs'?" in message
+    assert message.startswith("r.yaml:")
+
+
+def test_key_in_the_wrong_section_points_to_its_section():
+    with pytest.raises(ConfigError, match="Did you mean 'recipe.epochs'"):
+        config.loads(MINIMAL + "epochs: 3\n")
+
+
+def test_wrong_type_names_key_value_and_what_is_allowed():
+    with pytest.raises(ConfigError) as info:
+        config.loads(MINIMAL + "recipe: {epochs: five}\n")
+    message = str(info.value)
+    assert "'recipe.epochs' must be an integer" in message
+    assert "recipe.epochs='five' (a string)" in message
+
+
+def test_value_outside_choices_lists_the_choices():
+    with pytest.raises(ConfigError) as info:
+        config.loads(MINIMAL + "recipe: {kind: finetuning}\n")
+    assert "one of 'feature_extraction', 'fine_tuning'" in str(info.value)
+
+
+def test_out_of_range_fraction_is_rejected():
+    with pytest.raises(ConfigError, match=r"'data.validation' must be a fraction"):
+        config.loads(MINIMAL.replace("reviews.csv}", "reviews.csv, validation: 1.5}"))
+
+
+def test_missing_required_key_is_named_with_its_meaning():
+    with pytest.raises(ConfigError) as info:
+        config.loads("name: demo\ndata: {format: csv, path: a.csv}\n")
+    assert "missing required key 'backbone'" in str(info.value)
+
+
+def test_invalid_yaml_reports_the_line():
+    with pytest.raises(ConfigError, match="not valid YAML at line 2, column 17"):
+        config.loads("name: demo\nbackbone: handle: x\n")
+
+
+def test_unsafe_yaml_tags_are_refused():
+    text = MINIMAL + "runs_dir: !!python/object/apply:os.getcwd []\n"
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.loads(text)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_parsed_as_yaml_and_validated():
+    run = config.loads(
+        MINIMAL, overrides=["recipe.epochs=3", "data.test=null", "data.augment=[flip]"]
+    )
+    assert run.recipe.epochs == 3
+    assert run.data.test is None
+    assert run.data.augment == ["flip"]
+    with pytest.raises(ConfigError, match="Did you mean 'recipe.epochs'"):
+        config.loads(MINIMAL, overrides=["recipe.epocs=3"])
+
+
+def test_override_without_equals_sign_is_explained():
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        config.loads(MINIMAL, overrides=["recipe.epochs"])
+
+
+def test_known_keys_are_dotted_leaves():
+    keys = config.known_keys()
+    assert "recipe.epochs" in keys
+    assert "backbone" not in keys
+
+
+RECIPES = sorted((pathlib.Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    assert config.load(path).name

@@ -1,0 +1,503 @@
+"""Recipe files: typed settings read from YAML, validated with clear errors.
+
+A recipe file says the whole job: the backbone, the data, the training
+recipe and its settings, the distribution strategy, the evaluation and the
+export. `load()` reads one with a safe YAML loader into a `RunConfig`;
+every key is checked against the dataclasses below, so a typo is an error
+that suggests the closest known key, and a wrong type or value names the
+key, the value and what is allowed.
+
+Example:
+
+>>> config = tftransfer.config.load(
+...     "recipes/default.yaml", overrides=["recipe.epochs=5"]
+... )
+>>> config.recipe.epochs
+5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+from tftransfer.errors import ConfigError
+
+
+@dataclasses.dataclass
+class BackboneConfig:
+    """Which pretrained model to start from.
+
+    Args:
+        handle: A catalogue name (`tftransfer backbones` lists them), a
+            `keras_hub:` preset, a `keras:` application, a TF Hub URL or a
+            local folder (anything `tftransfer.backbone()` accepts).
+        seq_length: Text backbones: tokens per example.
+        options: More keyword arguments for `tftransfer.backbone()` (for
+            example `image_size: [160, 160]` or `preprocessor: URL`).
+    """
+
+    handle: str
+    seq_length: int | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the labelled examples come from and how they are split.
+
+    Args:
+        format: `image_folder`, `text_folder` (one sub-folder of `.txt`
+            files per class), `csv`, `jsonl`, `tfds` or `tfrecord`.
+        path: The folder or file; for `tfds`, the dataset name. A path
+            `package://NAME/SUB/PATH` points inside an installed Python
+            package.
+        options: More keyword arguments for the reader (for example
+            `text_column: review` for `csv`, `split: train` for `tfds`).
+        validation: Fraction of each class held out for validation.
+        test: Fraction of each class held out for the final test, or
+            `null` for none.
+        seed: Seed of the split.
+        batch_size: Examples per batch (per replica).
+        augment: Image augmentations for training (`flip`, `rotation`, ...).
+    """
+
+    format: Literal["image_folder", "text_folder", "csv", "jsonl", "tfds", "tfrecord"]
+    path: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    validation: float = 0.1
+    test: float | None = 0.2
+    seed: int = 0
+    batch_size: int = 32
+    augment: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class RecipeConfig:
+    """The training recipe and its settings.
+
+    Args:
+        kind: `feature_extraction` (frozen backbone, features computed once
+            and cached, a head trained on them) or `fine_tuning` (head
+            first, then the backbone unfrozen at a lower learning rate).
+        epochs: Epochs of head training.
+        learning_rate: Learning rate of the head.
+        fine_tune_epochs: `fine_tuning`: epochs with the backbone unfrozen.
+        fine_tune_learning_rate: `fine_tuning`: peak learning rate of the
+            unfrozen backbone.
+        dropout: Dropout before the classification layer.
+        patience: Epochs without validation improvement before stopping
+            early, or `null` to never stop early.
+        options: More keyword arguments for the recipe class.
+    """
+
+    kind: Literal["feature_extraction", "fine_tuning"] = "feature_extraction"
+    epochs: int = 10
+    learning_rate: float = 1e-3
+    fine_tune_epochs: int = 5
+    fine_tune_learning_rate: float = 1e-5
+    dropout: float = 0.2
+    patience: int | None = 3
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DistributeConfig:
+    """Where training runs.
+
+    Args:
+        strategy: `auto` (a TPU if one is reachable, else all GPUs, else the
+            CPU), `tpu`, `multi_worker`, `mirrored` or `default`.
+        tpu: The TPU to connect to (`local` on a Colab or Cloud TPU VM).
+    """
+
+    strategy: Literal["auto", "tpu", "multi_worker", "mirrored", "default"] = "auto"
+    tpu: str | None = None
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+    """What the run report shows.
+
+    Args:
+        split: The split the final evaluation uses: `test`, or
+            `validation` when the data has no test part.
+        confidently_wrong: How many of the most confidently wrong examples
+            the report shows.
+    """
+
+    split: Literal["test", "validation"] = "test"
+    confidently_wrong: int = 12
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """Where and how the trained model is exported.
+
+    Args:
+        enabled: Whether the run exports at all.
+        base_path: Folder of the model's versions; defaults to
+            `saved_models/<name>`.
+        format: `saved_model` (TF Serving) or `tflite`.
+        verify: Reload the export in a fresh process and compare it with
+            the trained model.
+    """
+
+    enabled: bool = True
+    base_path: str | None = None
+    format: Literal["saved_model", "tflite"] = "saved_model"
+    verify: bool = True
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A whole job, as one recipe file states it.
+
+    Args:
+        name: The run's name: used for the run folder and the exported
+            model.
+        backbone: See `BackboneConfig`.
+        data: See `DataConfig`.
+        recipe: See `RecipeConfig`.
+        distribute: See `DistributeConfig`.
+        evaluation: See `EvaluationConfig`.
+        export: See `ExportConfig`.
+        runs_dir: Folder that holds run folders (`<runs_dir>/<name>`).
+        cache_dir: Folder of the feature cache; defaults to tftransfer's
+            cache folder.
+    """
+
+    name: str
+    backbone: BackboneConfig
+    data: DataConfig
+    recipe: RecipeConfig = dataclasses.field(default_factory=RecipeConfig)
+    distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    runs_dir: str = "runs"
+    cache_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the settings as plain, JSON- and YAML-serialisable data."""
+        return dataclasses.asdict(self)
+
+
+# Values that must be positive, or fractions, whatever their section.
+_POSITIVE = {
+    "data.batch_size",
+    "recipe.epochs",
+    "recipe.learning_rate",
+    "recipe.fine_tune_learning_rate",
+    "recipe.patience",
+    "backbone.seq_length",
+    "evaluation.confidently_wrong",
+}
+_FRACTIONS = {"data.validation", "data.test", "recipe.dropout"}
+_NON_NEGATIVE = {"recipe.fine_tune_epochs", "data.seed"}
+
+
+def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Reads, overrides and validates a recipe file.
+
+    Args:
+        path: The YAML recipe file.
+        overrides: `"dotted.key=value"` strings applied before validation
+            (the CLI's `--set`); values are parsed as YAML, so `epochs=5` is
+            an integer and `test=null` is `None`.
+
+    Returns:
+        The validated `RunConfig`.
+
+    Raises:
+        ConfigError: if the file is missing, is not valid YAML, or a key or
+            value is not allowed (the message names it and what is allowed).
+
+    Example:
+
+    >>> config = load("recipes/image_feature_extraction.yaml",
+    ...               overrides=["data.path=flowers/", "recipe.epochs=3"])
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"Recipe file {path} does not exist. Pass the path of a YAML "
+            "recipe file, for example recipes/default.yaml."
+        )
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return loads(text, overrides, source=path)
+
+
+def loads(
+    text: str, overrides: typing.Sequence[str] = (), *, source: str = "<recipe>"
+) -> RunConfig:
+    """Like `load()`, from the text of a recipe file.
+
+    Args:
+        text: YAML text.
+        overrides: `"dotted.key=value"` strings, as in `load()`.
+        source: Name of the text in error messages.
+
+    Returns:
+        The validated `RunConfig`.
+
+    Example:
+
+    >>> loads("name: t\\nbackbone: {handle: minilm}\\n"
+    ...       "data: {format: csv, path: a.csv}").recipe.kind
+    'feature_extraction'
+    """
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(
+            f"{source} is not valid YAML{where}: {problem}. Check the "
+            "indentation and quoting there."
+        ) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source} must hold a mapping of settings (`name:`, `backbone:`, "
+            f"`data:`, ...). Received: a YAML {_describe(raw)}."
+        )
+    for override in overrides:
+        apply_override(raw, override)
+    return _build(RunConfig, raw, "", source)
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Sets one `"dotted.key=value"` override in a raw settings mapping.
+
+    The value is parsed as YAML (`5` is an integer, `[a, b]` a list, `null`
+    is `None`). Keys are checked later, when the settings are validated.
+
+    Raises:
+        ConfigError: if `override` has no `=` or an empty key.
+
+    Example:
+
+    >>> raw = {"recipe": {"epochs": 10}}
+    >>> apply_override(raw, "recipe.epochs=3")
+    >>> raw
+    {'recipe': {'epochs': 3}}
+    """
+    key, sep, value = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(
+            f"Expected `--set` as KEY=VALUE with a dotted KEY such as "
+            f"recipe.epochs=5. Received: {override!r}."
+        )
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    target = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = target.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"Cannot set {key.strip()!r}: {'.'.join(parts[: depth + 1])!r} "
+                f"is a {_describe(child)}, not a section."
+            )
+        target = child
+    target[parts[-1]] = parsed
+
+
+def known_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Lists every dotted key a recipe file may set, in declaration order.
+
+    Example:
+
+    >>> "recipe.epochs" in known_keys()
+    True
+    """
+    keys = []
+    for field in dataclasses.fields(cls):
+        key = f"{prefix}{field.name}"
+        hint = typing.get_type_hints(cls)[field.name]
+        if dataclasses.is_dataclass(hint):
+            keys.extend(known_keys(hint, f"{key}."))
+        else:
+            keys.append(key)
+    return keys
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str):
+    """Builds dataclass `cls` from `raw`, checking every key and value."""
+    section = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: {section!r} must be a mapping of settings. Received: "
+            f"{raw!r} (a {_describe(raw)})."
+        )
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(
+                _unknown_key_message(str(key), prefix, list(fields), source)
+            )
+    values = {}
+    for name, field in fields.items():
+        key = f"{prefix}{name}"
+        if name not in raw:
+            required = (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            )
+            if required:
+                raise ConfigError(
+                    f"{source}: missing required key {key!r}. {_field_help(cls, name)}"
+                )
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], f"{key}.", source)
+        else:
+            values[name] = _check_value(key, raw[name], hint, source)
+    return cls(**values)
+
+
+def _unknown_key_message(key: str, prefix: str, allowed: list[str], source: str):
+    full = f"{prefix}{key}"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if not close:
+        # Maybe the key belongs to another section ("epochs" at the top).
+        leaves = {k.rsplit(".", 1)[-1]: k for k in known_keys()}
+        match = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.8)
+        close = [leaves[match[0]]] if match else []
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+    else:
+        hint = f" Did you mean {(prefix + close[0])!r}?"
+    where = f"under {prefix.rstrip('.')!r}" if prefix else "at the top level"
+    return (
+        f"{source}: unknown key {full!r}.{hint} Keys allowed {where}: "
+        f"{', '.join(allowed)}."
+    )
+
+
+def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
+    """Returns `value` checked (and, for int -> float, converted) to `hint`."""
+    checked = _coerce(value, hint)
+    if checked is _INVALID:
+        raise ConfigError(
+            f"{source}: {key!r} must be {_allowed(hint)}. Received: "
+            f"{key}={value!r} (a {_describe(value)})."
+        )
+    if checked is not None and not isinstance(checked, (bool, str, list, dict)):
+        bound = _bound_problem(key, checked)
+        if bound:
+            raise ConfigError(
+                f"{source}: {key!r} must be {bound}. Received: {key}={value!r}."
+            )
+    return checked
+
+
+_INVALID = object()
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            result = _coerce(value, arg)
+            if result is not _INVALID:
+                return result
+        return _INVALID
+    if hint is type(None):
+        return None if value is None else _INVALID
+    if origin is Literal:
+        return value if value in args else _INVALID
+    if origin is list:
+        if not isinstance(value, list):
+            return _INVALID
+        items = [_coerce(item, args[0]) for item in value]
+        return _INVALID if _INVALID in items else items
+    if origin is dict:
+        return dict(value) if isinstance(value, dict) else _INVALID
+    if hint is bool:
+        return value if isinstance(value, bool) else _INVALID
+    if hint is int:
+        return (
+            value
+            if isinstance(value, int) and not isinstance(value, bool)
+            else _INVALID
+        )
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return _INVALID
+    if hint is str:
+        return value if isinstance(value, str) and value.strip() else _INVALID
+    return _INVALID
+
+
+def _bound_problem(key: str, value: float) -> str | None:
+    if key in _FRACTIONS and not 0.0 <= value < 1.0:
+        return "a fraction in [0, 1)"
+    if key in _POSITIVE and value <= 0:
+        return "greater than 0"
+    if key in _NON_NEGATIVE and value < 0:
+        return "0 or more"
+    return None
+
+
+def _allowed(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_allowed(arg) for arg in args)
+    if hint is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {_allowed(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a non-empty string",
+        dict: "a mapping",
+    }
+    return names.get(origin or hint, str(hint))
+
+
+def _describe(value: Any) -> str:
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "list",
+        dict: "mapping",
+        type(None): "null",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+def _field_help(cls: type, name: str) -> str:
+    """The `Args:` line of `cls`'s docstring that documents `name`."""
+    doc = cls.__doc__ or ""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"{name}:"):
+            text = [line.strip().split(":", 1)[1].strip()]
+            for more in lines[i + 1 :]:
+                if not more.startswith(" " * 12):
+                    break
+                text.append(more.strip())
+            return f"It is: {' '.join(text)}"
+    return ""
