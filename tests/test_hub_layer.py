@@ -117,7 +117,7 @@ def test_model_without_training_argument_takes_strings(text_embedding_path):
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     before = _values(layer.trainable_weights)
     dataset = tf.data.Dataset.from_tensor_slices((SENTENCES, [0, 1, 0])).batch(3)
-    model.fit(dataset, epochs=1, verbose=0)
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False)
     assert not np.array_equal(before[0], layer.trainable_weights[0].numpy())
     assert model.predict(tf.constant(SENTENCES), verbose=0).shape == (3, 2)
 
@@ -161,6 +161,25 @@ def test_signature_only_saved_model(signature_only_path):
         tftransfer.HubLayer(signature_only_path, signature="predict")
     with pytest.raises(tftransfer.HandleError, match="signature= one of"):
         tftransfer.HubLayer(signature_only_path)
+
+
+def test_load_options_are_passed_to_the_loader(image_model_path):
+    options = tf.saved_model.LoadOptions(experimental_io_device="/job:localhost")
+    layer = tftransfer.HubLayer(image_model_path, load_options=options)
+    reference = tftransfer.HubLayer(image_model_path)
+    np.testing.assert_array_equal(layer(IMAGES).numpy(), reference(IMAGES).numpy())
+
+
+def test_mixed_precision_keeps_the_saved_model_in_float32(image_model_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        layer = tftransfer.HubLayer(image_model_path)
+        inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+        head = keras.layers.Dense(2, dtype="float32")
+        model = keras.Model(inputs, head(layer(inputs)))
+        assert model.predict(IMAGES, verbose=0).dtype == np.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_sequential_model(image_model_path):
