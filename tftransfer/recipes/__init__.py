@@ -1,1 +1,15 @@
 """Transfer-learning recipes: feature extraction and fine-tuning."""
+
+from tftransfer.recipes.feature_extraction import FeatureExtraction
+from tftransfer.recipes.fine_tuning import FineTuning, fine_tune
+from tftransfer.recipes.heads import FeaturePooling, build_head
+from tftransfer.recipes.metrics import classification_metrics
+
+__all__ = [
+    "FeatureExtraction",
+    "FeaturePooling",
+    "FineTuning",
+    "build_head",
+    "classification_metrics",
+    "fine_tune",
+]

@@ -63,6 +63,7 @@ def train(
             initial_epoch=initial_epoch,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # The dataset shuffles; fit cannot shuffle a Dataset.
         )
     return OwnedLoop(model, strategy).fit(
         train_data,
@@ -216,3 +217,34 @@ def _logs(totals: np.ndarray) -> dict[str, float]:
     loss_sum, correct, count = totals
     count = max(count, 1.0)
     return {"loss": loss_sum / count, "accuracy": correct / count}
+
+
+def predict_batches(model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
+    """Yields `(model outputs, labels)` as numpy arrays for every batch.
+
+    Runs `model(inputs, training=False)` on every replica (`strategy.run`)
+    and gathers the results, so it works under every strategy, including
+    multi-worker ones where each worker reads a different shard (every
+    worker receives all outputs).
+
+    Args:
+        model: a callable Keras model or layer built inside `strategy.scope()`.
+        dataset: batches of `(inputs, labels)`.
+        strategy: the strategy `model` was built under.
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    batches = strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+    @tf.function(reduce_retracing=True)
+    def step(inputs, labels):
+        outputs = strategy.run(lambda x: model(x, training=False), args=(inputs,))
+        return strategy.gather(outputs, axis=0), strategy.gather(labels, axis=0)
+
+    iterator = iter(batches)
+    for _ in range(_steps(dataset)):
+        inputs, labels = next(iterator)
+        outputs, labels = step(inputs, labels)
+        yield np.asarray(outputs, dtype=np.float32), np.asarray(labels).reshape(-1)

@@ -1,0 +1,267 @@
+"""What `FeatureExtraction` and `FineTuning` share: strategy, data, run dir,
+resumable training phases and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftransfer import distribute
+from tftransfer.errors import ConfigError
+from tftransfer.recipes import heads, training_loop
+from tftransfer.recipes.callbacks import NaNGuard, TrainingState
+from tftransfer.recipes.feature_cache import dataset_digest, fingerprint
+from tftransfer.recipes.metrics import classification_metrics
+
+DEFAULT_CACHE_DIR = "~/.cache/tftransfer/features"
+
+
+def _log_callbacks(log_dir: Path) -> list[keras.callbacks.Callback]:
+    """A CSV history, plus TensorBoard logs where `tensorboard` is installed."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = [keras.callbacks.CSVLogger(str(log_dir / "history.csv"), append=True)]
+    if importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(str(log_dir), write_graph=False))
+    return callbacks
+
+
+class Recipe:
+    """Base class of the recipes; see `FeatureExtraction` for the arguments."""
+
+    kind = "recipe"
+
+    def __init__(
+        self,
+        backbone,
+        *,
+        features: str | None = None,
+        pooling: str | None = None,
+        hidden_units: tuple[int, ...] = (),
+        dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        learning_rate: float = 1e-3,
+        epochs: int = 10,
+        patience: int | None = 3,
+        batch_size: int = 32,
+        run_dir: str | os.PathLike | None = None,
+        strategy: str | tf.distribute.Strategy = "auto",
+        tpu: str | None = None,
+        mixed_precision: bool = False,
+        jit_compile: bool | str = "auto",
+        steps_per_execution: int | None = None,
+        seed: int = 0,
+        verbose: int | str = "auto",
+    ):
+        if epochs < 1:
+            raise ConfigError(f"Expected epochs >= 1. Received: epochs={epochs}")
+        self.backbone = backbone
+        self.strategy = (
+            strategy
+            if isinstance(strategy, tf.distribute.Strategy)
+            else distribute.resolve_strategy(strategy, tpu)
+        )
+        self.settings = {
+            "recipe": self.kind,
+            "backbone": getattr(backbone, "name", type(backbone).__name__),
+            "features": features,
+            "pooling": pooling,
+            "hidden_units": list(hidden_units),
+            "dropout": dropout,
+            "label_smoothing": label_smoothing,
+            "learning_rate": learning_rate,
+            "epochs": epochs,
+            "patience": patience,
+            "batch_size": batch_size,
+            "mixed_precision": mixed_precision,
+            "jit_compile": jit_compile,
+            "steps_per_execution": distribute.steps_per_execution(
+                self.strategy, steps_per_execution
+            ),
+            "seed": seed,
+        }
+        default_run_dir = Path("runs") / f"{self.kind}-{fingerprint(self.settings)}"
+        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir
+        self.settings["run_dir"] = str(self.run_dir)
+        self.verbose = verbose
+        self.is_chief = distribute.is_chief(self.strategy)
+        self.model: keras.Model | None = None
+        self.class_names: list[str] | None = None
+        self.history: keras.callbacks.History | None = None
+        self.metrics: dict | None = None
+        self.backbone_layer: keras.Layer | None = None
+        self._policy = (
+            distribute.mixed_precision_policy(self.strategy)
+            if mixed_precision
+            else None
+        )
+
+    # Data ---------------------------------------------------------------
+
+    @property
+    def global_batch_size(self) -> int:
+        return distribute.global_batch_size(self.settings["batch_size"], self.strategy)
+
+    def _batches(self, data, training: bool = False) -> tf.data.Dataset:
+        """Batched `(prepared, label)` from a `LabeledData` or a dataset."""
+        if isinstance(data, tf.data.Dataset):
+            return data
+        from tftransfer.backbones import Backbone
+        from tftransfer.data import make_pipeline
+
+        if not isinstance(self.backbone, Backbone):
+            raise ConfigError(
+                "Only a tftransfer.Backbone knows how to prepare a LabeledData; "
+                f"received backbone={self.backbone!r}. Pass a tf.data.Dataset of "
+                "batched (prepared inputs, labels) instead."
+            )
+        return make_pipeline(
+            data,
+            self.backbone,
+            self.settings["batch_size"],
+            training=training,
+            replicas=self.strategy.num_replicas_in_sync,
+            cache=False,
+            drop_remainder=False,
+            seed=self.settings["seed"] if training else None,
+        )
+
+    def _data_key(self, data) -> str:
+        """Fingerprint of a split: raw data and preparation settings."""
+        if isinstance(data, tf.data.Dataset):
+            return fingerprint("prepared", dataset_digest(data))
+        preparation = {
+            key: str(getattr(self.backbone, key, None))
+            for key in ("name", "handle", "image_size", "value_range", "seq_length")
+        }
+        return fingerprint("raw", dataset_digest(data.dataset), preparation)
+
+    def _set_class_names(self, data, class_names, num_classes_hint: int | None = None):
+        names = class_names or getattr(data, "class_names", None)
+        if names is None:
+            labels = np.concatenate([np.asarray(y).reshape(-1) for _, y in data])
+            names = [str(i) for i in range(int(labels.max()) + 1)]
+        self.class_names = list(names)
+
+    # Models -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _building(self):
+        """Strategy scope plus the mixed precision policy, if any."""
+        previous = keras.config.dtype_policy()
+        if self._policy:
+            keras.config.set_dtype_policy(self._policy)
+        try:
+            with self.strategy.scope():
+                yield
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    def _backbone_layer(self, trainable: bool) -> keras.Layer:
+        from tftransfer.backbones import Backbone
+
+        if not isinstance(self.backbone, Backbone):
+            self.backbone.trainable = trainable
+            return self.backbone
+        backbone = self.backbone
+        key = self.settings["features"]
+        if key is not None and key != backbone.output_key:
+            config = backbone.get_config()
+            config["arguments"]["output_key"] = key
+            backbone = Backbone.from_config(config)
+        return backbone.build(trainable=trainable)
+
+    def _feature_model(self, element_spec, inference_mode: bool = True):
+        from tftransfer.backbones import Backbone
+
+        inputs = heads.model_inputs(element_spec)
+        layer = self._backbone_layer(trainable=False)
+        self.backbone_layer = layer
+
+        output_key = (
+            None if isinstance(self.backbone, Backbone) else self.settings["features"]
+        )
+        return heads.feature_model(
+            layer,
+            inputs,
+            output_key=output_key,
+            pooling=self.settings["pooling"],
+            inference_mode=inference_mode,
+        )
+
+    def _compile(self, model: keras.Model, optimizer) -> None:
+        model.compile(
+            optimizer=optimizer,
+            loss=heads.sparse_crossentropy(self.settings["label_smoothing"]),
+            metrics=["accuracy"],
+            steps_per_execution=self.settings["steps_per_execution"],
+            jit_compile=self.settings["jit_compile"],
+        )
+
+    # Training -----------------------------------------------------------
+
+    def _train_phase(
+        self,
+        phase: str,
+        model: keras.Model,
+        train: tf.data.Dataset,
+        validation: tf.data.Dataset | None,
+        epochs: int,
+        data_key: str,
+    ) -> keras.callbacks.History:
+        """Trains one phase, resuming from its checkpoint if there is one."""
+        checkpoints = self.run_dir / "checkpoints" / f"{phase}-{data_key}"
+        state = TrainingState(
+            checkpoints if self.is_chief else tempfile.mkdtemp(prefix="state-"),
+            monitor="val_loss" if validation is not None else "loss",
+            patience=self.settings["patience"],
+            write=self.is_chief,
+        )
+        with self.strategy.scope():
+            initial_epoch = state.restore(model)
+        if state.finished or initial_epoch >= epochs:
+            state.load_best_weights()
+        else:
+            log_dir = self.run_dir / "logs" / phase
+            if not self.is_chief:
+                log_dir = Path(tempfile.mkdtemp(prefix="logs-"))
+            callbacks = [NaNGuard(), state, *_log_callbacks(log_dir)]
+            training_loop.train(
+                model,
+                train,
+                strategy=self.strategy,
+                epochs=epochs,
+                validation_data=validation,
+                callbacks=callbacks,
+                initial_epoch=initial_epoch,
+                verbose=self.verbose,
+            )
+        history = keras.callbacks.History()
+        history.set_model(model)
+        history.history = state.history
+        history.epoch = list(range(len(state.history.get("loss", []))))
+        return history
+
+    # Evaluation ---------------------------------------------------------
+
+    def _predict(self, model: keras.Model, data: tf.data.Dataset):
+        outputs, labels = zip(
+            *training_loop.predict_batches(model, data, self.strategy), strict=True
+        )
+        return np.concatenate(labels), np.concatenate(outputs)
+
+    def _report(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
+        self.metrics = classification_metrics(labels, probabilities, self.class_names)
+        return self.metrics
+
+    def _require_fitted(self) -> None:
+        if self.model is None:
+            raise ConfigError(
+                f"{type(self).__name__}.evaluate() needs a trained model; call fit() first."
+            )

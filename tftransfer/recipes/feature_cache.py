@@ -1,0 +1,257 @@
+"""The on-disk feature cache of `FeatureExtraction` (and `FineTuning` phase 1).
+
+Features are computed once per (backbone, feature choice, data,
+preparation) and stored under a key that fingerprints all four, so a rerun
+reuses them and any change computes new ones. Each split is a directory of
+shards (`features-00000.npy`, `labels-00000.npy`) plus `manifest.json`,
+written into a temporary sibling and renamed into place when complete: a run
+killed while computing leaves no partial cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tftransfer.recipes import atomic
+
+DEFAULT_SHARD_BYTES = 64 * 2**20
+DEFAULT_MEMORY_BUDGET = 2**30
+
+
+def fingerprint(*parts) -> str:
+    """Returns a short hex digest of JSON-serialisable `parts`."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def weights_digest(layer) -> str:
+    """Returns a digest of a layer's weight values (names, shapes, bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for variable in layer.weights:
+        value = np.ascontiguousarray(variable.numpy())
+        digest.update(f"{value.shape}{value.dtype}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def dataset_digest(dataset: tf.data.Dataset, batch_size: int = 1024) -> str:
+    """Returns a digest of every element of `dataset` (values and order).
+
+    Pass the raw data (file paths, encoded images, strings), not the
+    prepared tensors, when it is available: it is much cheaper to read.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    batched = dataset if _is_batched(dataset) else dataset.batch(batch_size)
+    for element in batched.as_numpy_iterator():
+        for value in tf.nest.flatten(element):
+            value = np.asarray(value)
+            digest.update(f"{value.shape}{value.dtype}".encode())
+            digest.update(
+                value.tobytes()
+                if value.dtype != object
+                else b"\0".join(value.reshape(-1))
+            )
+    return digest.hexdigest()
+
+
+def _is_batched(dataset: tf.data.Dataset) -> bool:
+    return any(
+        spec.shape.rank and spec.shape[0] is None
+        for spec in tf.nest.flatten(dataset.element_spec)
+    )
+
+
+class CachedFeatures:
+    """Features and labels of one split, stored as shards on disk.
+
+    Args:
+        directory: the split's directory (holding `manifest.json`).
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        manifest = json.loads((self.directory / "manifest.json").read_text())
+        self.shards: list[int] = manifest["shards"]
+        self.feature_dim: int = manifest["feature_dim"]
+        self.dtype: str = manifest["dtype"]
+
+    @property
+    def num_examples(self) -> int:
+        return sum(self.shards)
+
+    @property
+    def nbytes(self) -> int:
+        return self.num_examples * self.feature_dim * np.dtype(self.dtype).itemsize
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns all `(features, labels)` as arrays in memory."""
+        features = [np.load(self._path("features", i)) for i in range(len(self.shards))]
+        labels = [np.load(self._path("labels", i)) for i in range(len(self.shards))]
+        return np.concatenate(features), np.concatenate(labels)
+
+    def dataset(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int | None = None,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> tf.data.Dataset:
+        """Returns batches of `(features, labels)`.
+
+        Features up to `memory_budget` bytes are held in memory; larger ones
+        are streamed from the shards (memory-mapped), so memory use stays
+        flat however many examples there are.
+
+        Args:
+            batch_size: the global batch size.
+            shuffle: shuffle every epoch (shard order and examples).
+            seed: shuffling seed (give one under multi-worker training, so
+                that every worker shuffles alike).
+            memory_budget: bytes of features to hold in memory at most.
+        """
+        if self.nbytes <= memory_budget:
+            dataset = tf.data.Dataset.from_tensor_slices(self.arrays())
+            if shuffle:
+                dataset = dataset.shuffle(self.num_examples, seed=seed)
+        else:
+            dataset = self._streamed(shuffle, seed)
+        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def _streamed(self, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+        signature = (
+            tf.TensorSpec((None, self.feature_dim), self.dtype),
+            tf.TensorSpec((None,), tf.int64),
+        )
+
+        def read_shard(index):
+            index = int(index)
+            yield (
+                np.load(self._path("features", index), mmap_mode="r"),
+                np.load(self._path("labels", index), mmap_mode="r"),
+            )
+
+        indices = tf.data.Dataset.range(len(self.shards))
+        if shuffle:
+            indices = indices.shuffle(len(self.shards), seed=seed)
+        dataset = indices.interleave(
+            lambda index: tf.data.Dataset.from_generator(
+                read_shard, args=(index,), output_signature=signature
+            ),
+            cycle_length=2 if shuffle else 1,
+        ).unbatch()
+        if shuffle:
+            dataset = dataset.shuffle(max(self.shards), seed=seed)
+        return dataset.apply(tf.data.experimental.assert_cardinality(self.num_examples))
+
+    def _path(self, kind: str, index: int) -> Path:
+        return self.directory / f"{kind}-{index:05d}.npy"
+
+
+class FeatureCache:
+    """A directory of cached features, one subdirectory per key and split.
+
+    Args:
+        directory: where the cache lives (shared between runs).
+        shard_bytes: size of one shard file.
+
+    Example:
+
+    >>> cache = FeatureCache("~/.cache/tftransfer/features")
+    >>> train = cache.get_or_compute(key, "train", lambda: batches)
+    >>> train.dataset(32, shuffle=True)
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike, *, shard_bytes: int = DEFAULT_SHARD_BYTES
+    ):
+        self.directory = Path(directory).expanduser()
+        self.shard_bytes = shard_bytes
+
+    def lookup(self, key: str, split: str) -> CachedFeatures | None:
+        """Returns the cached split, or `None` when it was never completed."""
+        directory = self.directory / key / split
+        if (directory / "manifest.json").exists():
+            return CachedFeatures(directory)
+        return None
+
+    def get_or_compute(
+        self,
+        key: str,
+        split: str,
+        compute: callable,
+        *,
+        write: bool = True,
+    ) -> CachedFeatures:
+        """Returns the cached split, computing and storing it when missing.
+
+        Args:
+            key: the fingerprint of backbone, features, data and preparation.
+            split: `"train"`, `"validation"` or `"test"`.
+            compute: called without arguments when the split is missing;
+                returns an iterable of `(features, labels)` numpy batches.
+            write: whether this process stores the result (`False` on
+                non-chief workers, which keep theirs in a temporary folder).
+        """
+        cached = self.lookup(key, split)
+        if cached is not None:
+            return cached
+        parent = (
+            self.directory / key
+            if write
+            else Path(tempfile.mkdtemp(prefix="features-"))
+        )
+        parent.mkdir(parents=True, exist_ok=True)
+        temporary = Path(tempfile.mkdtemp(dir=parent, prefix=f".{split}.partial-"))
+        try:
+            self._write(temporary, compute())
+            atomic.replace_dir(temporary, parent / split)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+        return CachedFeatures(parent / split)
+
+    def _write(self, directory: Path, batches: Iterable) -> None:
+        shards: list[int] = []
+        pending_features: list[np.ndarray] = []
+        pending_labels: list[np.ndarray] = []
+        pending_bytes = 0
+        feature_dim, dtype = 0, "float32"
+
+        def flush():
+            nonlocal pending_bytes
+            index = len(shards)
+            np.save(
+                directory / f"features-{index:05d}.npy",
+                np.concatenate(pending_features),
+            )
+            np.save(
+                directory / f"labels-{index:05d}.npy", np.concatenate(pending_labels)
+            )
+            shards.append(sum(len(f) for f in pending_features))
+            pending_features.clear()
+            pending_labels.clear()
+            pending_bytes = 0
+
+        for features, labels in batches:
+            features = np.asarray(features)
+            feature_dim, dtype = features.shape[1], features.dtype.name
+            pending_features.append(features)
+            pending_labels.append(np.asarray(labels, dtype=np.int64).reshape(-1))
+            pending_bytes += features.nbytes
+            if pending_bytes >= self.shard_bytes:
+                flush()
+        if pending_features:
+            flush()
+        atomic.write_json(
+            directory / "manifest.json",
+            {"shards": shards, "feature_dim": feature_dim, "dtype": dtype},
+        )
