@@ -58,7 +58,7 @@ class DiscriminativeAdamW(keras.optimizers.Adam):
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        if not 0.0 <= backbone_lr_scale:
+        if backbone_lr_scale < 0.0:
             raise ConfigError(
                 "Expected backbone_lr_scale >= 0. "
                 f"Received: backbone_lr_scale={backbone_lr_scale}"

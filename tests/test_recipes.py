@@ -1,0 +1,250 @@
+"""FeatureExtraction and FineTuning on tiny models (CPU, a few steps)."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftransfer import TrainingError
+from tftransfer.recipes import (
+    FeatureExtraction,
+    FineTuning,
+    classification_metrics,
+    fine_tune,
+)
+from tftransfer.recipes.feature_cache import FeatureCache
+from tftransfer.recipes.optimizers import DiscriminativeAdamW
+
+
+def _images(count=64, seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(count, 8, 8, 3)).astype("float32") + shift
+    y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype("int64")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def _backbone(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, name="conv_a"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Conv2D(6, 3, name="conv_b"),
+            keras.layers.GlobalAveragePooling2D(),
+        ],
+        name="tiny",
+    )
+
+
+def _recipe(cls, tmp_path, backbone=None, **kwargs):
+    settings = dict(
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        strategy="default",
+        epochs=2,
+        verbose=0,
+    )
+    settings.update(kwargs)
+    return cls(backbone or _backbone(), **settings)
+
+
+def _cache_entries(tmp_path):
+    return sorted(
+        p.relative_to(tmp_path / "cache").as_posix()
+        for p in (tmp_path / "cache").glob("*/*")
+    )
+
+
+def test_feature_extraction_model_equals_head_on_features(tmp_path):
+    recipe = _recipe(FeatureExtraction, tmp_path, hidden_units=(8,), dropout=0.2)
+    history = recipe.fit(_images(), _images(seed=1))
+    assert len(history.history["loss"]) == 2
+    data = _images(seed=2)
+    features = np.concatenate([recipe._features(x, training=False) for x, _ in data])
+    direct = recipe.model.predict(data, verbose=0)
+    np.testing.assert_allclose(
+        direct, recipe.head.predict(features, verbose=0), atol=1e-6
+    )
+    assert direct.shape == (64, 2)
+
+
+def test_feature_cache_reused_on_rerun_and_recomputed_on_changes(tmp_path):
+    _recipe(FeatureExtraction, tmp_path).fit(_images())
+    first = _cache_entries(tmp_path)
+    manifest = next((tmp_path / "cache").glob("*/train/manifest.json"))
+    written = manifest.stat().st_mtime_ns
+    _recipe(FeatureExtraction, tmp_path, run_dir=tmp_path / "run2").fit(_images())
+    assert _cache_entries(tmp_path) == first
+    assert manifest.stat().st_mtime_ns == written
+    _recipe(FeatureExtraction, tmp_path, run_dir=tmp_path / "run3").fit(
+        _images(shift=0.5)
+    )
+    assert len(_cache_entries(tmp_path)) == 2
+    _recipe(
+        FeatureExtraction, tmp_path, _backbone(seed=7), run_dir=tmp_path / "run4"
+    ).fit(_images())
+    assert len(_cache_entries(tmp_path)) == 3
+    assert not list((tmp_path / "cache").glob("*/.train.partial-*"))
+
+
+def test_streamed_features_equal_in_memory_features(tmp_path):
+    recipe = _recipe(FeatureExtraction, tmp_path)
+    recipe.cache = FeatureCache(tmp_path / "cache", shard_bytes=200)
+    cached = recipe.cached_features(_images(), "train")
+    assert len(cached.shards) > 3 and cached.num_examples == 64
+    in_memory = np.concatenate([f for f, _ in cached.dataset(16)])
+    streamed_batches = list(cached.dataset(16, shuffle=True, seed=1, memory_budget=0))
+    streamed = np.concatenate([f for f, _ in streamed_batches])
+    assert [len(f) for f, _ in streamed_batches] == [16, 16, 16, 16]
+    np.testing.assert_allclose(np.sort(streamed, axis=0), np.sort(in_memory, axis=0))
+
+
+def test_evaluate_returns_metrics_as_numbers(tmp_path):
+    recipe = _recipe(FeatureExtraction, tmp_path, epochs=1)
+    recipe.fit(_images(), class_names=["left", "right"])
+    metrics = recipe.evaluate(_images(seed=3))
+    json.dumps(metrics)
+    assert metrics["num_examples"] == 64
+    assert set(metrics["per_class"]) == {"left", "right"}
+    assert np.sum(metrics["confusion_matrix"]) == 64
+    assert metrics["top_k_accuracy"] == 1.0 and metrics["k"] == 2
+
+
+def test_classification_metrics_values():
+    metrics = classification_metrics(
+        [0, 1, 1, 2],
+        [[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]],
+        top_k=2,
+    )
+    assert metrics["accuracy"] == 0.75
+    assert metrics["top_k_accuracy"] == 1.0
+    assert metrics["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert metrics["per_class"]["1"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": 2 / 3,
+        "support": 2,
+    }
+    assert metrics["per_class"]["0"]["precision"] == 0.5
+
+
+def test_unfreeze_patterns_choose_the_trainable_variables(tmp_path):
+    backbone = _backbone()
+    recipe = _recipe(
+        FineTuning, tmp_path, backbone, head_epochs=1, epochs=1, unfreeze=["conv_b"]
+    )
+    recipe.fit(_images())
+    trainable = sorted(v.path for v in recipe.model.trainable_variables)
+    assert trainable == [
+        "head/logits/bias",
+        "head/logits/kernel",
+        "tiny/conv_b/bias",
+        "tiny/conv_b/kernel",
+    ]
+
+
+def test_unfrozen_subset_is_the_only_backbone_change_in_phase_two(tmp_path):
+    backbone = _backbone()
+    recipe = _recipe(
+        FineTuning, tmp_path, backbone, head_epochs=1, epochs=2, unfreeze=0.5
+    )
+    snapshot = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            snapshot.update({v.path: v.numpy().copy() for v in backbone.weights})
+
+    original = FineTuning._train_phase
+
+    def train_phase(self, phase, model, *args, **kwargs):
+        if phase == "fine_tune":
+            Snapshot().on_train_begin()
+        return original(self, phase, model, *args, **kwargs)
+
+    FineTuning._train_phase = train_phase
+    try:
+        recipe.fit(_images())
+    finally:
+        FineTuning._train_phase = original
+    changed = {
+        v.path
+        for v in backbone.weights
+        if not np.array_equal(snapshot[v.path], v.numpy())
+    }
+    # unfreeze=0.5 of the 3 layers with weights: bn and conv_b (top 2); BN statistics stay.
+    assert changed == {
+        "tiny/bn/gamma",
+        "tiny/bn/beta",
+        "tiny/conv_b/kernel",
+        "tiny/conv_b/bias",
+    }
+
+
+def test_batchnorm_statistics_update_only_when_asked(tmp_path):
+    for train_batchnorm, expect_change in ((False, False), (True, True)):
+        backbone = _backbone()
+        bn = backbone.get_layer("bn")
+        mean = bn.moving_mean.numpy().copy()
+        recipe = _recipe(
+            FineTuning,
+            tmp_path / str(train_batchnorm),
+            backbone,
+            head_epochs=1,
+            epochs=1,
+            train_batchnorm=train_batchnorm,
+        )
+        recipe.fit(_images())
+        assert (not np.array_equal(mean, bn.moving_mean.numpy())) == expect_change
+
+
+def test_discriminative_adamw_scales_backbone_rate_and_skips_bias_decay():
+    backbone_kernel = keras.Variable(np.ones((2,), "float32"), name="kernel")
+    head_kernel = keras.Variable(np.ones((2,), "float32"), name="kernel")
+    head_bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+    optimizer = DiscriminativeAdamW(
+        0.1,
+        backbone_variables=[backbone_kernel],
+        backbone_lr_scale=0.1,
+        weight_decay=0.5,
+    )
+    variables = [backbone_kernel, head_kernel, head_bias]
+    optimizer.apply([tf.zeros(2)] * 3, variables)
+    # Zero gradients: only weight decay moves the kernels (lr * decay), never the bias.
+    np.testing.assert_allclose(backbone_kernel.numpy(), 1 - 0.01 * 0.5)
+    np.testing.assert_allclose(head_kernel.numpy(), 1 - 0.1 * 0.5)
+    np.testing.assert_allclose(head_bias.numpy(), 1.0)
+
+
+def test_nan_loss_stops_with_error_naming_step_and_learning_rate(tmp_path):
+    x = np.ones((32, 8, 8, 3), "float32")
+    x[20] = np.nan
+    labels = np.arange(32, dtype="int64") % 2
+    data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
+    recipe = _recipe(FineTuning, tmp_path, head_epochs=1, epochs=1, patience=None)
+    with pytest.raises(
+        TrainingError,
+        match=r"at epoch 1, step [1-4]\. Lower the learning rate \(currently 0\.001",
+    ):
+        recipe.fit(data)
+
+
+def test_fine_tune_one_call_trains_both_phases(tmp_path):
+    recipe = fine_tune(
+        _backbone(),
+        _images(),
+        _images(seed=1),
+        epochs=2,
+        head_epochs=1,
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        strategy="default",
+        verbose=0,
+    )
+    assert len(recipe.head_history.history["loss"]) == 1
+    assert len(recipe.history.history["val_loss"]) == 2
+    assert recipe.evaluate(_images(seed=2))["num_examples"] == 64
+    assert (tmp_path / "run" / "logs" / "fine_tune" / "history.csv").exists()
+    assert list((tmp_path / "run" / "checkpoints").glob("fine_tune-*/state.npz"))
