@@ -242,7 +242,7 @@ class Backbone:
         encoder: str,
         *,
         seq_length: int = 128,
-        output_key: str = "pooled_output",
+        output_key: str | None = None,
         name: str | None = None,
     ) -> Backbone:
         """Describes a TF Hub text encoder and its preprocessor.
@@ -254,7 +254,8 @@ class Backbone:
                 then `text_preprocessor()` passes strings through.
             encoder: Handle of the TF Hub encoder SavedModel.
             seq_length: Tokens per example given to the encoder.
-            output_key: The encoder output used as the feature vector.
+            output_key: The encoder output used as the feature vector, where
+                it returns a dict; defaults to `"pooled_output"`.
             name: Short name; defaults to one derived from the encoder handle.
 
         Example:

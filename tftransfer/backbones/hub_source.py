@@ -103,6 +103,8 @@ def text_backbone(
     text_preprocessor = HubTextPreprocessor(preprocessor_path, seq_length)
     loaded = tf.saved_model.load(encoder_path)
     outputs = loaded(text_preprocessor(tf.constant(["a"])))
+    if output_key is None and isinstance(outputs, dict) and "pooled_output" in outputs:
+        output_key = "pooled_output"
     key = _pick_output_key(outputs, output_key, encoder)
     features = outputs[key] if key else outputs
 
@@ -129,7 +131,7 @@ def text_backbone(
             preprocessor=preprocessor,
             encoder=encoder,
             seq_length=seq_length,
-            output_key=output_key,
+            output_key=key,
             name=name,
         ),
     )

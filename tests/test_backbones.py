@@ -1,0 +1,483 @@
+"""Tests for tftransfer.Backbone, tftransfer.backbone() and tftransfer.hubify.
+
+Every model here is tiny and built in the test session (TF Hub fixtures
+from conftest, KerasHub presets and keras.applications models written to
+tmp_path); nothing downloads.
+"""
+
+import os
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftransfer
+from tftransfer import Backbone
+from tftransfer.backbones import catalogue
+from tftransfer.backbones.text_preprocessing import serving_unsafe_ops
+
+VOCAB = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "is", "playing",
+    "guitar", ".", "the", "stock", "market", "play", "##ing", "fell",
+]  # fmt: skip
+SENTENCES = ["A man is playing a guitar.", "The stock market fell."]
+
+
+@pytest.fixture(scope="module")
+def keras_hub_image_preset(tmp_path_factory):
+    """A tiny KerasHub ResNet preset (64 features) with a 16x16 converter."""
+    keras_hub = pytest.importorskip("keras_hub")
+    path = str(tmp_path_factory.mktemp("keras_hub") / "image")
+    keras.utils.set_random_seed(1)
+    keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64],
+        stackwise_num_blocks=[1],
+        stackwise_num_strides=[1],
+        block_type="basic_block",
+        image_shape=(None, None, 3),
+    ).save_to_preset(path)
+    keras_hub.layers.ImageConverter(
+        image_size=(16, 16), scale=1 / 255.0
+    ).save_to_preset(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def keras_hub_bert_preset(tmp_path_factory):
+    """A tiny KerasHub BERT preset (hidden size 8) with a lowercase tokenizer."""
+    keras_hub = pytest.importorskip("keras_hub")
+    path = str(tmp_path_factory.mktemp("keras_hub") / "bert")
+    keras.utils.set_random_seed(2)
+    keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCAB),
+        num_layers=1,
+        num_heads=1,
+        hidden_dim=8,
+        intermediate_dim=16,
+        max_sequence_length=32,
+    ).save_to_preset(path)
+    keras_hub.models.BertTokenizer(vocabulary=VOCAB, lowercase=True).save_to_preset(
+        path
+    )
+    return path
+
+
+def tiny_application(**kwargs):
+    return Backbone.from_keras_application(
+        "MobileNetV2", weights=None, image_size=(32, 32), **kwargs
+    )
+
+
+def images(size, high=1.0, batch=2, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, high, (batch, size, size, 3)).astype("float32")
+
+
+# --- Backbone.from_hub -------------------------------------------------------
+
+
+def test_from_hub_reads_image_size_and_features_from_signature(image_model_path):
+    backbone = Backbone.from_hub(image_model_path)
+    assert backbone.source == "hub"
+    assert backbone.modality == "image"
+    assert backbone.image_size == (8, 8)
+    assert backbone.value_range == (0.0, 1.0)
+    assert backbone.feature_dim == 4
+    assert backbone.seq_length is None
+    assert backbone.build()(images(8)).shape == (2, 4)
+
+
+def test_from_hub_builds_frozen_or_trainable_layers(image_model_path):
+    backbone = Backbone.from_hub(image_model_path)
+    assert backbone.build(trainable=False).trainable_weights == []
+    assert len(backbone.build(trainable=True).trainable_weights) > 0
+
+
+def test_from_hub_rejects_an_image_size_the_signature_contradicts(image_model_path):
+    with pytest.raises(tftransfer.InputSpecError, match=r"\(8, 8\)"):
+        Backbone.from_hub(image_model_path, image_size=(16, 16))
+
+
+def test_from_hub_takes_a_value_range_given(image_model_path):
+    backbone = Backbone.from_hub(image_model_path, value_range=(-1.0, 1.0))
+    assert backbone.value_range == (-1.0, 1.0)
+
+
+def test_from_hub_text_preprocesses_and_encodes(bert_paths):
+    preprocessor, encoder = bert_paths
+    backbone = Backbone.from_hub_text(preprocessor, encoder, seq_length=16)
+    assert (backbone.source, backbone.modality) == ("hub_text", "text")
+    assert backbone.seq_length == 16
+    assert backbone.feature_dim == 8
+    assert backbone.output_key == "pooled_output"
+    inputs = backbone.text_preprocessor()(tf.constant(SENTENCES))
+    assert sorted(inputs) == ["input_mask", "input_type_ids", "input_word_ids"]
+    assert all(v.dtype == tf.int32 and v.shape == (2, 16) for v in inputs.values())
+    assert backbone.build()(inputs).shape == (2, 8)
+
+
+def test_from_hub_text_without_preprocessor_passes_strings(text_embedding_path):
+    backbone = Backbone.from_hub_text(None, text_embedding_path)
+    strings = backbone.text_preprocessor()(tf.constant(SENTENCES))
+    assert strings.dtype == tf.string
+    assert backbone.feature_dim == 6
+    assert backbone.build()(strings).shape == (2, 6)
+
+
+def test_from_hub_text_names_the_seq_length_it_cannot_pack(bert_paths):
+    # The fixture's bert_pack_inputs was traced for seq_length=16 only.
+    backbone = Backbone.from_hub_text(*bert_paths, seq_length=16)
+    preprocess = backbone.text_preprocessor()
+    preprocess.seq_length = 7
+    with pytest.raises(tftransfer.InputSpecError, match="seq_length=7"):
+        preprocess(tf.constant(SENTENCES))
+
+
+def test_image_backbone_has_no_text_preprocessor(image_model_path):
+    with pytest.raises(tftransfer.InputSpecError, match="takes images"):
+        Backbone.from_hub(image_model_path).text_preprocessor()
+
+
+# --- Backbone.from_keras_application -----------------------------------------
+
+
+def test_from_keras_application_describes_and_builds():
+    backbone = tiny_application()
+    assert backbone.source == "keras_application"
+    assert backbone.image_size == (32, 32)
+    assert backbone.value_range == (0.0, 255.0)
+    assert backbone.feature_dim == 1280
+    frozen = backbone.build(trainable=False)
+    assert frozen.trainable_weights == []
+    assert frozen(images(32, 255.0)).shape == (2, 1280)
+    assert len(backbone.build(trainable=True).trainable_weights) > 100
+
+
+def test_from_keras_application_loads_a_weights_file(tmp_path):
+    backbone = tiny_application()
+    layer = backbone.build()
+    base = next(sub for sub in layer.layers if isinstance(sub, keras.Model))
+    weights_file = str(tmp_path / "mobilenet.weights.h5")
+    base.save_weights(weights_file)
+    reloaded = Backbone.from_keras_application(
+        "MobileNetV2", weights=weights_file, image_size=(32, 32)
+    ).build()
+    x = images(32, 255.0)
+    np.testing.assert_allclose(reloaded(x), layer(x), atol=1e-5)
+
+
+def test_from_keras_application_errors_name_the_fix(tmp_path):
+    with pytest.raises(tftransfer.HandleError, match="MobileNetV2"):
+        Backbone.from_keras_application("MobileNetV9", weights=None)
+    with pytest.raises(tftransfer.HandleNotFoundError, match="missing.h5"):
+        Backbone.from_keras_application(
+            "MobileNetV2", weights=str(tmp_path / "missing.h5")
+        )
+
+
+# --- Backbone.from_keras_hub -------------------------------------------------
+
+
+def test_from_keras_hub_image_preset(keras_hub_image_preset):
+    backbone = Backbone.from_keras_hub(keras_hub_image_preset)
+    assert backbone.source == "keras_hub"
+    assert backbone.image_size == (16, 16)
+    assert backbone.value_range == (0.0, 255.0)
+    assert backbone.feature_dim == 64
+    assert backbone.build()(images(16, 255.0)).shape == (2, 64)
+
+
+def test_from_keras_hub_bert_preset_uses_serving_safe_preprocessor(
+    keras_hub_bert_preset, tmp_path
+):
+    import keras_hub
+
+    backbone = Backbone.from_keras_hub(keras_hub_bert_preset, seq_length=12)
+    assert (backbone.modality, backbone.feature_dim, backbone.seq_length) == (
+        "text",
+        8,
+        12,
+    )
+    ours = backbone.text_preprocessor()(tf.constant(SENTENCES))
+    tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(keras_hub_bert_preset)
+    theirs = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=12
+    )(tf.constant(SENTENCES))
+    np.testing.assert_array_equal(ours["input_word_ids"], theirs["token_ids"])
+    np.testing.assert_array_equal(ours["input_mask"], theirs["padding_mask"])
+    assert backbone.build()(ours).shape == (2, 8)
+    tf.saved_model.save(backbone.text_preprocessor(), str(tmp_path / "pre"))
+    assert serving_unsafe_ops(str(tmp_path / "pre")) == set()
+
+
+def test_from_keras_hub_mean_pooling_averages_unmasked_tokens(keras_hub_bert_preset):
+    import keras_hub
+
+    backbone = Backbone.from_keras_hub(
+        keras_hub_bert_preset, seq_length=12, pooling="mean"
+    )
+    inputs = backbone.text_preprocessor()(tf.constant(SENTENCES))
+    features = backbone.build()(inputs).numpy()
+    encoder = keras_hub.models.Backbone.from_preset(keras_hub_bert_preset)
+    sequence = encoder(
+        {
+            "token_ids": inputs["input_word_ids"],
+            "segment_ids": inputs["input_type_ids"],
+            "padding_mask": inputs["input_mask"],
+        }
+    )["sequence_output"].numpy()
+    mask = inputs["input_mask"].numpy().astype(bool)
+    expected = [sequence[i][mask[i]].mean(axis=0) for i in range(2)]
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+
+
+def test_bert_pack_inputs_trims_pairs_round_robin(keras_hub_bert_preset):
+    preprocess = Backbone.from_keras_hub(keras_hub_bert_preset).text_preprocessor()
+    first = preprocess.tokenize(tf.constant(["a man is playing a guitar ."]))
+    second = preprocess.tokenize(tf.constant(["the stock"]))
+    packed = preprocess.bert_pack_inputs([first, second], tf.constant(8))
+    # 8 + 2 word pieces, 5 places: one from each in turn gives 3 + 2.
+    assert packed["input_word_ids"].numpy()[0].tolist() == [2, 5, 6, 7, 3, 11, 12, 3]
+    assert packed["input_type_ids"].numpy()[0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
+    assert packed["input_mask"].numpy().sum() == 8
+
+
+def test_from_keras_hub_rejects_unknown_pooling(keras_hub_bert_preset):
+    with pytest.raises(tftransfer.HandleError, match="pooling"):
+        Backbone.from_keras_hub(keras_hub_bert_preset, pooling="max")
+
+
+def test_from_keras_hub_names_the_preset_it_cannot_load(tmp_path):
+    pytest.importorskip("keras_hub")
+    with pytest.raises(tftransfer.HandleError, match="no_such_preset"):
+        Backbone.from_keras_hub(str(tmp_path / "no_such_preset"))
+
+
+# --- get_config / from_config ------------------------------------------------
+
+
+def test_config_round_trip_recreates_the_backbone(image_model_path):
+    for original in (tiny_application(), Backbone.from_hub(image_model_path)):
+        config = original.get_config()
+        recreated = Backbone.from_config(config)
+        assert recreated.get_config() == config
+        assert (recreated.image_size, recreated.feature_dim) == (
+            original.image_size,
+            original.feature_dim,
+        )
+
+
+# --- tftransfer.backbone() ---------------------------------------------------
+
+
+def test_backbone_picks_keras_applications(monkeypatch):
+    for handle in ("keras:MobileNetV2", "keras.applications.MobileNetV2"):
+        backbone = tftransfer.backbone(handle, weights=None, image_size=(32, 32))
+        assert (backbone.source, backbone.name) == ("keras_application", "MobileNetV2")
+
+
+def test_backbone_picks_keras_hub(keras_hub_image_preset, keras_hub_bert_preset):
+    assert tftransfer.backbone(f"keras_hub:{keras_hub_image_preset}").feature_dim == 64
+    assert tftransfer.backbone(keras_hub_image_preset).source == "keras_hub"
+    assert tftransfer.backbone(keras_hub_bert_preset).modality == "text"
+
+
+def test_backbone_picks_kaggle_and_hf_handles_for_keras_hub(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        Backbone, "from_keras_hub", classmethod(lambda cls, h, **kw: seen.append(h))
+    )
+    tftransfer.backbone(
+        "kaggle://keras/efficientnet/keras/efficientnet_lite0_ra_imagenet"
+    )
+    tftransfer.backbone("hf://keras/bert_tiny_en_uncased")
+    tftransfer.backbone("keras_hub:bert_tiny_en_uncased")
+    assert seen == [
+        "kaggle://keras/efficientnet/keras/efficientnet_lite0_ra_imagenet",
+        "hf://keras/bert_tiny_en_uncased",
+        "bert_tiny_en_uncased",
+    ]
+
+
+def test_backbone_picks_tf_hub_for_folders_and_urls(image_model_path, bert_paths):
+    assert tftransfer.backbone(image_model_path).source == "hub"
+    assert tftransfer.backbone(f"file://{image_model_path}").image_size == (8, 8)
+    preprocessor, encoder = bert_paths
+    text = tftransfer.backbone(
+        f"file://{encoder}", preprocessor=preprocessor, seq_length=16
+    )
+    assert (text.source, text.feature_dim) == ("hub_text", 8)
+
+
+def test_backbone_resolves_catalogue_names_to_published_handles(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        Backbone,
+        "from_hub",
+        classmethod(lambda cls, h, **kw: calls.append((h, kw)) or SimpleNamespace()),
+    )
+    monkeypatch.setattr(
+        Backbone,
+        "from_hub_text",
+        classmethod(
+            lambda cls, p, e, **kw: calls.append((p, e, kw)) or SimpleNamespace()
+        ),
+    )
+    tftransfer.backbone("EfficientNetV2_B0")
+    tftransfer.backbone("bert-small", seq_length=64)
+    tftransfer.backbone("universal-sentence-encoder")
+    handle, options = calls[0]
+    assert handle == (
+        "https://tfhub.dev/google/imagenet/efficientnet_v2_imagenet1k_b0/feature_vector/2"
+    )
+    assert options["image_size"] == (224, 224) and options["value_range"] == (0.0, 1.0)
+    assert calls[1][:2] == (
+        "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3",
+        "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-4_H-512_A-8/1",
+    )
+    assert calls[1][2]["seq_length"] == 64
+    assert calls[2][0] is None
+
+
+def test_catalogue_covers_the_families_with_sizes():
+    for name in (
+        "mobilenet-v2", "mobilenet-v3-small", "mobilenet-v3-large", "efficientnet-b0",
+        "efficientnetv2-b0", "efficientnetv2-s", "resnet-v2-50", "bert-base-uncased",
+        "small-bert-tiny", "electra-small", "universal-sentence-encoder",
+        "all-minilm-l6-v2", "efficientnet-lite0",
+    ):  # fmt: skip
+        _, entry = catalogue.lookup(name)
+        assert entry["feature_dim"] > 0
+    assert catalogue.lookup("efficientnetv2-s")[1]["image_size"] == (384, 384)
+    assert catalogue.lookup("electra-small")[1]["feature_dim"] == 256
+
+
+def test_backbone_unknown_handle_suggests_and_lists_forms():
+    with pytest.raises(tftransfer.HandleError, match="efficientnetv2-b0") as error:
+        tftransfer.backbone("efficientnetv2-b9")
+    assert "keras_hub:<preset>" in str(error.value)
+
+
+# --- hubify ------------------------------------------------------------------
+
+
+def test_hubify_image_round_trip_in_hub_layer(tmp_path):
+    backbone = tiny_application()
+    layer = backbone.build(trainable=True)
+    written = tftransfer.hubify(layer, str(tmp_path / "mobilenet"))
+    assert written.preprocessor_path is None
+    hub_layer = tftransfer.HubLayer(written.path)
+    x = images(32, 255.0)
+    assert np.max(np.abs(hub_layer(x) - layer(x, training=False))) < 1e-5
+    loaded = tf.saved_model.load(written.path)
+    assert len(loaded.variables) == len(layer.variables)
+    assert len(loaded.trainable_variables) == len(layer.trainable_variables)
+    assert list(loaded.regularization_losses) == []
+
+
+def test_hubify_backbone_follows_tf_hub_image_convention(
+    keras_hub_image_preset, tmp_path
+):
+    backbone = Backbone.from_keras_hub(keras_hub_image_preset)
+    written = tftransfer.hubify(backbone, str(tmp_path / "resnet"))
+    described = Backbone.from_hub(written.path)
+    assert (described.image_size, described.value_range, described.feature_dim) == (
+        (16, 16),
+        (0.0, 1.0),
+        64,
+    )
+    x = images(16)
+    diff = np.max(np.abs(described.build()(x) - backbone.build()(x * 255.0)))
+    assert diff < 1e-5
+
+
+def test_hubify_output_loads_in_legacy_hub_keras_layer(tmp_path):
+    hub = pytest.importorskip("tensorflow_hub")
+    tf_keras = pytest.importorskip("tf_keras")
+    layer = tiny_application().build(trainable=True)
+    written = tftransfer.hubify(layer, str(tmp_path / "mobilenet"))
+    model = tf_keras.Sequential(
+        [tf_keras.Input((32, 32, 3)), hub.KerasLayer(written.path, trainable=True)]
+    )
+    x = images(32, 255.0)
+    assert np.max(np.abs(model(x) - layer(x, training=False))) < 1e-5
+    assert len(model.trainable_weights) == len(layer.trainable_weights)
+
+
+def test_hubify_bert_writes_serving_safe_pair(keras_hub_bert_preset, tmp_path):
+    hub = pytest.importorskip("tensorflow_hub")
+    tf_keras = pytest.importorskip("tf_keras")
+    backbone = Backbone.from_keras_hub(keras_hub_bert_preset, seq_length=12)
+    written = tftransfer.hubify(backbone, str(tmp_path / "bert"))
+    assert written.preprocessor_path == str(tmp_path / "bert_preprocessor")
+    assert serving_unsafe_ops(written.preprocessor_path) == set()
+    hubbed = Backbone.from_hub_text(
+        written.preprocessor_path, written.path, seq_length=12
+    )
+    strings = tf.constant(SENTENCES)
+    ours = backbone.text_preprocessor()(strings)
+    theirs = hubbed.text_preprocessor()(strings)
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], theirs[key])
+    expected = backbone.build()(ours)
+    assert np.max(np.abs(hubbed.build()(theirs) - expected)) < 1e-5
+    inputs = {k: tf_keras.Input((12,), dtype=tf.int32, name=k) for k in ours}
+    outputs = hub.KerasLayer(written.path, output_key="pooled_output")(inputs)
+    legacy = tf_keras.Model(inputs, outputs)
+    assert np.max(np.abs(legacy(theirs) - expected)) < 1e-5
+
+
+def test_hubify_refuses_existing_paths_and_tf_hub_backbones(image_model_path, tmp_path):
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    with pytest.raises(tftransfer.ExportError, match="already exists"):
+        tftransfer.hubify(tiny_application().build(), str(existing))
+    with pytest.raises(tftransfer.ExportError, match="already is a TF Hub"):
+        tftransfer.hubify(Backbone.from_hub(image_model_path), str(tmp_path / "x"))
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+# --- one training code path for every source ---------------------------------
+
+
+def fit_once(backbone, inputs, labels):
+    """Backbone features -> softmax head, trained with model.fit for one epoch."""
+    if backbone.modality == "image":
+        model_inputs = keras.Input((*backbone.image_size, 3), dtype="float32")
+    else:
+        model_inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in inputs}
+    features = backbone.build(trainable=True)(model_inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(features)
+    model = keras.Model(model_inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy"
+    )
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(inputs, labels, batch_size=2, epochs=1, verbose=0)
+    changed = sum(
+        not np.allclose(a, w.numpy())
+        for a, w in zip(before, model.trainable_weights, strict=True)
+    )
+    return history.history["loss"][0], changed
+
+
+@pytest.mark.slow
+def test_every_source_trains_through_model_fit(
+    image_model_path, bert_paths, keras_hub_image_preset
+):
+    labels = np.array([0, 1])
+    cases = [
+        (Backbone.from_hub(image_model_path), images(8)),
+        (tiny_application(), images(32, 255.0)),
+        (Backbone.from_keras_hub(keras_hub_image_preset), images(16, 255.0)),
+    ]
+    text = Backbone.from_hub_text(*bert_paths, seq_length=16)
+    cases.append((text, dict(text.text_preprocessor()(tf.constant(SENTENCES)))))
+    for backbone, inputs in cases:
+        loss, changed = fit_once(backbone, inputs, labels)
+        assert np.isfinite(loss), backbone.source
+        assert changed > 2, backbone.source  # the head and backbone weights moved
