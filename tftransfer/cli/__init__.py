@@ -1,0 +1,195 @@
+"""The `tftransfer` command.
+
+Subcommands: `run` (a whole job from a recipe file), `inspect` (what a
+SavedModel or backbone holds), `backbones` (the catalogue), `predict` and
+`evaluate` (use an exported model), `export` (repeat a run's export from its
+checkpoint). Exit codes: 0 success, 2 bad usage or bad recipe file, 1 any
+other failure. Errors are one readable paragraph; `--debug` shows the
+traceback instead.
+
+Example:
+
+    tftransfer run recipes/default.yaml --set recipe.epochs=5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from tftransfer.errors import ConfigError, TFTransferError
+
+USAGE_ERROR = 2
+FAILURE = 1
+
+
+class _UsageError(Exception):
+    """Raised by the argument parser instead of exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{message}. Run `{self.prog} --help` for usage.")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from tftransfer import __version__
+
+    parser = _Parser(
+        prog="tftransfer",
+        description="Transfer learning with pretrained TF Hub, KerasHub and Keras models.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tftransfer {__version__}"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and TensorFlow logs"
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser
+    )
+
+    run = commands.add_parser("run", help="run a whole job from a recipe file")
+    run.add_argument("recipe", help="the YAML recipe file (see recipes/)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set recipe.epochs=5 (repeatable)",
+    )
+    run.add_argument(
+        "--check", action="store_true", help="only validate the recipe file"
+    )
+
+    inspect = commands.add_parser("inspect", help="what a SavedModel or backbone holds")
+    inspect.add_argument(
+        "handle", help="SavedModel folder, catalogue name or backbone handle"
+    )
+
+    commands.add_parser(
+        "backbones", help="the backbone catalogue, marking offline ones"
+    )
+
+    predict = commands.add_parser(
+        "predict", help="classify files with an exported model"
+    )
+    predict.add_argument(
+        "model_dir", help="exported version folder, or its base folder"
+    )
+    predict.add_argument(
+        "files", nargs="+", help="image files, or text files for a text model"
+    )
+    predict.add_argument("--top-k", type=int, default=3, help="classes shown per file")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate an exported model on labelled data"
+    )
+    evaluate.add_argument(
+        "model_dir", help="exported version folder, or its base folder"
+    )
+    evaluate.add_argument(
+        "data",
+        help="a folder with one sub-folder per class (images or .txt files), or a .csv / .jsonl file",
+    )
+
+    export = commands.add_parser(
+        "export", help="repeat a run's export from its checkpoint"
+    )
+    export.add_argument("run_dir", help="the run folder (runs/<name>)")
+    return parser
+
+
+def _read_data(path: str):
+    """Labelled data for `evaluate`, by the shape of `path`."""
+    from tftransfer.cli import sources
+    from tftransfer.config import DataConfig
+
+    if os.path.isdir(path):
+        first = next((f for _, _, files in os.walk(path) for f in files), "")
+        kind = "text_folder" if first.endswith(".txt") else "image_folder"
+    else:
+        kind = {".csv": "csv", ".jsonl": "jsonl"}.get(os.path.splitext(path)[1])
+        if kind is None:
+            raise ConfigError(
+                f"Cannot tell the format of {path}: expected a folder with one "
+                "sub-folder per class, a .csv or a .jsonl file."
+            )
+    return sources.read(DataConfig(format=kind, path=path))
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "run":
+        from tftransfer import config
+
+        settings = config.load(args.recipe, args.overrides)
+        if args.check:
+            print(f"{args.recipe}: valid")
+            return
+        from tftransfer.cli.run import run
+
+        run(settings)
+    elif args.command == "inspect":
+        from tftransfer.cli.inspection import inspect
+
+        inspect(args.handle)
+    elif args.command == "backbones":
+        from tftransfer.cli.inspection import backbones
+
+        backbones()
+    elif args.command == "predict":
+        from tftransfer.cli.serving import predict
+
+        predict(args.model_dir, args.files, top_k=args.top_k)
+    elif args.command == "evaluate":
+        from tftransfer.cli.serving import evaluate
+
+        evaluate(args.model_dir, _read_data(args.data))
+    elif args.command == "export":
+        from tftransfer.cli.run import export_run
+
+        export_run(args.run_dir)
+
+
+def _paragraph(error: BaseException | str) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return textwrap.fill(f"error: {text}", width=100, subsequent_indent="  ")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `tftransfer` command; returns its exit code.
+
+    Example:
+
+    >>> main(["run", "recipes/default.yaml", "--check"])
+    recipes/default.yaml: valid
+    0
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args = _parser().parse_args(argv)
+        _dispatch(args)
+    except (_UsageError, ConfigError) as error:
+        if debug:
+            raise
+        print(_paragraph(error), file=sys.stderr)
+        return USAGE_ERROR
+    except Exception as error:
+        if debug:
+            raise
+        if not isinstance(error, (TFTransferError, OSError)):
+            error = f"{type(error).__name__}: {error}"
+        print(_paragraph(error), file=sys.stderr)
+        print("  (run with --debug for the traceback)", file=sys.stderr)
+        return FAILURE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
