@@ -76,10 +76,12 @@ def test_base_path_that_is_a_file_is_refused(tmp_path):
 def test_error_while_writing_leaves_no_partial_folder(tmp_path):
     base = tmp_path / "model"
     write_version(base)
-    with pytest.raises(RuntimeError, match="boom"):
-        with writer.atomic_version_dir(base, 2) as tmp:
-            (tmp / "saved_model.pb").write_text("half")
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        writer.atomic_version_dir(base, 2) as tmp,
+    ):
+        (tmp / "saved_model.pb").write_text("half")
+        raise RuntimeError("boom")
     assert sorted(p.name for p in base.iterdir()) == ["1"]
 
 
@@ -95,10 +97,12 @@ def test_os_errors_say_what_went_wrong_and_keep_earlier_versions(
 ):
     base = tmp_path / "model"
     write_version(base, content="kept")
-    with pytest.raises(ExportError, match=message) as raised:
-        with writer.atomic_version_dir(base, 2) as tmp:
-            (tmp / "saved_model.pb").write_text("half")
-            raise OSError(code, os.strerror(code), str(tmp / "saved_model.pb"))
+    with (
+        pytest.raises(ExportError, match=message) as raised,
+        writer.atomic_version_dir(base, 2) as tmp,
+    ):
+        (tmp / "saved_model.pb").write_text("half")
+        raise OSError(code, os.strerror(code), str(tmp / "saved_model.pb"))
     assert "Earlier versions are unchanged" in str(raised.value)
     assert sorted(p.name for p in base.iterdir()) == ["1"]
     assert (base / "1" / "saved_model.pb").read_text() == "kept"

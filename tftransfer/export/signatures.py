@@ -87,7 +87,8 @@ def describe(functions: Mapping[str, Any]) -> dict:
     return {
         name: {
             "inputs": {
-                k: tensor(v) for k, v in fn.structured_input_signature[1].items()
+                spec.name: tensor(spec)
+                for spec in tf.nest.flatten(fn.structured_input_signature)
             },
             "outputs": {k: tensor(v) for k, v in fn.structured_outputs.items()},
         }
@@ -159,6 +160,7 @@ class ServingModule(tf.Module):
         self.serving_prepared = tf.function(
             self._serve_prepared, input_signature=[self._prepared_spec(raw_spec)]
         )
+        self.captured_resources = _owners_of_captures(self.signatures().values())
 
     def _prepared_spec(self, raw_spec: tf.TensorSpec):
         traced = tf.function(self._prepare).get_concrete_function(raw_spec)
@@ -195,6 +197,25 @@ class ServingModule(tf.Module):
             DEFAULT_SIGNATURE: self.serving_default.get_concrete_function(),
             PREPARED_SIGNATURE: self.serving_prepared.get_concrete_function(),
         }
+
+
+def _owners_of_captures(functions) -> list:
+    """The variables and resources (lookup tables, ...) that functions capture.
+
+    A preparation function may use a vocabulary table or variables that no
+    tracked object owns (a tokenizer held in a closure); `tf.saved_model.save`
+    refuses such untracked captures. Each captured handle records its owner
+    in `_parent_trackable` (the attribute TensorFlow itself reads to explain
+    that error), so the owners can be tracked by the serving module.
+    """
+    owners = []
+    for function in functions:
+        for capture, _ in function.graph.captures:
+            parent = getattr(capture, "_parent_trackable", None)
+            owner = parent() if parent is not None else None
+            if owner is not None and all(owner is not known for known in owners):
+                owners.append(owner)
+    return owners
 
 
 def write_labels(class_names: Sequence[str], path: str | os.PathLike) -> None:

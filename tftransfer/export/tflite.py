@@ -8,12 +8,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2,
+)
 
 from tftransfer.errors import ExportError
 
 TFLITE_FILE = "model.tflite"
 QUANTIZATIONS = ("dynamic_range", "float16", "none")
-_SIGNATURE = "serving_prepared"
 
 
 def convert(model: keras.Model, input_signature, quantization: str) -> bytes:
@@ -27,22 +29,21 @@ def convert(model: keras.Model, input_signature, quantization: str) -> bytes:
             weights) or `"none"`.
 
     Returns:
-        The TFLite model with one signature, `serving_prepared`, whose output
-        is `probabilities`.
+        The TFLite model: inputs named as in `input_signature`, one output
+        (the probabilities).
     """
     if quantization not in QUANTIZATIONS:
         raise ExportError(
             f"Expected `quantization` in {QUANTIZATIONS}. "
             f"Received: quantization={quantization!r}."
         )
-    module = tf.Module()
-    module.model = model
-    module.serve = tf.function(
-        lambda inputs: {"probabilities": model(inputs, training=False)},
-        input_signature=[input_signature],
+    serve = tf.function(
+        lambda inputs: model(inputs, training=False), input_signature=[input_signature]
     )
-    function = module.serve.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    # Keras 3 variables stay resource variables in a converted concrete
+    # function (READ_VARIABLE fails at run time), so freeze them first.
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     if quantization != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
@@ -65,13 +66,24 @@ def accuracy_change(
         "accuracy_change", "max_abs_probability_difference"}`.
     """
     interpreter = tf.lite.Interpreter(model_content=tflite_model)
-    runner = interpreter.get_signature_runner()
+    inputs_by_name = {d["name"]: d["index"] for d in interpreter.get_input_details()}
+    (output,) = interpreter.get_output_details()
     total = keras_hits = tflite_hits = 0
     max_difference = 0.0
     for inputs, labels in validation_data:
         expected = np.asarray(model(inputs, training=False))
-        feed = inputs if isinstance(inputs, dict) else {"inputs": inputs}
-        got = runner(**{k: np.asarray(v) for k, v in feed.items()})["probabilities"]
+        feed = (
+            inputs
+            if isinstance(inputs, dict)
+            else dict.fromkeys(inputs_by_name, inputs)
+        )
+        for name, value in feed.items():
+            interpreter.resize_tensor_input(inputs_by_name[name], value.shape)
+        interpreter.allocate_tensors()
+        for name, value in feed.items():
+            interpreter.set_tensor(inputs_by_name[name], np.asarray(value))
+        interpreter.invoke()
+        got = interpreter.get_tensor(output["index"])
         labels = np.asarray(labels).reshape(-1)
         total += labels.size
         keras_hits += int((expected.argmax(-1) == labels).sum())
@@ -114,7 +126,6 @@ def export_tflite(
     Path(path).write_bytes(tflite_model)
     return {
         "file": Path(path).name,
-        "signature": _SIGNATURE,
         "quantization": quantization,
         "size_bytes": len(tflite_model),
         **accuracy_change(model, tflite_model, validation_data),

@@ -1,0 +1,391 @@
+"""Exported signatures: layout, model card, REST request bodies, verify, TFLite."""
+
+import base64
+import json
+import types
+
+import hub_fixtures
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tftransfer
+from tftransfer.backbones.backbone import Backbone
+from tftransfer.errors import ExportError
+
+IMAGE_CLASSES = ["cat", "dog", "fox"]
+TEXT_CLASSES = ["business", "music"]
+SENTENCES = ["the man plays guitar", "stock market fell sharply today"]
+
+
+def encoded_images(count=2, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = [(10, 12), (7, 9), (16, 16)]
+    return [
+        tf.io.encode_png(
+            rng.integers(0, 255, (*shapes[i % 3], 3), dtype=np.uint8)
+        ).numpy()
+        for i in range(count)
+    ]
+
+
+def trained(model, inputs, labels):
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(inputs, np.asarray(labels), epochs=1, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def image_backbone(image_model_path):
+    return Backbone.from_hub(image_model_path, image_size=(8, 8))
+
+
+@pytest.fixture(scope="module")
+def image_model(image_backbone):
+    inputs = keras.Input((8, 8, 3))
+    features = image_backbone.build(trainable=False)(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(features)
+    model = keras.Model(inputs, outputs, name="pets")
+    rng = np.random.default_rng(1)
+    return trained(model, rng.random((6, 8, 8, 3), "float32"), [0, 1, 2, 0, 1, 2])
+
+
+@pytest.fixture(scope="module")
+def image_recipe(image_model, image_backbone):
+    return types.SimpleNamespace(
+        model=image_model,
+        backbone=image_backbone,
+        class_names=IMAGE_CLASSES,
+        metrics={"accuracy": 0.5},
+        settings={"epochs": 1, "data_source": "image_folder:/data/pets"},
+    )
+
+
+@pytest.fixture(scope="module")
+def image_export(image_recipe, tmp_path_factory):
+    base = tmp_path_factory.mktemp("exports") / "pets"
+    return tftransfer.export(image_recipe, base, top_k=2)
+
+
+@pytest.fixture(scope="module")
+def text_backbone(tmp_path_factory):
+    vocab = hub_fixtures.write_vocab(str(tmp_path_factory.mktemp("vocab") / "v.txt"))
+    preprocessor = hub_fixtures.BertPreprocessor(vocab)
+    return types.SimpleNamespace(
+        name="tiny_bert",
+        handle="test://tiny_bert",
+        source="hub_text",
+        modality="text",
+        seq_length=hub_fixtures.TEXT_SEQ_LENGTH,
+        text_preprocessor=lambda: preprocessor.__call__,
+    )
+
+
+@pytest.fixture(scope="module")
+def text_model(text_backbone):
+    prepare = text_backbone.text_preprocessor()
+    names = ("input_word_ids", "input_mask", "input_type_ids")
+    inputs = {
+        name: keras.Input((hub_fixtures.TEXT_SEQ_LENGTH,), dtype="int32", name=name)
+        for name in names
+    }
+    embedded = keras.layers.Embedding(100, 4)(inputs["input_word_ids"])
+    outputs = keras.layers.Dense(2, activation="softmax")(
+        keras.layers.GlobalAveragePooling1D()(embedded)
+    )
+    model = keras.Model(inputs, outputs, name="topics")
+    return trained(model, prepare(tf.constant(SENTENCES)), [1, 0])
+
+
+@pytest.fixture(scope="module")
+def text_export(text_model, text_backbone, tmp_path_factory):
+    base = tmp_path_factory.mktemp("exports") / "topics"
+    return tftransfer.export(
+        text_model,
+        base,
+        backbone=text_backbone,
+        class_names=TEXT_CLASSES,
+        prepare=text_backbone.text_preprocessor(),
+    )
+
+
+def load(path):
+    return tf.saved_model.load(str(path))
+
+
+def rest_predict(signature, body: str) -> dict:
+    """Answers a TF Serving REST `:predict` body the way the server encodes it."""
+    request = json.loads(body)
+    specs = signature.structured_input_signature[1]
+
+    def decode(value):
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        if isinstance(value, dict) and set(value) == {"b64"}:
+            return base64.b64decode(value["b64"])
+        return value
+
+    def named(row):
+        return isinstance(row, dict) and set(row) == set(specs)
+
+    if "instances" in request:
+        rows = request["instances"]
+        columns = (
+            {name: [row[name] for row in rows] for name in specs}
+            if named(rows[0])
+            else {next(iter(specs)): rows}
+        )
+    else:
+        inputs = request["inputs"]
+        columns = inputs if named(inputs) else {next(iter(specs)): inputs}
+    feed = {
+        name: tf.constant(decode(values), dtype=specs[name].dtype)
+        for name, values in columns.items()
+    }
+    outputs = {
+        name: as_json(value.numpy()) for name, value in signature(**feed).items()
+    }
+    if "instances" in request:
+        count = len(next(iter(outputs.values())))
+        return {
+            "predictions": [{k: v[i] for k, v in outputs.items()} for i in range(count)]
+        }
+    return {"outputs": outputs}
+
+
+def as_json(value):
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def test_image_export_writes_serving_layout_and_model_card(image_export):
+    assert image_export.name == "1"
+    assert (image_export / "saved_model.pb").is_file()
+    assert (image_export / "variables" / "variables.index").is_file()
+    labels = (image_export / "assets" / "labels.txt").read_text()
+    assert labels.splitlines() == IMAGE_CLASSES
+    card = json.loads((image_export / "model_card.json").read_text())
+    assert card["version"] == 1 and card["name"] == "pets"
+    assert card["class_names"] == IMAGE_CLASSES
+    assert card["backbone"]["source"] == "hub"
+    assert card["backbone"]["image_size"] == [8, 8]
+    assert card["data_source"] == "image_folder:/data/pets"
+    assert card["metrics"] == {"accuracy": 0.5}
+    assert card["recipe_settings"]["epochs"] == 1
+    assert card["library_versions"]["tensorflow"] == tf.__version__
+    assert card["created"].endswith("+00:00")
+    assert card["serving_ops"]["tf_text_version"] == "2.12.1"
+    assert card["serving_ops"]["needs_tensorflow_text"] is False
+    assert {"DecodeImage", "DecodeJpeg"} <= set(card["serving_ops"]["ops"])
+    default = card["signatures"]["serving_default"]
+    assert default["inputs"] == {"image_bytes": {"dtype": "string", "shape": [-1]}}
+    assert default["outputs"]["top_k_classes"] == {"dtype": "string", "shape": [-1, 2]}
+
+
+def test_image_signatures_take_bytes_and_prepared_images(image_export):
+    signatures = load(image_export).signatures
+    assert sorted(signatures) == ["serving_default", "serving_prepared"]
+    raw = signatures["serving_default"].structured_input_signature[1]
+    assert raw["image_bytes"].dtype == tf.string and raw["image_bytes"].shape == [None]
+    prepared = signatures["serving_prepared"].structured_input_signature[1]
+    assert prepared["images"].shape.as_list() == [None, 8, 8, 3]
+    outputs = signatures["serving_default"](image_bytes=tf.constant(encoded_images(3)))
+    assert outputs["probabilities"].shape == (3, 3)
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1, atol=1e-5)
+    assert outputs["classes"].shape == (3,)
+    assert outputs["top_k_scores"].shape == (3, 2)
+    assert outputs["top_k_classes"].shape == (3, 2)
+    best = outputs["probabilities"].numpy().argmax(-1)
+    assert [c.decode() for c in outputs["classes"].numpy()] == [
+        IMAGE_CLASSES[i] for i in best
+    ]
+
+
+def test_serving_default_matches_in_memory_model(image_export, image_recipe):
+    images = encoded_images(3)
+    served = load(image_export).signatures["serving_default"](
+        image_bytes=tf.constant(images)
+    )["probabilities"]
+    prepare = tftransfer.data.prepare.prepare_fn(image_recipe.backbone)
+    expected = image_recipe.model(prepare(tf.constant(images)))
+    assert np.abs(served.numpy() - np.asarray(expected)).max() <= 1e-5
+
+
+def test_rest_bodies_row_and_columnar_with_b64_images(image_export):
+    signature = load(image_export).signatures["serving_default"]
+    images = encoded_images(2)
+    bodies = {
+        "row": {"instances": [b64(image) for image in images]},
+        "row_named": {"instances": [{"image_bytes": b64(image)} for image in images]},
+        "columnar": {"inputs": {"image_bytes": [b64(image) for image in images]}},
+        "columnar_bare": {"inputs": [b64(image) for image in images]},
+    }
+    answers = {k: rest_predict(signature, json.dumps(v)) for k, v in bodies.items()}
+    for kind in ("row", "row_named"):
+        predictions = answers[kind]["predictions"]
+        assert len(predictions) == 2
+        for prediction in predictions:
+            assert len(prediction["probabilities"]) == 3
+            assert prediction["classes"] in IMAGE_CLASSES
+            assert len(prediction["top_k_classes"]) == 2
+            assert prediction["top_k_classes"][0] == prediction["classes"]
+    for kind in ("columnar", "columnar_bare"):
+        outputs = answers[kind]["outputs"]
+        assert np.asarray(outputs["probabilities"]).shape == (2, 3)
+        assert outputs["classes"] == [
+            p["classes"] for p in answers["row"]["predictions"]
+        ]
+
+
+def test_rest_bodies_with_raw_strings_for_text_model(text_export):
+    signature = load(text_export).signatures["serving_default"]
+    row = rest_predict(signature, json.dumps({"instances": SENTENCES}))
+    columnar = rest_predict(signature, json.dumps({"inputs": {"text": SENTENCES}}))
+    assert len(row["predictions"]) == 2
+    assert all(p["classes"] in TEXT_CLASSES for p in row["predictions"])
+    assert np.asarray(columnar["outputs"]["probabilities"]).shape == (2, 2)
+    assert columnar["outputs"]["classes"] == [p["classes"] for p in row["predictions"]]
+
+
+def test_text_prepared_signature_takes_the_token_dict(text_export, text_backbone):
+    signatures = load(text_export).signatures
+    specs = signatures["serving_prepared"].structured_input_signature[1]
+    assert sorted(specs) == ["input_mask", "input_type_ids", "input_word_ids"]
+    assert all(spec.dtype == tf.int32 for spec in specs.values())
+    tokens = text_backbone.text_preprocessor()(tf.constant(SENTENCES))
+    prepared = signatures["serving_prepared"](**tokens)["probabilities"]
+    raw = signatures["serving_default"](text=tf.constant(SENTENCES))["probabilities"]
+    np.testing.assert_allclose(prepared.numpy(), raw.numpy(), atol=1e-6)
+
+
+def test_bytes_that_are_no_image_raise_invalid_argument(image_export):
+    signature = load(image_export).signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image"):
+        signature(image_bytes=tf.constant([encoded_images(1)[0], b"not an image"]))
+
+
+def test_verify_loads_image_model_without_tftransfer(
+    image_export, image_recipe, capsys
+):
+    report = tftransfer.export.verify(
+        image_export, encoded_images(2), model=image_recipe
+    )
+    assert report.max_abs_difference <= 1e-5
+    assert report.input_name == "image_bytes"
+    assert "tftransfer" not in report.imported
+    assert "tensorflow_text" not in report.imported
+    assert report.outputs["probabilities"]["shape"] == [2, 3]
+    printed = capsys.readouterr().out
+    assert "signature_def['serving_default']" in printed
+    assert "inputs['image_bytes'] tensor_info" in printed
+    assert "signature_def['serving_prepared']" in printed
+
+
+def test_verify_text_model_imports_tensorflow_text(
+    text_export, text_model, text_backbone
+):
+    report = tftransfer.export.verify(
+        text_export,
+        SENTENCES,
+        model=text_model,
+        prepare=text_backbone.text_preprocessor(),
+        print_signatures=False,
+    )
+    assert report.max_abs_difference <= 1e-5
+    assert report.imported == ["keras", "tensorflow_text"]
+    assert report.outputs["classes"]["shape"] == [2]
+    assert "inputs['text'] tensor_info" in report.saved_model_cli
+
+
+def test_verify_reports_a_different_preparation(image_export, image_recipe):
+    def other_prepare(raw):
+        return tftransfer.data.prepare.prepare_fn(image_recipe.backbone)(raw) * 0.5
+
+    with pytest.raises(ExportError, match="differ from the in-memory model"):
+        tftransfer.export.verify(
+            image_export,
+            encoded_images(2),
+            model=image_recipe.model,
+            prepare=other_prepare,
+            print_signatures=False,
+        )
+
+
+def test_next_export_writes_next_version_and_keeps_earlier(image_recipe, tmp_path):
+    first = tftransfer.export(image_recipe, tmp_path / "pets")
+    before = (first / "saved_model.pb").read_bytes()
+    second = tftransfer.export(image_recipe, tmp_path / "pets")
+    assert (first.name, second.name) == ("1", "2")
+    assert (first / "saved_model.pb").read_bytes() == before
+    with pytest.raises(ExportError, match="Version 2 already exists"):
+        tftransfer.export(image_recipe, tmp_path / "pets", version=2)
+
+
+def test_default_base_path_is_saved_models_in_current_folder(
+    image_recipe, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    path = tftransfer.export(image_recipe, name="pets")
+    assert path == tftransfer.export.exporter.Path("saved_models/pets/1")
+    assert (tmp_path / "saved_models" / "pets" / "1" / "saved_model.pb").is_file()
+
+
+def test_unbuilt_model_is_refused(image_backbone, tmp_path):
+    model = keras.Sequential([keras.layers.Dense(3, activation="softmax")])
+    with pytest.raises(ExportError, match="is not built"):
+        tftransfer.export(
+            model, tmp_path / "m", backbone=image_backbone, class_names=IMAGE_CLASSES
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_untrained_model_is_refused_unless_allowed(image_backbone, tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(inputs)
+    )
+    model = keras.Model(inputs, outputs)
+    kwargs = dict(backbone=image_backbone, class_names=IMAGE_CLASSES)
+    with pytest.raises(ExportError, match="has not been trained.*allow_untrained"):
+        tftransfer.export(model, tmp_path / "m", **kwargs)
+    path = tftransfer.export(model, tmp_path / "m", allow_untrained=True, **kwargs)
+    assert (path / "saved_model.pb").is_file()
+
+
+def test_class_names_must_match_outputs(image_model, image_backbone, tmp_path):
+    with pytest.raises(ExportError, match="outputs 3 class probabilities but 2"):
+        tftransfer.export(
+            image_model, tmp_path / "m", backbone=image_backbone, class_names=["a", "b"]
+        )
+
+
+@pytest.mark.parametrize("quantization", ["dynamic_range", "float16"])
+def test_tflite_export_records_accuracy_change(image_recipe, tmp_path, quantization):
+    rng = np.random.default_rng(3)
+    images = rng.random((8, 8, 8, 3), "float32")
+    validation = tf.data.Dataset.from_tensor_slices(
+        (images, rng.integers(0, 3, 8))
+    ).batch(4)
+    path = tftransfer.export(
+        image_recipe,
+        tmp_path / "pets",
+        format="tflite",
+        quantization=quantization,
+        validation_data=validation,
+    )
+    assert (path / "model.tflite").is_file() and (path / "saved_model.pb").is_file()
+    facts = json.loads((path / "model_card.json").read_text())["tflite"]
+    assert facts["quantization"] == quantization
+    assert facts["validation_examples"] == 8
+    assert facts["accuracy_change"] == pytest.approx(
+        facts["accuracy_tflite"] - facts["accuracy_keras"]
+    )
+    assert facts["max_abs_probability_difference"] < 0.05
