@@ -92,11 +92,16 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 def test_overrides_are_parsed_as_yaml_and_validated():
     run = config.loads(
-        MINIMAL, overrides=["recipe.epochs=3", "data.test=null", "data.augment=[flip]"]
+        MINIMAL,
+        overrides=[
+            "recipe.epochs=3",
+            "data.test=null",
+            "backbone.options={image_size: [96, 96]}",
+        ],
     )
     assert run.recipe.epochs == 3
     assert run.data.test is None
-    assert run.data.augment == ["flip"]
+    assert run.backbone.options == {"image_size": [96, 96]}
     with pytest.raises(ConfigError, match="Did you mean 'recipe.epochs'"):
         config.loads(MINIMAL, overrides=["recipe.epocs=3"])
 
@@ -118,3 +123,20 @@ RECIPES = sorted((pathlib.Path(__file__).parent.parent / "recipes").glob("*.yaml
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path):
     assert config.load(path).name
+
+
+def test_colab_notebook_cells_are_valid_python():
+    import ast
+    import json
+
+    notebook = pathlib.Path(__file__).parent.parent / "recipes" / "colab_tpu.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert code
+    for source in code:
+        ast.parse(source)
+    text = "\n".join(code)
+    assert 'TPUClusterResolver(tpu="local")' in text
+    assert "tensorflow-tpu" in text
+    recipe = next(s for s in code if "RECIPE = '''" in s).split("'''")[1]
+    assert config.loads(recipe).distribute.strategy == "tpu"

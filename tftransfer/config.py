@@ -65,7 +65,6 @@ class DataConfig:
             `null` for none.
         seed: Seed of the split.
         batch_size: Examples per batch (per replica).
-        augment: Image augmentations for training (`flip`, `rotation`, ...).
     """
 
     format: Literal["image_folder", "text_folder", "csv", "jsonl", "tfds", "tfrecord"]
@@ -75,7 +74,6 @@ class DataConfig:
     test: float | None = 0.2
     seed: int = 0
     batch_size: int = 32
-    augment: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -395,7 +393,7 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
             f"{source}: {key!r} must be {_allowed(hint)}. Received: "
             f"{key}={value!r} (a {_describe(value)})."
         )
-    if checked is not None and not isinstance(checked, (bool, str, list, dict)):
+    if checked is not None and not isinstance(checked, (bool, str, dict)):
         bound = _bound_problem(key, checked)
         if bound:
             raise ConfigError(
@@ -420,11 +418,6 @@ def _coerce(value: Any, hint: Any) -> Any:
         return None if value is None else _INVALID
     if origin is Literal:
         return value if value in args else _INVALID
-    if origin is list:
-        if not isinstance(value, list):
-            return _INVALID
-        items = [_coerce(item, args[0]) for item in value]
-        return _INVALID if _INVALID in items else items
     if origin is dict:
         return dict(value) if isinstance(value, dict) else _INVALID
     if hint is bool:
@@ -463,8 +456,6 @@ def _allowed(hint: Any) -> str:
         return "null"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
-    if origin is list:
-        return f"a list of {_allowed(args[0]).removeprefix('a ').removeprefix('an ')}s"
     names = {
         bool: "true or false",
         int: "an integer",

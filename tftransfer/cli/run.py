@@ -75,6 +75,7 @@ def build_recipe(config: RunConfig, backbone):
         "tpu": config.distribute.tpu,
         "seed": config.data.seed,
         "cache_dir": config.cache_dir,
+        "verbose": 2,
         **settings.options,
     }
     if settings.kind == "fine_tuning":
@@ -126,6 +127,18 @@ def _train(config: RunConfig):
     return data, parts, recipe
 
 
+def _serving_examples(data, count: int = 4) -> list:
+    """A few raw inputs as a client sends them (text, or encoded image bytes)."""
+    examples = [x for x, _ in data.dataset.take(count).as_numpy_iterator()]
+    if data.input_format == "file_path":
+        return [Path(x.decode()).read_bytes() for x in examples]
+    if data.input_format == "pixels":
+        import tensorflow as tf
+
+        return [tf.io.encode_png(tf.cast(x, tf.uint8)).numpy() for x in examples]
+    return examples
+
+
 def _export(config: RunConfig, recipe, data, metrics, examples) -> Path:
     import tftransfer
 
@@ -138,6 +151,10 @@ def _export(config: RunConfig, recipe, data, metrics, examples) -> Path:
             data_source=data.source,
             settings={**recipe.settings, "recipe_file": config.to_dict()},
             format=config.export.format,
+            # The model was just trained, or its trained weights restored
+            # from the run's checkpoint; the joined backbone + head model has
+            # no optimizer of its own, which export would take for untrained.
+            allow_untrained=True,
         )
         if config.export.verify:
             tftransfer.export.verify(
@@ -186,7 +203,9 @@ def run(config: RunConfig) -> Path:
     )
     export_path = None
     if config.export.enabled:
-        export_path = _export(config, recipe, data, metrics, inputs[:4])
+        export_path = _export(
+            config, recipe, data, metrics, _serving_examples(held_out)
+        )
     print(f"\nFinished in {time.perf_counter() - started:.0f} s.")
     print(f"Report:      {report.resolve()}")
     print(f"TensorBoard: tensorboard --logdir {(folder / 'logs').resolve()}")
@@ -209,8 +228,7 @@ def export_run(folder: str | Path) -> Path:
     held_out = parts.test or parts.validation
     labels, probabilities = predictions(recipe, held_out)
     metrics = classification_metrics(labels, probabilities, recipe.class_names)
-    examples = [x for x, _ in held_out.dataset.take(4).as_numpy_iterator()]
-    path = _export(config, recipe, data, metrics, examples)
+    path = _export(config, recipe, data, metrics, _serving_examples(held_out))
     _print_serving(path)
     return path
 
