@@ -365,18 +365,63 @@ def test_backbone_unknown_handle_suggests_and_lists_forms():
 # --- hubify ------------------------------------------------------------------
 
 
-def test_hubify_image_round_trip_in_hub_layer(tmp_path):
-    backbone = tiny_application()
-    layer = backbone.build(trainable=True)
-    written = tftransfer.hubify(layer, str(tmp_path / "mobilenet"))
+def tiny_conv_model():
+    """Conv + BatchNorm (+ an L2 regularizer) + pooling: 8x8x3 -> 4 features."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, kernel_regularizer=keras.regularizers.L2(1e-3))(
+        inputs
+    )
+    x = keras.layers.BatchNormalization()(x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+def test_hubify_round_trip_in_hub_layer(tmp_path):
+    model = tiny_conv_model()
+    written = tftransfer.hubify(model, str(tmp_path / "conv"))
     assert written.preprocessor_path is None
-    hub_layer = tftransfer.HubLayer(written.path)
-    x = images(32, 255.0)
-    assert np.max(np.abs(hub_layer(x) - layer(x, training=False))) < 1e-5
+    x = images(8)
+    assert np.max(np.abs(tftransfer.HubLayer(written.path)(x) - model(x))) < 1e-5
     loaded = tf.saved_model.load(written.path)
-    assert len(loaded.variables) == len(layer.variables)
-    assert len(loaded.trainable_variables) == len(layer.trainable_variables)
-    assert list(loaded.regularization_losses) == []
+    assert len(loaded.variables) == len(model.variables) == 6
+    assert len(loaded.trainable_variables) == len(model.trainable_variables) == 4
+    [regularization] = loaded.regularization_losses
+    kernel = model.layers[1].kernel.numpy()
+    np.testing.assert_allclose(regularization(), 1e-3 * np.sum(kernel**2), rtol=1e-5)
+    trained = loaded(x, training=True)  # batch statistics, as in training
+    assert np.max(np.abs(trained - model(x, training=True))) < 1e-5
+
+
+def test_hubify_output_loads_in_legacy_hub_keras_layer(tmp_path):
+    hub = pytest.importorskip("tensorflow_hub")
+    tf_keras = pytest.importorskip("tf_keras")
+    model = tiny_conv_model()
+    written = tftransfer.hubify(model, str(tmp_path / "conv"))
+    legacy = tf_keras.Sequential(
+        [tf_keras.Input((8, 8, 3)), hub.KerasLayer(written.path, trainable=True)]
+    )
+    x = images(8)
+    assert np.max(np.abs(legacy(x) - model(x))) < 1e-5
+    assert len(legacy.trainable_weights) == 4
+    assert len(legacy.losses) == 1  # the kernel regularizer came along
+
+
+@pytest.mark.slow
+def test_hubify_keras_application_round_trip(tmp_path):
+    base = next(
+        m for m in tiny_application().build().layers if isinstance(m, keras.Model)
+    )
+    weights_file = str(tmp_path / "mobilenet.weights.h5")
+    base.save_weights(weights_file)
+    backbone = Backbone.from_keras_application(
+        "MobileNetV2", weights=weights_file, image_size=(32, 32)
+    )
+    written = tftransfer.hubify(backbone, str(tmp_path / "mobilenet"))
+    described = Backbone.from_hub(written.path)
+    assert (described.image_size, described.value_range) == ((32, 32), (0.0, 1.0))
+    x = images(32)
+    expected = backbone.build()(x * 255.0)
+    assert np.max(np.abs(described.build()(x) - expected)) < 1e-5
 
 
 def test_hubify_backbone_follows_tf_hub_image_convention(
@@ -393,19 +438,6 @@ def test_hubify_backbone_follows_tf_hub_image_convention(
     x = images(16)
     diff = np.max(np.abs(described.build()(x) - backbone.build()(x * 255.0)))
     assert diff < 1e-5
-
-
-def test_hubify_output_loads_in_legacy_hub_keras_layer(tmp_path):
-    hub = pytest.importorskip("tensorflow_hub")
-    tf_keras = pytest.importorskip("tf_keras")
-    layer = tiny_application().build(trainable=True)
-    written = tftransfer.hubify(layer, str(tmp_path / "mobilenet"))
-    model = tf_keras.Sequential(
-        [tf_keras.Input((32, 32, 3)), hub.KerasLayer(written.path, trainable=True)]
-    )
-    x = images(32, 255.0)
-    assert np.max(np.abs(model(x) - layer(x, training=False))) < 1e-5
-    assert len(model.trainable_weights) == len(layer.trainable_weights)
 
 
 def test_hubify_bert_writes_serving_safe_pair(keras_hub_bert_preset, tmp_path):
@@ -435,7 +467,7 @@ def test_hubify_refuses_existing_paths_and_tf_hub_backbones(image_model_path, tm
     existing = tmp_path / "taken"
     existing.mkdir()
     with pytest.raises(tftransfer.ExportError, match="already exists"):
-        tftransfer.hubify(tiny_application().build(), str(existing))
+        tftransfer.hubify(tiny_conv_model(), str(existing))
     with pytest.raises(tftransfer.ExportError, match="already is a TF Hub"):
         tftransfer.hubify(Backbone.from_hub(image_model_path), str(tmp_path / "x"))
     assert sorted(os.listdir(tmp_path)) == ["taken"]
