@@ -1,6 +1,10 @@
 """tftransfer: transfer learning with pretrained models in TensorFlow and Keras 3."""
 
-from tftransfer import export  # a callable module: tftransfer.export(...)
+from tftransfer import (
+    distribute,
+    export,  # a callable module: tftransfer.export(...)
+    recipes,
+)
 from tftransfer.backbones import Backbone, backbone, hubify
 from tftransfer.errors import (
     ConfigError,
@@ -13,6 +17,7 @@ from tftransfer.errors import (
     TrainingError,
 )
 from tftransfer.hub import HubLayer, resolve
+from tftransfer.recipes import fine_tune
 
 __version__ = "0.1.0"
 
@@ -28,7 +33,10 @@ __all__ = [
     "TFTransferError",
     "TrainingError",
     "backbone",
+    "distribute",
     "export",
+    "fine_tune",
     "hubify",
+    "recipes",
     "resolve",
 ]
