@@ -61,6 +61,7 @@ def test_value_outside_choices_lists_the_choices():
     with pytest.raises(ConfigError) as info:
         config.loads(MINIMAL + "recipe: {kind: finetuning}\n")
     assert "one of 'feature_extraction', 'fine_tuning'" in str(info.value)
+    assert "Did you mean 'fine_tuning'?" in str(info.value)
 
 
 def test_out_of_range_fraction_is_rejected():

@@ -389,9 +389,12 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
     """Returns `value` checked (and, for int -> float, converted) to `hint`."""
     checked = _coerce(value, hint)
     if checked is _INVALID:
+        choices = [a for a in typing.get_args(hint) if isinstance(a, str)]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        suggestion = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
             f"{source}: {key!r} must be {_allowed(hint)}. Received: "
-            f"{key}={value!r} (a {_describe(value)})."
+            f"{key}={value!r} (a {_describe(value)}).{suggestion}"
         )
     if checked is not None and not isinstance(checked, (bool, str, dict)):
         bound = _bound_problem(key, checked)
