@@ -58,6 +58,7 @@ class Recipe:
         steps_per_execution: int | None = None,
         seed: int = 0,
         verbose: int | str = "auto",
+        callbacks: list[keras.callbacks.Callback] | None = None,
     ):
         if epochs < 1:
             raise ConfigError(f"Expected epochs >= 1. Received: epochs={epochs}")
@@ -90,6 +91,7 @@ class Recipe:
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir
         self.settings["run_dir"] = str(self.run_dir)
         self.verbose = verbose
+        self.callbacks = list(callbacks or [])
         self.is_chief = distribute.is_chief(self.strategy)
         self.model: keras.Model | None = None
         self.class_names: list[str] | None = None
@@ -231,7 +233,7 @@ class Recipe:
             log_dir = self.run_dir / "logs" / phase
             if not self.is_chief:
                 log_dir = Path(tempfile.mkdtemp(prefix="logs-"))
-            callbacks = [NaNGuard(), state, *_log_callbacks(log_dir)]
+            callbacks = [NaNGuard(), state, *_log_callbacks(log_dir), *self.callbacks]
             training_loop.train(
                 model,
                 train,

@@ -62,6 +62,7 @@ class FeatureExtraction(Recipe):
         steps_per_execution: steps per `fit` execution (TPU default 32).
         seed: seed of shuffling and initialisation.
         verbose: 0 silent, 1 progress bar, 2 one line per epoch.
+        callbacks: more Keras callbacks, given to every training phase.
 
     Example:
 
@@ -170,8 +171,9 @@ class FeatureExtraction(Recipe):
         )
 
         def compute():
+            verbose = 0 if self.verbose == 0 or not self.is_chief else 1
             return training_loop.predict_batches(
-                feature_model, self._batches(data), self.strategy
+                feature_model, self._batches(data), self.strategy, verbose=verbose
             )
 
         return self.cache.get_or_compute(key, split, compute, write=self.is_chief)

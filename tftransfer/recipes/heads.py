@@ -104,10 +104,14 @@ def model_inputs(element_spec) -> keras.KerasTensor | dict[str, keras.KerasTenso
             `element_spec`: a `tf.TensorSpec` or a dict of them.
     """
     if isinstance(element_spec, dict):
-        return {name: model_inputs(spec) for name, spec in element_spec.items()}
-    name = element_spec.name if isinstance(element_spec.name, str) else None
+        return {
+            name: keras.Input(
+                shape=tuple(spec.shape[1:]), dtype=spec.dtype.name, name=name
+            )
+            for name, spec in element_spec.items()
+        }
     return keras.Input(
-        shape=tuple(element_spec.shape[1:]), dtype=element_spec.dtype.name, name=name
+        shape=tuple(element_spec.shape[1:]), dtype=element_spec.dtype.name
     )
 
 

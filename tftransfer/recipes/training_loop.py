@@ -219,7 +219,9 @@ def _logs(totals: np.ndarray) -> dict[str, float]:
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
-def predict_batches(model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
+def predict_batches(
+    model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, verbose: int = 0
+):
     """Yields `(model outputs, labels)` as numpy arrays for every batch.
 
     Runs `model(inputs, training=False)` on every replica (`strategy.run`)
@@ -231,6 +233,7 @@ def predict_batches(model, dataset: tf.data.Dataset, strategy: tf.distribute.Str
         model: a callable Keras model or layer built inside `strategy.scope()`.
         dataset: batches of `(inputs, labels)`.
         strategy: the strategy `model` was built under.
+        verbose: 1 shows a Keras progress bar.
     """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
@@ -243,8 +246,11 @@ def predict_batches(model, dataset: tf.data.Dataset, strategy: tf.distribute.Str
         outputs = strategy.run(lambda x: model(x, training=False), args=(inputs,))
         return strategy.gather(outputs, axis=0), strategy.gather(labels, axis=0)
 
+    steps = _steps(dataset)
+    progress = keras.utils.Progbar(steps, verbose=verbose)
     iterator = iter(batches)
-    for _ in range(_steps(dataset)):
+    for index in range(steps):
         inputs, labels = next(iterator)
         outputs, labels = step(inputs, labels)
+        progress.update(index + 1)
         yield np.asarray(outputs, dtype=np.float32), np.asarray(labels).reshape(-1)
