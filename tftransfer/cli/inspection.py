@@ -26,8 +26,14 @@ def inspect_savedmodel(path: str) -> dict:
     from tftransfer.export.signatures import describe
 
     loaded = tf.saved_model.load(path)
-    variables = list(getattr(loaded, "variables", []))
-    trainable = list(getattr(loaded, "trainable_variables", []))
+    # A restored variable can be reachable along two paths (a Keras layer and
+    # the module holding it); count each saved variable once.
+    unique = {}
+    for node in tf.train.TrackableView(loaded).descendants():
+        if isinstance(node, tf.Variable):
+            unique.setdefault((node.name, tuple(node.shape)), node)
+    variables = list(unique.values())
+    trainable = [v for v in variables if v.trainable]
     return {
         "path": path,
         "signatures": describe(dict(loaded.signatures)),
