@@ -59,6 +59,12 @@ def test_multi_worker_training_gives_identical_weights_on_both_workers(tmp_path)
     assert history["loss"][-1] < history["loss"][0]
     initial = np.load(tmp_path / "initial0.npz")
     assert not np.array_equal(initial["w0"], weights[0]["w0"])
+    recipe_weights = [np.load(tmp_path / f"recipe{index}.npz") for index in range(2)]
+    for key in recipe_weights[0].files:
+        np.testing.assert_array_equal(recipe_weights[0][key], recipe_weights[1][key])
+    # Only the chief wrote the feature cache and the checkpoints.
+    assert len(list((tmp_path / "cache").glob("*/train/manifest.json"))) == 1
+    assert list((tmp_path / "run" / "checkpoints").glob("head-*/state.npz"))
 
 
 def _worker(index, ports, out_dir):
@@ -72,7 +78,7 @@ def _worker(index, ports, out_dir):
     import tensorflow as tf
 
     from tftransfer import distribute
-    from tftransfer.recipes import training_loop
+    from tftransfer.recipes import FeatureExtraction, training_loop
 
     strategy = distribute.resolve_strategy("auto")
     assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -109,6 +115,32 @@ def _worker(index, ports, out_dir):
     )
     with open(f"{out_dir}/history{index}.json", "w") as handle:
         json.dump(history.history, handle)
+
+    # The same recipe code trains under MultiWorkerMirroredStrategy.
+    images = rng.normal(size=(32, 6, 6, 3)).astype("float32")
+    image_data = tf.data.Dataset.from_tensor_slices((images, labels[:32])).batch(batch)
+    with strategy.scope():
+        backbone = keras.Sequential(
+            [
+                keras.Input((6, 6, 3)),
+                keras.layers.Conv2D(3, 3),
+                keras.layers.GlobalAveragePooling2D(),
+            ]
+        )
+    recipe = FeatureExtraction(
+        backbone,
+        strategy=strategy,
+        epochs=2,
+        batch_size=8,
+        cache_dir=f"{out_dir}/cache",
+        run_dir=f"{out_dir}/run",
+        verbose=0,
+    )
+    recipe.fit(image_data, image_data)
+    np.savez(
+        f"{out_dir}/recipe{index}.npz",
+        **{f"w{i}": v.numpy() for i, v in enumerate(recipe.model.weights)},
+    )
 
 
 if __name__ == "__main__":
