@@ -172,11 +172,15 @@ class BertPreprocessor(tf.Module):
         )
         self.tokenize.get_concrete_function()
         words = tf.RaggedTensorSpec([None, None, None], tf.int32, ragged_rank=2)
+        # Like published TF Hub preprocessors: any seq_length, as a tensor.
+        length = tf.TensorSpec([], tf.int32)
         self.bert_pack_inputs = tf.function(self._pack)
-        self.bert_pack_inputs.get_concrete_function([words], seq_length)
-        self.bert_pack_inputs.get_concrete_function([words, words], seq_length)
+        self.bert_pack_inputs.get_concrete_function([words], length)
+        self.bert_pack_inputs.get_concrete_function([words, words], length)
         self.__call__ = tf.function(
-            lambda sentences: self._pack([self._tokenize(sentences)], seq_length),
+            lambda sentences: self._pack(
+                [self._tokenize(sentences)], tf.constant(seq_length)
+            ),
             input_signature=[tf.TensorSpec([None], tf.string)],
         )
 

@@ -128,13 +128,12 @@ def test_from_hub_text_without_preprocessor_passes_strings(text_embedding_path):
     assert backbone.build()(strings).shape == (2, 6)
 
 
-def test_from_hub_text_names_the_seq_length_it_cannot_pack(bert_paths):
-    # The fixture's bert_pack_inputs was traced for seq_length=16 only.
-    backbone = Backbone.from_hub_text(*bert_paths, seq_length=16)
-    preprocess = backbone.text_preprocessor()
-    preprocess.seq_length = 7
-    with pytest.raises(tftransfer.InputSpecError, match="seq_length=7"):
-        preprocess(tf.constant(SENTENCES))
+def test_from_hub_text_packs_to_any_seq_length(bert_paths):
+    backbone = Backbone.from_hub_text(*bert_paths, seq_length=24)
+    tokens = backbone.text_preprocessor()(tf.constant(SENTENCES))
+    assert tokens["input_word_ids"].shape == (len(SENTENCES), 24)
+    features = backbone.build()(tokens)
+    assert features.shape == (len(SENTENCES), backbone.feature_dim)
 
 
 def test_image_backbone_has_no_text_preprocessor(image_model_path):
