@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.recipes import FineTuning, build_head
+from tftransfer.recipes.heads import InferenceMode
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
 
 SIZE, BATCH, CLASSES = 64, 32, 5
@@ -70,7 +71,8 @@ def hand_written(train, epochs):
     layer = backbone()
     inputs = keras.Input((SIZE, SIZE, 3))
     head = build_head(layer.output_shape[-1], CLASSES)
-    model = keras.Model(inputs, head(layer(inputs, training=False)))
+    # The recipe's architecture: the backbone in inference mode (BatchNorm frozen).
+    model = keras.Model(inputs, head(InferenceMode(layer)(inputs)))
     optimizer = DiscriminativeAdamW(
         schedule(int(train.cardinality()) * epochs),
         backbone_variables=layer.trainable_variables,
