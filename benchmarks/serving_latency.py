@@ -5,7 +5,8 @@ Both sides are measured in this one run, on the same batch of encoded JPEGs:
 - served: the exported SavedModel, loaded back, `serving_default` on the raw
   bytes (decode, resize and scale happen inside the graph);
 - in-memory: the same images prepared by `tftransfer.data.prepare_fn` in a
-  `tf.data` pipeline (map + batch), then the Keras model on the prepared batch.
+  `tf.data` pipeline (parallel map + batch, built once and iterated per call),
+  then the Keras model (in a `tf.function`) on the prepared batch.
 
 The model is `keras.applications.MobileNetV2` (random weights, no download)
 with a softmax head. The two take turns, best time of each kept. Prints
@@ -66,13 +67,14 @@ def main() -> None:
             return serving(image_bytes=raw)["probabilities"].numpy()
 
         predict = tf.function(lambda x: model(x, training=False))
+        # Built once, as a server would: each call only iterates it again.
+        dataset = (
+            tf.data.Dataset.from_tensor_slices(raw)
+            .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(args.batch_size)
+        )
 
         def in_memory():
-            dataset = (
-                tf.data.Dataset.from_tensor_slices(raw)
-                .map(prepare)
-                .batch(args.batch_size)
-            )
             return [predict(batch).numpy() for batch in dataset]
 
         functions = [served, in_memory]
