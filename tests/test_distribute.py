@@ -1,6 +1,5 @@
 """Strategy selection (TPU paths with a resolver double) and mirrored training."""
 
-import contextlib
 import json
 
 import keras
@@ -10,13 +9,6 @@ import tensorflow as tf
 
 from tftransfer import ConfigError, distribute
 from tftransfer.recipes import training_loop
-
-# Two logical CPUs for MirroredStrategy; only possible before TF initialises.
-with contextlib.suppress(RuntimeError):
-    tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0],
-        [tf.config.LogicalDeviceConfiguration()] * 2,
-    )
 
 
 class FakeResolver:
