@@ -1,10 +1,13 @@
 """`prepare_fn`, `augmenter` and `make_pipeline`: shapes, values, batching."""
 
+import io
+
 import hub_fixtures
 import numpy as np
 import pytest
 import tensorflow as tf
 from data_fixtures import COLORS, image_backbone, image_bytes, image_folder
+from PIL import Image
 
 from tftransfer import data
 from tftransfer.backbones import Backbone
@@ -61,6 +64,23 @@ def test_prepare_large_jpeg_downscaled_while_decoding_matches_full_decode():
         antialias=True,
     )
     np.testing.assert_allclose(fast, full / 255.0, atol=0.08)
+
+
+def test_prepare_large_jpeg_stretch_keeps_the_whole_image():
+    encoded = tf.io.encode_jpeg(tf.constant(_striped(480, 640)), quality=95)
+    prepare = data.prepare_fn(image_backbone(size=(48, 48)), resize_mode="stretch")
+    assert float(tf.reduce_mean(prepare(encoded))) == pytest.approx(2 / 3, abs=0.03)
+
+
+def test_prepare_animated_gif_gives_its_first_frame():
+    frames = [
+        Image.fromarray(np.full((12, 12, 3), color, np.uint8))
+        for color in ((255, 0, 0), (0, 0, 255))
+    ]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    image = data.prepare_fn(image_backbone(size=(8, 8)))(tf.constant(buffer.getvalue()))
+    np.testing.assert_allclose(image[4, 4], [1.0, 0.0, 0.0], atol=0.02)
 
 
 def test_prepare_accepts_a_batch_of_encoded_images_as_serving_does():

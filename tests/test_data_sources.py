@@ -59,6 +59,21 @@ def test_tfds_not_prepared_and_offline_fails_at_once(tmp_path):
         data.from_tfds("mnist", data_dir=str(tmp_path))
 
 
+def test_tfds_try_gcs_is_passed_to_tfds(monkeypatch):
+    calls = []
+    original = tfds.builder
+
+    def builder(name, **kwargs):
+        calls.append(kwargs)
+        return original(name, **{**kwargs, "try_gcs": False})  # stay offline
+
+    monkeypatch.setattr(tfds, "builder", builder)
+    with tfds.testing.mock_data(num_examples=2):
+        result = data.from_tfds("mnist", try_gcs=True, download=False)
+    assert calls == [{"data_dir": None, "try_gcs": True}]
+    assert result.num_examples is None  # mocked TFDS does not know split sizes
+
+
 def test_tfds_wrong_keys_are_named():
     with pytest.raises(
         DataError, match=r"no feature 'img'; its features are \['image', 'label'\]"

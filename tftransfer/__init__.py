@@ -1,11 +1,13 @@
-"""tftransfer: transfer learning with pretrained models in TensorFlow and Keras 3."""
+"""tftransfer: transfer learning with pretrained models in TensorFlow and Keras 3.
 
-from tftransfer import (
-    distribute,
-    export,  # a callable module: tftransfer.export(...)
-    recipes,
-)
-from tftransfer.backbones import Backbone, backbone, hubify
+The public API is what this module exports. Its parts load on first use, so
+that `import tftransfer` (and the `tftransfer --help` command) does not wait
+for TensorFlow to start.
+"""
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tftransfer.errors import (
     ConfigError,
     DataError,
@@ -16,27 +18,52 @@ from tftransfer.errors import (
     TFTransferError,
     TrainingError,
 )
-from tftransfer.hub import HubLayer, resolve
-from tftransfer.recipes import fine_tune
+
+if TYPE_CHECKING:
+    from tftransfer import data, distribute, export, recipes
+    from tftransfer.backbones import Backbone, backbone, hubify
+    from tftransfer.hub import HubLayer, resolve
+    from tftransfer.recipes import fine_tune
 
 __version__ = "0.1.0"
 
+# Public name -> (module, attribute in it; None for the module itself).
+_LAZY_EXPORTS = {
+    "Backbone": ("tftransfer.backbones", "Backbone"),
+    "HubLayer": ("tftransfer.hub", "HubLayer"),
+    "backbone": ("tftransfer.backbones", "backbone"),
+    "data": ("tftransfer.data", None),
+    "distribute": ("tftransfer.distribute", None),
+    "export": ("tftransfer.export", None),  # a callable module
+    "fine_tune": ("tftransfer.recipes", "fine_tune"),
+    "hub": ("tftransfer.hub", None),
+    "hubify": ("tftransfer.backbones", "hubify"),
+    "recipes": ("tftransfer.recipes", None),
+    "resolve": ("tftransfer.hub", "resolve"),
+}
+
 __all__ = [
-    "Backbone",
     "ConfigError",
     "DataError",
     "ExportError",
     "HandleError",
     "HandleNotFoundError",
-    "HubLayer",
     "InputSpecError",
     "TFTransferError",
     "TrainingError",
-    "backbone",
-    "distribute",
-    "export",
-    "fine_tune",
-    "hubify",
-    "recipes",
-    "resolve",
+    *sorted(_LAZY_EXPORTS),
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_EXPORTS:
+        raise AttributeError(f"module 'tftransfer' has no attribute {name!r}")
+    module_name, attribute = _LAZY_EXPORTS[name]
+    module = importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))

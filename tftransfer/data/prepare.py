@@ -12,35 +12,53 @@ RESIZE_MODES = ("center_crop", "stretch")
 _JPEG_RATIOS = (8, 4, 2, 1)
 
 
-def _decode_jpeg(encoded: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def _center_window(height, width, size):
+    """`(top, left, height, width)` of the largest central window of `size`'s
+    aspect ratio in a `height x width` image (int32 tensors)."""
+    crop_h = tf.minimum(height, width * size[0] // size[1])
+    crop_w = tf.minimum(width, height * size[1] // size[0])
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def _decode_jpeg(encoded: tf.Tensor, size: tuple[int, int], crop: bool) -> tf.Tensor:
     """Decodes a JPEG, downscaling by 2, 4 or 8 while decoding where possible.
 
     libjpeg can scale in the DCT domain as it decodes, which is much faster
     than decoding at full size and resizing after. The largest factor is
-    chosen that still leaves the area kept (the central crop of the target's
-    aspect ratio, or the whole image) at least `size`, so the final resize
-    only ever shrinks by less than 2x or enlarges.
+    chosen that still leaves the area kept (the central window of the
+    target's aspect ratio, or the whole image) at least `size`, so the final
+    resize only ever shrinks by less than 2x or enlarges. With `crop`, only
+    that central window is decoded.
     """
-    shape = tf.cast(tf.image.extract_jpeg_shape(encoded), tf.float32)
+    shape = tf.image.extract_jpeg_shape(encoded)
     room = tf.minimum(shape[0] / size[0], shape[1] / size[1])
-    index = tf.argmax(tf.constant(_JPEG_RATIOS, tf.float32) <= room)
-    branches = [
-        lambda r=r: tf.io.decode_jpeg(encoded, channels=3, ratio=r)
-        for r in _JPEG_RATIOS
-    ]
+    index = tf.argmax(tf.constant(_JPEG_RATIOS, tf.float64) <= room)
+
+    def decode(ratio):
+        if not crop:
+            return tf.io.decode_jpeg(encoded, channels=3, ratio=ratio)
+        # The window is in the coordinates of the downscaled image.
+        scaled = (shape[:2] + ratio - 1) // ratio
+        window = tf.stack(_center_window(scaled[0], scaled[1], size))
+        return tf.io.decode_and_crop_jpeg(encoded, window, channels=3, ratio=ratio)
+
+    branches = [lambda r=r: decode(r) for r in _JPEG_RATIOS]
     return tf.switch_case(tf.cast(index, tf.int32), branches)
 
 
-def decode_image(encoded: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def decode_image(
+    encoded: tf.Tensor, size: tuple[int, int], mode: str = "center_crop"
+) -> tf.Tensor:
     """Decodes JPEG, PNG, BMP or GIF (first frame) bytes to uint8 RGB.
 
     Grayscale becomes RGB and alpha is dropped. JPEGs much larger than `size`
-    are downscaled while decoding (see `_decode_jpeg`).
+    are downscaled while decoding, and with `mode="center_crop"` only their
+    central window is decoded (see `_decode_jpeg`).
     """
     is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
     image = tf.cond(
         is_jpeg,
-        lambda: _decode_jpeg(encoded, size),
+        lambda: _decode_jpeg(encoded, size, crop=mode == "center_crop"),
         lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
     )
     image.set_shape([None, None, 3])
@@ -70,10 +88,7 @@ def resize(image: tf.Tensor, size: tuple[int, int], mode: str) -> tf.Tensor:
     """
     if mode == "center_crop":
         shape = tf.shape(image)
-        height, width = shape[-3], shape[-2]
-        crop_h = tf.minimum(height, width * size[0] // size[1])
-        crop_w = tf.minimum(width, height * size[1] // size[0])
-        top, left = (height - crop_h) // 2, (width - crop_w) // 2
+        top, left, crop_h, crop_w = _center_window(shape[-3], shape[-2], size)
         image = image[..., top : top + crop_h, left : left + crop_w, :]
     return tf.image.resize(image, size, method="bilinear")
 
@@ -133,7 +148,7 @@ def prepare_fn(backbone, *, resize_mode: str = "center_crop") -> Callable:
 
     def prepare_one(image: tf.Tensor) -> tf.Tensor:
         if image.dtype == tf.string:
-            image = decode_image(image, size)
+            image = decode_image(image, size, resize_mode)
         image = resize(_to_rgb(image), size, resize_mode)
         return image * ((high - low) / 255.0) + low
 
