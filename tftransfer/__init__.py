@@ -20,7 +20,7 @@ from tftransfer.errors import (
 )
 
 if TYPE_CHECKING:
-    from tftransfer import data, distribute, export, recipes
+    from tftransfer import data, distribute, export, hub, recipes
     from tftransfer.backbones import Backbone, backbone, hubify
     from tftransfer.hub import HubLayer, resolve
     from tftransfer.recipes import fine_tune
@@ -51,7 +51,17 @@ __all__ = [
     "InputSpecError",
     "TFTransferError",
     "TrainingError",
-    *sorted(_LAZY_EXPORTS),
+    "Backbone",
+    "HubLayer",
+    "backbone",
+    "data",
+    "distribute",
+    "export",
+    "fine_tune",
+    "hub",
+    "hubify",
+    "recipes",
+    "resolve",
 ]
 
 
