@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import tftransfer
 
 
@@ -15,12 +17,8 @@ def test_every_public_name_resolves():
 
 
 def test_unknown_attribute_is_an_attribute_error():
-    try:
+    with pytest.raises(AttributeError, match="no_such_thing"):
         tftransfer.no_such_thing  # noqa: B018
-    except AttributeError as error:
-        assert "no_such_thing" in str(error)
-    else:
-        raise AssertionError("expected AttributeError")
 
 
 def test_import_does_not_start_tensorflow():
