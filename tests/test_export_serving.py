@@ -13,10 +13,14 @@ import tensorflow as tf
 import tftransfer
 from tftransfer.backbones.backbone import Backbone
 from tftransfer.errors import ExportError
+from tftransfer.recipes import FeatureExtraction
 
 IMAGE_CLASSES = ["cat", "dog", "fox"]
 TEXT_CLASSES = ["business", "music"]
 SENTENCES = ["the man plays guitar", "stock market fell sharply today"]
+# Longer than HUB_SEQ_LENGTH tokens, and with words outside the vocabulary.
+LONG_SENTENCE = " ".join(["the band played a new song for the fans"] * 3)
+HUB_SEQ_LENGTH = 12
 
 
 def encoded_images(count=2, seed=0):
@@ -41,12 +45,16 @@ def image_backbone(image_model_path):
     return Backbone.from_hub(image_model_path, image_size=(8, 8))
 
 
+def image_classifier(backbone):
+    inputs = keras.Input((8, 8, 3))
+    features = backbone.build(trainable=False)(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax")(features)
+    return keras.Model(inputs, outputs, name="pets")
+
+
 @pytest.fixture(scope="module")
 def image_model(image_backbone):
-    inputs = keras.Input((8, 8, 3))
-    features = image_backbone.build(trainable=False)(inputs)
-    outputs = keras.layers.Dense(3, activation="softmax")(features)
-    model = keras.Model(inputs, outputs, name="pets")
+    model = image_classifier(image_backbone)
     rng = np.random.default_rng(1)
     return trained(model, rng.random((6, 8, 8, 3), "float32"), [0, 1, 2, 0, 1, 2])
 
@@ -108,6 +116,26 @@ def text_export(text_model, text_backbone, tmp_path_factory):
         class_names=TEXT_CLASSES,
         prepare=text_backbone.text_preprocessor(),
     )
+
+
+@pytest.fixture(scope="module")
+def hub_text_backbone(bert_paths):
+    preprocessor, encoder = bert_paths
+    # Not the preprocessor's own length (16): packed via `bert_pack_inputs`.
+    return Backbone.from_hub_text(preprocessor, encoder, seq_length=HUB_SEQ_LENGTH)
+
+
+@pytest.fixture(scope="module")
+def hub_text_model(hub_text_backbone):
+    inputs = {
+        name: keras.Input((HUB_SEQ_LENGTH,), dtype="int32", name=name)
+        for name in ("input_word_ids", "input_mask", "input_type_ids")
+    }
+    features = hub_text_backbone.build(trainable=False)(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax")(features)
+    model = keras.Model(inputs, outputs, name="news")
+    tokens = hub_text_backbone.text_preprocessor()(tf.constant(SENTENCES))
+    return trained(model, tokens, [1, 0])
 
 
 def load(path):
@@ -305,6 +333,20 @@ def test_verify_text_model_imports_tensorflow_text(
     assert "inputs['text'] tensor_info" in report.saved_model_cli
 
 
+def test_export_and_verify_print_nothing_without_print_signatures(
+    image_recipe, tmp_path, capfd
+):
+    capfd.readouterr()
+    path = tftransfer.export(image_recipe, tmp_path / "pets")
+    report = tftransfer.export.verify(
+        path, encoded_images(1), model=image_recipe, print_signatures=False
+    )
+    out, err = capfd.readouterr()
+    assert "signature_def" not in out + err
+    assert out == ""
+    assert "signature_def['serving_default']" in report.saved_model_cli
+
+
 def test_verify_reports_a_different_preparation(image_export, image_recipe):
     def other_prepare(raw):
         return tftransfer.data.prepare.prepare_fn(image_recipe.backbone)(raw) * 0.5
@@ -347,17 +389,56 @@ def test_unbuilt_model_is_refused(image_backbone, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-def test_untrained_model_is_refused_unless_allowed(image_backbone, tmp_path):
-    inputs = keras.Input((8, 8, 3))
-    outputs = keras.layers.Dense(3, activation="softmax")(
-        keras.layers.GlobalAveragePooling2D()(inputs)
+def test_fitted_feature_extraction_recipe_is_exported(image_backbone, tmp_path):
+    rng = np.random.default_rng(4)
+    train = tf.data.Dataset.from_tensor_slices(
+        (rng.random((12, 8, 8, 3), "float32"), rng.integers(0, 3, 12))
+    ).batch(4)
+    recipe = FeatureExtraction(
+        image_backbone,
+        epochs=1,
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        strategy="default",
+        verbose=0,
     )
-    model = keras.Model(inputs, outputs)
-    kwargs = dict(backbone=image_backbone, class_names=IMAGE_CLASSES)
-    with pytest.raises(ExportError, match="has not been trained.*allow_untrained"):
-        tftransfer.export(model, tmp_path / "m", **kwargs)
-    path = tftransfer.export(model, tmp_path / "m", allow_untrained=True, **kwargs)
-    assert (path / "saved_model.pb").is_file()
+    recipe.fit(train, class_names=IMAGE_CLASSES)
+    # The head trained on cached features; the joined model has no optimizer.
+    assert getattr(recipe.model, "optimizer", None) is None
+    path = tftransfer.export(recipe, tmp_path / "pets")
+    images = encoded_images(3)
+    served = load(path).signatures["serving_default"](image_bytes=tf.constant(images))
+    prepare = tftransfer.data.prepare.prepare_fn(image_backbone)
+    expected = np.asarray(recipe.model(prepare(tf.constant(images))))
+    assert np.abs(served["probabilities"].numpy() - expected).max() <= 1e-5
+    card = json.loads((path / "model_card.json").read_text())
+    assert card["recipe_settings"]["recipe"] == "feature_extraction"
+
+
+def test_unfitted_recipe_is_refused(image_backbone, tmp_path):
+    recipe = FeatureExtraction(image_backbone, run_dir=tmp_path / "run", verbose=0)
+    with pytest.raises(ExportError, match="FeatureExtraction recipe is not fitted"):
+        tftransfer.export(recipe, tmp_path / "m", class_names=IMAGE_CLASSES)
+    assert not (tmp_path / "m").exists()
+
+
+def test_model_with_loaded_weights_is_exported(
+    image_model, image_backbone, image_export, tmp_path
+):
+    weights = tmp_path / "pets.weights.h5"
+    image_model.save_weights(weights)
+    restored = image_classifier(image_backbone)
+    restored.load_weights(weights)
+    assert getattr(restored, "optimizer", None) is None
+    path = tftransfer.export(
+        restored, tmp_path / "m", backbone=image_backbone, class_names=IMAGE_CLASSES
+    )
+    images = tf.constant(encoded_images(2))
+    served, served_trained = (
+        load(p).signatures["serving_default"](image_bytes=images)["probabilities"]
+        for p in (path, image_export)
+    )
+    np.testing.assert_allclose(served.numpy(), served_trained.numpy(), atol=1e-6)
 
 
 def test_class_names_must_match_outputs(image_model, image_backbone, tmp_path):
@@ -389,3 +470,66 @@ def test_tflite_export_records_accuracy_change(image_recipe, tmp_path, quantizat
         facts["accuracy_tflite"] - facts["accuracy_keras"]
     )
     assert facts["max_abs_probability_difference"] < 0.05
+
+
+def test_hub_text_export_serves_raw_strings_like_in_memory_model(
+    hub_text_model, hub_text_backbone, tmp_path
+):
+    path = tftransfer.export(
+        hub_text_model,
+        tmp_path / "news",
+        backbone=hub_text_backbone,
+        class_names=TEXT_CLASSES,
+    )
+    card = json.loads((path / "model_card.json").read_text())
+    assert card["serving_ops"]["needs_tensorflow_text"] is True
+    assert card["serving_ops"]["allowed_by_override"] == []
+    assert "WordpieceTokenizeWithOffsets" in card["serving_ops"]["ops"]
+    assert card["backbone"]["seq_length"] == HUB_SEQ_LENGTH
+    prepared = card["signatures"]["serving_prepared"]["inputs"]
+    assert prepared["input_word_ids"] == {
+        "dtype": "int32",
+        "shape": [-1, HUB_SEQ_LENGTH],
+    }
+    strings = [*SENTENCES, LONG_SENTENCE]
+    tokens = hub_text_backbone.text_preprocessor()(tf.constant(strings))
+    assert tokens["input_mask"].numpy()[-1].all()  # trimmed to HUB_SEQ_LENGTH
+    expected = np.asarray(hub_text_model(tokens, training=False))
+    served = load(path).signatures["serving_default"](text=tf.constant(strings))
+    assert np.abs(served["probabilities"].numpy() - expected).max() <= 1e-5
+    report = tftransfer.export.verify(
+        path,
+        strings,
+        model=hub_text_model,
+        backbone=hub_text_backbone,
+        print_signatures=False,
+    )
+    assert report.max_abs_difference <= 1e-5
+    assert "tftransfer" not in report.imported
+
+
+def test_hub_text_tflite_takes_the_token_tensors(
+    hub_text_model, hub_text_backbone, tmp_path
+):
+    strings = [*SENTENCES, LONG_SENTENCE, "a song"]
+    tokens = hub_text_backbone.text_preprocessor()(tf.constant(strings))
+    validation = tf.data.Dataset.from_tensor_slices((tokens, [1, 0, 1, 1])).batch(2)
+    path = tftransfer.export(
+        hub_text_model,
+        tmp_path / "news",
+        backbone=hub_text_backbone,
+        class_names=TEXT_CLASSES,
+        format="tflite",
+        quantization="none",
+        validation_data=validation,
+    )
+    interpreter = tf.lite.Interpreter(model_path=str(path / "model.tflite"))
+    inputs = {d["name"]: d for d in interpreter.get_input_details()}
+    assert sorted(inputs) == ["input_mask", "input_type_ids", "input_word_ids"]
+    for detail in inputs.values():
+        assert detail["dtype"] == np.int32
+        assert detail["shape_signature"].tolist() == [-1, HUB_SEQ_LENGTH]
+    facts = json.loads((path / "model_card.json").read_text())["tflite"]
+    assert facts["validation_examples"] == 4
+    assert facts["max_abs_probability_difference"] <= 1e-5
+    assert facts["accuracy_change"] == 0.0

@@ -32,7 +32,6 @@ def export(
     metrics: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
     allow_ops: Iterable[str] = (),
-    allow_untrained: bool = False,
     format: str = "saved_model",
     quantization: str = "dynamic_range",
     validation_data: tf.data.Dataset | None = None,
@@ -56,14 +55,26 @@ def export(
     against those the stock TF Serving build loads (core TensorFlow and its
     bundled TF Text release).
 
+    Like `tf.saved_model.save` and `keras.Model.export`, export writes the
+    weights the model has and does not judge whether they were trained:
+    weights restored with `load_weights()`, a `tf.train.Checkpoint` or
+    `keras.models.load_model(..., compile=False)`, or trained by another
+    model or optimizer (a recipe's head), look no different from fresh ones,
+    and an optimizer's step count says nothing about them. It refuses only
+    what cannot be a trained model: a recipe that has not been fitted (its
+    `model` is unset) and a Keras model that was never built (it has no
+    weights at all). Check what a model predicts with
+    `tftransfer.export.verify()` and the metrics in its model card.
+
     `tftransfer.export` is a callable module: `tftransfer.export(...)` calls
     this function, and `tftransfer.export.verify(...)` checks the result.
 
     Args:
-        model_or_recipe: A trained recipe (`FeatureExtraction`,
-            `FineTuning`; its `model`, `backbone`, `class_names`, `metrics`
-            and `settings` are used), or a built, trained `keras.Model` from
-            prepared inputs to class probabilities `[batch, classes]`.
+        model_or_recipe: A fitted recipe (`FeatureExtraction`,
+            `FineTuning`: `fit()` sets its `model`; its `backbone`,
+            `class_names`, `metrics` and `settings` are used too), or a
+            built `keras.Model` from prepared inputs to class probabilities
+            `[batch, classes]`.
         base_path: The model's base path. Defaults to
             `saved_models/<name>` under the current directory.
         version: The version to write; `None` writes the next one (one more
@@ -85,10 +96,10 @@ def export(
             recipe's).
         allow_ops: Op names to accept although stock TF Serving lacks them
             (for a server built with them).
-        allow_untrained: Export a model whose optimizer has taken no step
-            (for example one whose weights were loaded from a file).
         format: `"saved_model"`, or `"tflite"` to also write `model.tflite`
-            (on prepared inputs) into the version folder.
+            (on prepared inputs: images, or a text model's token tensors;
+            the preparation itself is not part of it) into the version
+            folder.
         quantization: TFLite only: `"dynamic_range"`, `"float16"` or `"none"`.
         validation_data: TFLite only: batched `(prepared inputs, label)`
             pairs on which the TFLite model's accuracy change is measured
@@ -98,22 +109,38 @@ def export(
         The path of the version folder written.
 
     Raises:
-        ExportError: if the model is unbuilt or untrained, the class names
-            do not match its outputs, the serving graph uses an op stock TF
-            Serving cannot load, the base path is a file, the version exists
-            (without `overwrite`), or the folder cannot be written (no
-            permission, no space left).
+        ExportError: if a recipe is not fitted or a model not built, the
+            class names do not match its outputs, the serving graph uses an
+            op stock TF Serving cannot load, the base path is a file, the
+            version exists (without `overwrite`), or the folder cannot be
+            written (no permission, no space left).
 
-    Example:
+    Examples:
 
+    A fitted recipe:
+
+    >>> recipe = tftransfer.recipes.FeatureExtraction(backbone)
+    >>> recipe.fit(train, validation)
     >>> path = tftransfer.export(recipe, "saved_models/flowers")
     >>> tftransfer.export.verify(path, [open("rose.jpg", "rb").read()],
     ...                          model=recipe)
+
+    A Keras model whose trained weights are loaded from a file:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((224, 224, 3)),
+    ...     backbone.build(),
+    ...     keras.layers.Dense(5, activation="softmax"),
+    ... ])
+    >>> model.load_weights("flowers.weights.h5")
+    >>> tftransfer.export(model, "saved_models/flowers", backbone=backbone,
+    ...                   class_names=["daisy", "dandelion", "roses",
+    ...                                "sunflowers", "tulips"])
     """
     model, backbone, class_names, metrics, settings, data_source = _unpack(
         model_or_recipe, backbone, class_names, metrics, settings, data_source
     )
-    _check_model(model, class_names, allow_untrained)
+    _check_model(model, class_names)
     if format not in FORMATS:
         raise ExportError(
             f"Expected `format` in {FORMATS}. Received: format={format!r}."
@@ -169,9 +196,16 @@ def export(
 def _unpack(model_or_recipe, backbone, class_names, metrics, settings, data_source):
     if isinstance(model_or_recipe, keras.Model):
         model = model_or_recipe
-    elif isinstance(getattr(model_or_recipe, "model", None), keras.Model):
+    elif hasattr(model_or_recipe, "model"):
         recipe = model_or_recipe
         model = recipe.model
+        if not isinstance(model, keras.Model):
+            raise ExportError(
+                f"The {type(recipe).__name__} recipe is not fitted: its "
+                f"`model` is {model!r}. Call `recipe.fit(train, validation)` "
+                "first (it trains the model, or restores it from the run's "
+                "checkpoint)."
+            )
         backbone = backbone or getattr(recipe, "backbone", None)
         class_names = class_names or getattr(recipe, "class_names", None)
         metrics = metrics if metrics is not None else getattr(recipe, "metrics", None)
@@ -181,9 +215,10 @@ def _unpack(model_or_recipe, backbone, class_names, metrics, settings, data_sour
         data_source = data_source or (settings or {}).get("data_source")
     else:
         raise ExportError(
-            "Expected a trained recipe (with a `model`) or a `keras.Model`. "
-            f"Received: {type(model_or_recipe).__name__}. Call `recipe.fit()` "
-            "first, or pass the Keras model with `backbone=` and `class_names=`."
+            "Expected a fitted recipe (with a `model`) or a `keras.Model`. "
+            f"Received: {type(model_or_recipe).__name__}. Pass the recipe "
+            "after `recipe.fit()`, or the Keras model with `backbone=` and "
+            "`class_names=`."
         )
     if not class_names:
         raise ExportError(
@@ -193,19 +228,12 @@ def _unpack(model_or_recipe, backbone, class_names, metrics, settings, data_sour
     return model, backbone, list(class_names), metrics, settings, data_source
 
 
-def _check_model(model: keras.Model, class_names: list, allow_untrained: bool):
+def _check_model(model: keras.Model, class_names: list) -> None:
+    """Refuses a model that was never built, or whose outputs miss names."""
     if not model.built:
         raise ExportError(
             f"Model {model.name!r} is not built: it has no weights yet. Build "
             "it on its inputs and train it (or load trained weights) first."
-        )
-    optimizer = getattr(model, "optimizer", None)
-    steps = int(optimizer.iterations.numpy()) if optimizer is not None else 0
-    if steps == 0 and not allow_untrained:
-        raise ExportError(
-            f"Model {model.name!r} has not been trained (its optimizer has "
-            "taken no step). Train it first, or pass `allow_untrained=True` "
-            "if its trained weights were loaded from a file."
         )
     classes = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
     if classes is not None and classes != len(class_names):
