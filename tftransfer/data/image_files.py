@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import tensorflow as tf
@@ -21,15 +22,25 @@ _SIGNATURES = {
 _TAIL_BYTES = 1024
 
 
-def _header_problem(path: str) -> str | None:
-    """Returns why `path` is not a complete image, judged from its ends."""
-    with tf.io.gfile.GFile(path, "rb") as f:
-        size = f.size()
-        if size == 0:
-            return "empty file"
+def _ends(path: str) -> tuple[int, bytes, bytes]:
+    """Returns the size, the first 32 and the last `_TAIL_BYTES` bytes of a file.
+
+    Local files are read with Python's `open`, whose seek is free; `tf.io.gfile`
+    (for `gs://` and other remote paths) reads through what it skips.
+    """
+    remote = "://" in path
+    with tf.io.gfile.GFile(path, "rb") if remote else open(path, "rb") as f:
+        size = f.size() if remote else os.fstat(f.fileno()).st_size
         head = f.read(32)
         f.seek(max(0, size - _TAIL_BYTES))
-        tail = f.read()
+        return size, head, f.read()
+
+
+def _header_problem(path: str) -> str | None:
+    """Returns why `path` is not a complete image, judged from its ends."""
+    size, head, tail = _ends(path)
+    if size == 0:
+        return "empty file"
     fmt = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
     if fmt is None:
         return "not a JPEG, PNG, BMP or GIF image"
