@@ -102,8 +102,9 @@ def export(
             folder.
         quantization: TFLite only: `"dynamic_range"`, `"float16"` or `"none"`.
         validation_data: TFLite only: batched `(prepared inputs, label)`
-            pairs on which the TFLite model's accuracy change is measured
-            and recorded in the model card.
+            pairs (as `tftransfer.data.make_pipeline()` gives them) on which
+            the TFLite model's accuracy change is measured and recorded in
+            the model card.
 
     Returns:
         The path of the version folder written.
