@@ -63,7 +63,7 @@ def test_feature_extraction_model_equals_head_on_features(tmp_path):
     history = recipe.fit(_images(), _images(seed=1))
     assert len(history.history["loss"]) == 2
     data = _images(seed=2)
-    features = np.concatenate([recipe._features(x, training=False) for x, _ in data])
+    features, _ = recipe.cached_features(data, "check").arrays()
     direct = recipe.model.predict(data, verbose=0)
     np.testing.assert_allclose(
         direct, recipe.head.predict(features, verbose=0), atol=1e-6

@@ -90,22 +90,10 @@ def build_recipe(config: RunConfig, backbone):
 
 
 def predictions(recipe, data) -> tuple[np.ndarray, np.ndarray]:
-    """Returns `(labels, probabilities)` of the trained recipe on `data`.
-
-    Feature extraction runs its head on the cached features (the backbone
-    ran once); fine-tuning runs the whole model.
-    """
-    if recipe.kind == "feature_extraction":
-        features, labels = recipe.cached_features(data, "test").arrays()
-        return labels, recipe.head.predict(features, batch_size=1024, verbose=0)
-    from tftransfer.data import make_pipeline
-    from tftransfer.recipes.training_loop import predict_batches
-
-    batches = make_pipeline(data, recipe.backbone, recipe.settings["batch_size"])
-    outputs, labels = zip(
-        *predict_batches(recipe.model, batches, recipe.strategy), strict=True
-    )
-    return np.concatenate(labels), np.concatenate(outputs)
+    """Returns `(labels, probabilities)` of the trained recipe on `data`,
+    in the order of `data` (feature extraction reuses cached features)."""
+    labels = np.array([label for _, label in data.dataset.as_numpy_iterator()])
+    return labels, recipe.predict(data)
 
 
 def _train(config: RunConfig):

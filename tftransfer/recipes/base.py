@@ -17,7 +17,7 @@ from tftransfer import distribute
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
-from tftransfer.recipes.feature_cache import dataset_digest, fingerprint
+from tftransfer.recipes.feature_cache import DataDigest, fingerprint
 from tftransfer.recipes.metrics import classification_metrics
 
 DEFAULT_CACHE_DIR = "~/.cache/tftransfer/features"
@@ -93,7 +93,7 @@ class Recipe:
         self.verbose = verbose
         self.callbacks = list(callbacks or [])
         self.is_chief = distribute.is_chief(self.strategy)
-        self.model: keras.Model | None = None
+        self._model: keras.Model | None = None
         self.class_names: list[str] | None = None
         self.history: keras.callbacks.History | None = None
         self.metrics: dict | None = None
@@ -103,6 +103,12 @@ class Recipe:
             if mixed_precision
             else None
         )
+
+    @property
+    def model(self) -> keras.Model | None:
+        """The trained `keras.Model` from prepared inputs to class
+        probabilities; `None` before `fit()`."""
+        return self._model
 
     # Data ---------------------------------------------------------------
 
@@ -135,19 +141,31 @@ class Recipe:
         )
 
     def _data_key(self, data) -> str:
-        """Fingerprint of a split: raw data and preparation settings."""
+        """Fingerprint of a split: raw data and preparation settings.
+
+        For a `LabeledData`, a digest of every raw example (cheap to read:
+        strings, paths, encoded images). For a dataset of prepared batches,
+        only what locates it cheaply (element spec, cardinality, the first
+        batch): the feature cache checks its full `DataDigest` as well.
+        """
         if isinstance(data, tf.data.Dataset):
-            return fingerprint("prepared", dataset_digest(data))
+            first = data.take(1)
+            return fingerprint(
+                "prepared",
+                str(data.element_spec),
+                int(data.cardinality()),
+                DataDigest.of(first),
+            )
         preparation = {
             key: str(getattr(self.backbone, key, None))
             for key in ("name", "handle", "image_size", "value_range", "seq_length")
         }
-        return fingerprint("raw", dataset_digest(data.dataset), preparation)
+        return fingerprint("raw", DataDigest.of(data.dataset.batch(1024)), preparation)
 
-    def _set_class_names(self, data, class_names, num_classes_hint: int | None = None):
+    def _set_class_names(self, data, class_names, labels: np.ndarray) -> None:
+        """Class names from the arguments, the data, or else the labels."""
         names = class_names or getattr(data, "class_names", None)
         if names is None:
-            labels = np.concatenate([np.asarray(y).reshape(-1) for _, y in data])
             names = [str(i) for i in range(int(labels.max()) + 1)]
         self.class_names = list(names)
 
@@ -179,30 +197,41 @@ class Recipe:
             backbone = Backbone.from_config(config)
         return backbone.build(trainable=trainable)
 
-    def _feature_model(self, element_spec, inference_mode: bool = True):
+    def _built_backbone(self) -> keras.Layer:
+        """The backbone layer (frozen), built once in the strategy scope."""
+        if self.backbone_layer is None:
+            with self._building():
+                self.backbone_layer = self._backbone_layer(trainable=False)
+        return self.backbone_layer
+
+    def _output_key(self) -> str | None:
+        """The output to select from a plain layer that returns a dict (a
+        `Backbone` selects its own, see `_backbone_layer()`)."""
         from tftransfer.backbones import Backbone
 
-        inputs = heads.model_inputs(element_spec)
-        layer = self._backbone_layer(trainable=False)
-        self.backbone_layer = layer
+        if isinstance(self.backbone, Backbone):
+            return None
+        return self.settings["features"]
 
-        output_key = (
-            None if isinstance(self.backbone, Backbone) else self.settings["features"]
-        )
+    def _feature_model(self, element_spec, inference_mode: bool = True):
+        """The functional model from prepared inputs to features."""
         return heads.feature_model(
-            layer,
-            inputs,
-            output_key=output_key,
+            self._built_backbone(),
+            heads.model_inputs(element_spec),
+            output_key=self._output_key(),
             pooling=self.settings["pooling"],
             inference_mode=inference_mode,
         )
 
-    def _compile(self, model: keras.Model, optimizer) -> None:
+    def _compile(
+        self, model: keras.Model, optimizer, steps_per_execution: int | None = None
+    ) -> None:
         model.compile(
             optimizer=optimizer,
             loss=heads.sparse_crossentropy(self.settings["label_smoothing"]),
             metrics=["accuracy"],
-            steps_per_execution=self.settings["steps_per_execution"],
+            steps_per_execution=steps_per_execution
+            or self.settings["steps_per_execution"],
             jit_compile=self.settings["jit_compile"],
         )
 
@@ -252,18 +281,19 @@ class Recipe:
 
     # Evaluation ---------------------------------------------------------
 
-    def _predict(self, model: keras.Model, data: tf.data.Dataset):
+    def _predict(self, model, data: tf.data.Dataset):
+        """Returns `(labels, outputs)` of `model` on batches of `(inputs, labels)`."""
         outputs, labels = zip(
             *training_loop.predict_batches(model, data, self.strategy), strict=True
         )
-        return np.concatenate(labels), np.concatenate(outputs)
+        return np.concatenate(labels).reshape(-1), np.concatenate(outputs)
 
     def _report(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
         self.metrics = classification_metrics(labels, probabilities, self.class_names)
         return self.metrics
 
     def _require_fitted(self) -> None:
-        if self.model is None:
+        if self.history is None:
             raise ConfigError(
                 f"{type(self).__name__}.evaluate() needs a trained model; call fit() first."
             )

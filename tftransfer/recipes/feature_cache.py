@@ -43,31 +43,64 @@ def weights_digest(layer) -> str:
     return digest.hexdigest()
 
 
-def dataset_digest(dataset: tf.data.Dataset, batch_size: int = 1024) -> str:
-    """Returns a digest of every element of `dataset` (values and order).
+def files_digest(directory: str | os.PathLike) -> str | None:
+    """Returns a digest of a directory's file names, sizes and modification
+    times, or `None` when `directory` is not a local directory.
 
-    Pass the raw data (file paths, encoded images, strings), not the
-    prepared tensors, when it is available: it is much cheaper to read.
+    A cheap stand-in for hashing the weights that a model loads from the
+    directory: replacing or editing any file changes its size or time.
     """
-    digest = hashlib.blake2b(digest_size=16)
-    batched = dataset if _is_batched(dataset) else dataset.batch(batch_size)
-    for element in batched.as_numpy_iterator():
-        for value in tf.nest.flatten(element):
-            value = np.asarray(value)
-            digest.update(f"{value.shape}{value.dtype}".encode())
-            digest.update(
-                value.tobytes()
-                if value.dtype != object
-                else b"\0".join(value.reshape(-1))
-            )
-    return digest.hexdigest()
-
-
-def _is_batched(dataset: tf.data.Dataset) -> bool:
-    return any(
-        spec.shape.rank and spec.shape[0] is None
-        for spec in tf.nest.flatten(dataset.element_spec)
+    root = Path(directory)
+    if not root.is_dir():
+        return None
+    entries = sorted(
+        (path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns)
+        for path in root.rglob("*")
+        if path.is_file() and (stat := path.stat())
     )
+    return fingerprint(str(root.resolve()), entries)
+
+
+class DataDigest:
+    """A digest of a dataset's `(inputs, labels)` batches, values and order.
+
+    Every example is fingerprinted in the TensorFlow graph
+    (`example_fingerprints`), so the fingerprints can come out of the same
+    pass that computes the features, and the digest hashes them in order.
+
+    Example:
+
+    >>> DataDigest.of(batches) == cached.data_digest  # one pass, no backbone
+    True
+    """
+
+    def __init__(self):
+        self._hash = hashlib.blake2b(digest_size=16)
+
+    @staticmethod
+    def example_fingerprints(inputs, labels) -> tf.Tensor:
+        """Returns a 64-bit fingerprint (int64 `[batch]`) of every example."""
+        parts = [tf.fingerprint(t) for t in tf.nest.flatten((inputs, labels))]
+        rows = tf.fingerprint(tf.concat(parts, axis=1))
+        return tf.reshape(tf.bitcast(rows, tf.int64), [-1])
+
+    @classmethod
+    def of(cls, batches: tf.data.Dataset) -> str:
+        """Returns the digest of batches of `(inputs, labels)` (one pass)."""
+        digest = cls()
+        fingerprints = batches.map(
+            cls.example_fingerprints, num_parallel_calls=tf.data.AUTOTUNE
+        )
+        for values in fingerprints.as_numpy_iterator():
+            digest.update(values)
+        return digest.hexdigest()
+
+    def update(self, fingerprints: np.ndarray) -> None:
+        """Adds the fingerprints of the next batch of examples."""
+        self._hash.update(np.ascontiguousarray(fingerprints, np.int64).tobytes())
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class CachedFeatures:
@@ -83,6 +116,7 @@ class CachedFeatures:
         self.shards: list[int] = manifest["shards"]
         self.feature_dim: int = manifest["feature_dim"]
         self.dtype: str = manifest["dtype"]
+        self.data_digest: str | None = manifest.get("data_digest")
 
     @property
     def num_examples(self) -> int:
@@ -94,9 +128,16 @@ class CachedFeatures:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Returns all `(features, labels)` as arrays in memory."""
-        features = [np.load(self._path("features", i)) for i in range(len(self.shards))]
-        labels = [np.load(self._path("labels", i)) for i in range(len(self.shards))]
-        return np.concatenate(features), np.concatenate(labels)
+        return self._load("features"), self.labels()
+
+    def labels(self) -> np.ndarray:
+        """Returns all labels (int64 `[num_examples]`) in memory."""
+        return self._load("labels")
+
+    def _load(self, kind: str) -> np.ndarray:
+        return np.concatenate(
+            [np.load(self._path(kind, i)) for i in range(len(self.shards))]
+        )
 
     def dataset(
         self,
@@ -167,7 +208,7 @@ class FeatureCache:
     Example:
 
     >>> cache = FeatureCache("~/.cache/tftransfer/features")
-    >>> train = cache.get_or_compute(key, "train", lambda: batches)
+    >>> train = cache.lookup(key, "train") or cache.store(key, "train", batches)
     >>> train.dataset(32, shuffle=True)
     """
 
@@ -184,27 +225,28 @@ class FeatureCache:
             return CachedFeatures(directory)
         return None
 
-    def get_or_compute(
+    def store(
         self,
         key: str,
         split: str,
-        compute: callable,
+        batches: Iterable,
         *,
+        data_digest: DataDigest | None = None,
         write: bool = True,
     ) -> CachedFeatures:
-        """Returns the cached split, computing and storing it when missing.
+        """Stores a split (replacing any older one) and returns it.
 
         Args:
             key: the fingerprint of backbone, features, data and preparation.
             split: `"train"`, `"validation"` or `"test"`.
-            compute: called without arguments when the split is missing;
-                returns an iterable of `(features, labels)` numpy batches.
+            batches: an iterable of `(features, labels)` numpy batches,
+                consumed once.
+            data_digest: a `DataDigest` that `batches` updates while it is
+                consumed; it is recorded in the manifest, so a later run can
+                check that the data under `key` is still the same.
             write: whether this process stores the result (`False` on
                 non-chief workers, which keep theirs in a temporary folder).
         """
-        cached = self.lookup(key, split)
-        if cached is not None:
-            return cached
         parent = (
             self.directory / key
             if write
@@ -213,13 +255,15 @@ class FeatureCache:
         parent.mkdir(parents=True, exist_ok=True)
         temporary = Path(tempfile.mkdtemp(dir=parent, prefix=f".{split}.partial-"))
         try:
-            self._write(temporary, compute())
+            self._write(temporary, batches, data_digest)
             atomic.replace_dir(temporary, parent / split)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
         return CachedFeatures(parent / split)
 
-    def _write(self, directory: Path, batches: Iterable) -> None:
+    def _write(
+        self, directory: Path, batches: Iterable, data_digest: DataDigest | None
+    ) -> None:
         shards: list[int] = []
         pending_features: list[np.ndarray] = []
         pending_labels: list[np.ndarray] = []
@@ -253,5 +297,10 @@ class FeatureCache:
             flush()
         atomic.write_json(
             directory / "manifest.json",
-            {"shards": shards, "feature_dim": feature_dim, "dtype": dtype},
+            {
+                "shards": shards,
+                "feature_dim": feature_dim,
+                "dtype": dtype,
+                "data_digest": data_digest.hexdigest() if data_digest else None,
+            },
         )

@@ -5,16 +5,24 @@ from __future__ import annotations
 import os
 
 import keras
+import numpy as np
+import tensorflow as tf
 
+from tftransfer.backbones import Backbone
+from tftransfer.errors import ConfigError
 from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.base import DEFAULT_CACHE_DIR, Recipe
 from tftransfer.recipes.feature_cache import (
     DEFAULT_MEMORY_BUDGET,
     CachedFeatures,
+    DataDigest,
     FeatureCache,
+    files_digest,
     fingerprint,
     weights_digest,
 )
+
+PREDICTION_BATCH_SIZE = 1024
 
 
 class FeatureExtraction(Recipe):
@@ -89,8 +97,20 @@ class FeatureExtraction(Recipe):
         )
         self.memory_budget = memory_budget
         self.head: keras.Model | None = None
-        self._features: keras.Model | None = None
-        self._backbone_key: str | None = None
+        self._input_spec = None
+        self._train_key: str | None = None
+        self._backbone_fingerprint: str | None = None
+
+    @property
+    def model(self) -> keras.Model | None:
+        """Backbone + head, from prepared inputs to class probabilities.
+
+        Built when first read (training and evaluation need only the head
+        and the cached features); `None` before `fit()`.
+        """
+        if self._model is None and self.head is not None:
+            self._model = self._join(self.head)
+        return self._model
 
     def fit(self, train, validation=None, *, class_names: list[str] | None = None):
         """Caches features (or reuses them) and trains the head.
@@ -111,9 +131,17 @@ class FeatureExtraction(Recipe):
             if validation is not None
             else None
         )
-        self._set_class_names(train, class_names)
+        self._input_spec = self._batches(train).element_spec[0]
+        self._train_key = fingerprint(
+            train_features.directory.parent.name, train_features.data_digest
+        )
+        self._set_class_names(train, class_names, train_features.labels())
         seed = self.settings["seed"]
         keras.utils.set_random_seed(seed)
+        batch = self.global_batch_size
+        train_batches = train_features.dataset(
+            batch, shuffle=True, seed=seed, memory_budget=self.memory_budget
+        )
         with self._building():
             self.head = heads.build_head(
                 train_features.feature_dim,
@@ -122,74 +150,160 @@ class FeatureExtraction(Recipe):
                 dropout=self.settings["dropout"],
             )
             self._compile(
-                self.head, keras.optimizers.Adam(self.settings["learning_rate"])
+                self.head,
+                keras.optimizers.Adam(self.settings["learning_rate"]),
+                steps_per_execution=self._head_steps_per_execution(
+                    train_features, train_batches
+                ),
             )
-        batch = self.global_batch_size
+        self._model = None
         self.history = self._train_phase(
             "head",
             self.head,
-            train_features.dataset(
-                batch, shuffle=True, seed=seed, memory_budget=self.memory_budget
-            ),
+            train_batches,
             validation_features.dataset(batch, memory_budget=self.memory_budget)
             if validation_features
             else None,
             self._head_epochs(),
-            data_key=fingerprint(train_features.directory.parent.name),
+            data_key=self._train_key,
         )
-        self.model = self._join(self.head)
         return self.history
+
+    def predict(self, data, *, split: str = "test") -> np.ndarray:
+        """Returns the class probabilities `[num_examples, num_classes]` of
+        the trained model on `data`, in the order of `data`.
+
+        The head runs on the cached features of `data` (computed and cached
+        under `split` the first time), which gives the same predictions as
+        `model` on the prepared inputs without running the backbone again.
+
+        Args:
+            data: a `LabeledData`, or a dataset of batched `(prepared
+                inputs, labels)`.
+            split: the name `data`'s features are cached under.
+
+        Example:
+
+        >>> probabilities = recipe.predict(test)
+        >>> [recipe.class_names[i] for i in probabilities.argmax(axis=1)]
+        """
+        return self._labels_and_probabilities(data, split)[1]
 
     def evaluate(self, test, *, split: str = "test") -> dict:
         """Returns accuracy, top-k, per-class precision/recall/F1 and the
         confusion matrix of the trained model on `test`, as numbers.
 
-        The head runs on cached features of `test` (computed once), which
-        gives the same predictions as `model` on the prepared inputs.
+        Like `predict()`, the head runs on the cached features of `test`.
+
+        Example:
+
+        >>> metrics = recipe.evaluate(test)
+        >>> metrics["accuracy"], metrics["confusion_matrix"]
         """
-        self._require_fitted()
-        features = self.cached_features(test, split)
-        batches = features.dataset(
-            self.global_batch_size, memory_budget=self.memory_budget
-        )
-        labels, probabilities = self._predict(self.head, batches)
-        return self._report(labels, probabilities)
+        return self._report(*self._labels_and_probabilities(test, split))
 
     def cached_features(self, data, split: str) -> CachedFeatures:
         """Returns the features of `data`, computing and caching them if needed.
+
+        Nothing is built or run when the features are cached (a plain
+        dataset's examples are read once more, to check that they are
+        unchanged); otherwise the backbone runs once over `data`.
 
         Args:
             data: a `LabeledData` or a dataset of batched `(prepared, label)`.
             split: a name for the cache directory (`"train"`, ...).
         """
-        feature_model = self._feature_model_for(data)
         key = fingerprint(
-            self._backbone_key,
+            self._backbone_key(),
             self.settings["features"],
             self.settings["pooling"],
             self._data_key(data),
         )
+        batches = self._batches(data)
+        prepared = isinstance(data, tf.data.Dataset)
+        cached = self.cache.lookup(key, split)
+        if cached is not None and (
+            not prepared or cached.data_digest == DataDigest.of(batches)
+        ):
+            return cached
+        digest = DataDigest() if prepared else None
+        return self.cache.store(
+            key,
+            split,
+            self._feature_batches(batches, digest),
+            data_digest=digest,
+            write=self.is_chief,
+        )
 
-        def compute():
-            verbose = 0 if self.verbose == 0 or not self.is_chief else 1
-            return training_loop.predict_batches(
-                feature_model, self._batches(data), self.strategy, verbose=verbose
+    def _labels_and_probabilities(self, data, split: str):
+        self._require_fitted()
+        features = self.cached_features(data, split)
+        batches = features.dataset(
+            self._prediction_batch_size(), memory_budget=self.memory_budget
+        )
+        return self._predict(self.head, batches)
+
+    def _feature_batches(self, batches: tf.data.Dataset, digest: DataDigest | None):
+        """Runs the frozen backbone over `batches`; yields `(features, labels)`
+        and adds the examples' fingerprints to `digest`, if given."""
+        if digest is not None:
+            batches = batches.map(
+                lambda inputs, labels: (
+                    inputs,
+                    (labels, DataDigest.example_fingerprints(inputs, labels)),
+                )
             )
+        verbose = 0 if self.verbose == 0 or not self.is_chief else 1
+        for features, labels in training_loop.predict_batches(
+            self._extract_features, batches, self.strategy, verbose=verbose
+        ):
+            if digest is not None:
+                labels, fingerprints = labels
+                digest.update(fingerprints)
+            yield features.astype("float32", copy=False), labels
 
-        return self.cache.get_or_compute(key, split, compute, write=self.is_chief)
+    def _extract_features(self, inputs, training: bool = False):
+        """The feature pass: the frozen backbone in inference mode."""
+        del training  # Always inference: the backbone is frozen here.
+        layer = self._built_backbone()
+        return heads.select_features(
+            layer(inputs, training=False),
+            inputs,
+            output_key=self._output_key(),
+            pooling=self.settings["pooling"],
+        )
 
-    def _feature_model_for(self, data) -> keras.Model:
-        if self._features is None:
-            spec = self._batches(data).element_spec[0]
-            with self._building():
-                self._features = self._feature_model(spec, self._inference_mode())
-            self._backbone_key = fingerprint(
-                getattr(self.backbone, "name", type(self.backbone).__name__),
-                getattr(self.backbone, "handle", None),
+    def _backbone_key(self) -> str:
+        """Fingerprint of the backbone's weights and the feature settings.
+
+        A `Backbone` whose weights are files in a local directory is
+        fingerprinted from their names, sizes and times, without building
+        it; any other backbone from its weight values.
+        """
+        if self._backbone_fingerprint is None:
+            files = (
+                files_digest(self.backbone.handle)
+                if isinstance(self.backbone, Backbone)
+                else None
+            )
+            self._backbone_fingerprint = fingerprint(
+                _describe(self.backbone),
                 self._policy,
-                weights_digest(self._features),
+                files or weights_digest(self._built_backbone()),
             )
-        return self._features
+        return self._backbone_fingerprint
+
+    def _head_steps_per_execution(self, features: CachedFeatures, batches) -> int:
+        """Steps per execution of the head: a whole epoch per call when the
+        features are in memory (the steps are tiny, so per-call overhead
+        would dominate), the recipe's setting when they are streamed."""
+        configured = self.settings["steps_per_execution"]
+        if features.nbytes > self.memory_budget:
+            return configured
+        return max(configured, int(batches.cardinality()))
+
+    def _prediction_batch_size(self) -> int:
+        return max(self.global_batch_size, PREDICTION_BATCH_SIZE)
 
     def _head_epochs(self) -> int:
         return self.settings["epochs"]
@@ -199,6 +313,20 @@ class FeatureExtraction(Recipe):
         return True
 
     def _join(self, head: keras.Model) -> keras.Model:
-        inputs = self._features.input
-        with self.strategy.scope():
-            return keras.Model(inputs, head(self._features(inputs)), name=self.kind)
+        """`head(features(inputs))`, sharing the backbone layer's weights."""
+        with self._building():
+            features = self._feature_model(self._input_spec, self._inference_mode())
+            return keras.Model(features.input, head(features.output), name=self.kind)
+
+
+def _describe(backbone) -> dict:
+    """What identifies a backbone besides its weights."""
+    if not isinstance(backbone, Backbone):
+        return {"class": type(backbone).__name__, "name": backbone.name}
+    try:
+        return backbone.get_config()
+    except ConfigError:
+        return {
+            key: str(getattr(backbone, key))
+            for key in ("name", "handle", "source", "output_key", "seq_length")
+        }

@@ -8,7 +8,6 @@ import re
 import keras
 
 from tftransfer.errors import ConfigError
-from tftransfer.recipes.feature_cache import fingerprint
 from tftransfer.recipes.feature_extraction import FeatureExtraction
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
 
@@ -24,6 +23,8 @@ class FineTuning(FeatureExtraction):
     gradient clipping. BatchNorm layers stay in inference mode (their
     statistics untouched) unless `train_batchnorm=True`. Each phase stops
     early and restores its best weights, and resumes after a restart.
+    `predict()` and `evaluate()` run the fine-tuned model on the prepared
+    inputs.
 
     Args:
         backbone: a `tftransfer.Backbone` or a `keras.Layer` (see
@@ -119,16 +120,9 @@ class FineTuning(FeatureExtraction):
             train_batches,
             validation_batches,
             self.settings["epochs"],
-            data_key=fingerprint(self._data_key(train), self._backbone_key),
+            data_key=self._train_key,
         )
         return self.history
-
-    def evaluate(self, test, *, split: str = "test") -> dict:
-        """Returns the metrics (see `FeatureExtraction.evaluate`) of the
-        fine-tuned model, which runs on the prepared inputs of `test`."""
-        self._require_fitted()
-        labels, probabilities = self._predict(self.model, self._batches(test))
-        return self._report(labels, probabilities)
 
     def unfreeze(self) -> list:
         """Makes the chosen backbone variables trainable; returns them."""
@@ -160,6 +154,14 @@ class FineTuning(FeatureExtraction):
             weight_decay=self.settings["weight_decay"],
             global_clipnorm=self.settings["clipnorm"],
         )
+
+    def _labels_and_probabilities(self, data, split: str):
+        """`predict()` and `evaluate()` run the fine-tuned model on the
+        prepared inputs (the cached features are those of the frozen
+        backbone); `split` is unused."""
+        del split
+        self._require_fitted()
+        return self._predict(self.model, self._batches(data))
 
     def _head_epochs(self) -> int:
         return self.settings["head_epochs"]

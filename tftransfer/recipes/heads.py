@@ -144,6 +144,29 @@ def feature_model(
         outputs = InferenceMode(backbone_layer, name="inference_mode")(inputs)
     else:
         outputs = backbone_layer(inputs)
+    features = select_features(outputs, inputs, output_key=output_key, pooling=pooling)
+    return keras.Model(inputs, features, name="features")
+
+
+def select_features(
+    outputs, inputs, *, output_key: str | None = None, pooling: str | None = None
+):
+    """Returns the feature vector `[batch, dim]` from a backbone's outputs.
+
+    Works on symbolic and on concrete tensors alike, so the functional
+    `feature_model()` and the feature pass of a recipe agree.
+
+    Args:
+        outputs: what the backbone layer returned: a tensor or a dict.
+        inputs: the backbone's inputs (a dict's `input_mask` masks pooling).
+        output_key: which output to use where `outputs` is a dict.
+        pooling: how to reduce a `[batch, length, dim]` output (see
+            `FeaturePooling`); required for sequence outputs.
+
+    Raises:
+        ConfigError: if the output is a dict and `output_key` is not one of
+            its keys, a sequence without `pooling`, or of another rank.
+    """
     if isinstance(outputs, dict):
         if output_key not in outputs:
             raise ConfigError(
@@ -164,7 +187,7 @@ def feature_model(
             "Expected backbone features of shape [batch, dim] (or a sequence "
             f"[batch, length, dim] with pooling). Received: shape={tuple(outputs.shape)}"
         )
-    return keras.Model(inputs, outputs, name="features")
+    return outputs
 
 
 def build_head(

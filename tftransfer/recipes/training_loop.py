@@ -222,7 +222,7 @@ def _logs(totals: np.ndarray) -> dict[str, float]:
 def predict_batches(
     model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, verbose: int = 0
 ):
-    """Yields `(model outputs, labels)` as numpy arrays for every batch.
+    """Yields `(model outputs, labels)` of every batch, as numpy arrays.
 
     Runs `model(inputs, training=False)` on every replica (`strategy.run`)
     and gathers the results, so it works under every strategy, including
@@ -230,8 +230,10 @@ def predict_batches(
     worker receives all outputs).
 
     Args:
-        model: a callable Keras model or layer built inside `strategy.scope()`.
-        dataset: batches of `(inputs, labels)`.
+        model: a Keras model or layer built inside `strategy.scope()`, or
+            any callable `model(inputs, training=False)`.
+        dataset: batches of `(inputs, labels)`; outputs and labels may be
+            nested structures (they come back with the same structure).
         strategy: the strategy `model` was built under.
         verbose: 1 shows a Keras progress bar.
     """
@@ -244,7 +246,9 @@ def predict_batches(
     @tf.function(reduce_retracing=True)
     def step(inputs, labels):
         outputs = strategy.run(lambda x: model(x, training=False), args=(inputs,))
-        return strategy.gather(outputs, axis=0), strategy.gather(labels, axis=0)
+        return tf.nest.map_structure(
+            lambda value: strategy.gather(value, axis=0), (outputs, labels)
+        )
 
     steps = _steps(dataset)
     progress = keras.utils.Progbar(steps, verbose=verbose)
@@ -253,4 +257,4 @@ def predict_batches(
         inputs, labels = next(iterator)
         outputs, labels = step(inputs, labels)
         progress.update(index + 1)
-        yield np.asarray(outputs, dtype=np.float32), np.asarray(labels).reshape(-1)
+        yield tf.nest.map_structure(np.asarray, (outputs, labels))
