@@ -251,8 +251,10 @@ class FeatureExtraction(Recipe):
                 lambda inputs, labels: (
                     inputs,
                     (labels, DataDigest.example_fingerprints(inputs, labels)),
-                )
-            )
+                ),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            ).prefetch(tf.data.AUTOTUNE)
         verbose = 0 if self.verbose == 0 or not self.is_chief else 1
         for features, labels in training_loop.predict_batches(
             self._extract_features, batches, self.strategy, verbose=verbose

@@ -243,7 +243,8 @@ def predict_batches(
     )
     batches = strategy.experimental_distribute_dataset(dataset.with_options(options))
 
-    @tf.function(reduce_retracing=True)
+    # One trace for every batch, the last (smaller) one included.
+    @tf.function(input_signature=list(batches.element_spec), autograph=False)
     def step(inputs, labels):
         outputs = strategy.run(lambda x: model(x, training=False), args=(inputs,))
         return tf.nest.map_structure(
