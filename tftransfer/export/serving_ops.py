@@ -48,6 +48,28 @@ def graph_ops(functions: Iterable[tf.types.experimental.ConcreteFunction]) -> se
     return ops - library_names
 
 
+def saved_model_ops(path: str) -> set:
+    """Lists the op types of a SavedModel on disk, its functions' ops too.
+
+    Example:
+
+    >>> unsupported_ops(saved_model_ops("/tmp/bert_preprocessor"))
+    {}
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as f:
+        proto.ParseFromString(f.read())
+    ops, library_names = set(), set()
+    for meta_graph in proto.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            library_names.add(function.signature.name)
+            ops.update(node.op for node in function.node_def)
+    return ops - library_names
+
+
 def needs_tf_text(ops: Iterable[str]) -> bool:
     """Whether some op is outside core TF, so loading needs `tensorflow_text`."""
     return any(op not in _core_ops() for op in ops)
