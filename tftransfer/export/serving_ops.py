@@ -38,14 +38,7 @@ def graph_ops(functions: Iterable[tf.types.experimental.ConcreteFunction]) -> se
         The set of op type names (`"MatMul"`, `"DecodeImage"`, ...), from the
         functions' graphs and every function in their libraries.
     """
-    ops, library_names = set(), set()
-    for function in functions:
-        graph_def = function.graph.as_graph_def()
-        ops.update(node.op for node in graph_def.node)
-        for library_function in graph_def.library.function:
-            library_names.add(library_function.signature.name)
-            ops.update(node.op for node in library_function.node_def)
-    return ops - library_names
+    return _graph_def_ops(function.graph.as_graph_def() for function in functions)
 
 
 def saved_model_ops(path: str) -> set:
@@ -61,10 +54,15 @@ def saved_model_ops(path: str) -> set:
     proto = saved_model_pb2.SavedModel()
     with tf.io.gfile.GFile(f"{path}/saved_model.pb", "rb") as f:
         proto.ParseFromString(f.read())
+    return _graph_def_ops(meta_graph.graph_def for meta_graph in proto.meta_graphs)
+
+
+def _graph_def_ops(graph_defs) -> set:
+    """Op types of graphs and their function libraries, less function calls."""
     ops, library_names = set(), set()
-    for meta_graph in proto.meta_graphs:
-        ops.update(node.op for node in meta_graph.graph_def.node)
-        for function in meta_graph.graph_def.library.function:
+    for graph_def in graph_defs:
+        ops.update(node.op for node in graph_def.node)
+        for function in graph_def.library.function:
             library_names.add(function.signature.name)
             ops.update(node.op for node in function.node_def)
     return ops - library_names
