@@ -34,7 +34,7 @@ def make_pipeline(
     replicas: int = 1,
     cache: bool | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
-    shuffle_buffer: int = 10_000,
+    shuffle_buffer: int | None = None,
     drop_remainder: bool | None = None,
     seed: int | None = None,
 ) -> tf.data.Dataset:
@@ -67,7 +67,8 @@ def make_pipeline(
             `None` caches when the estimated size is at most `cache_bytes`.
         cache_bytes: The memory budget for `cache=None`.
         shuffle_buffer: Shuffle buffer size (capped at the number of
-            examples).
+            examples). `None`: 10,000 file paths or texts, or 1,000 encoded
+            images or pixel arrays (which take far more memory each).
         drop_remainder: Drop the last partial batch; defaults to `training`.
         seed: Seed of shuffling and augmentation; also makes parallel steps
             keep their order, so a run is reproducible.
@@ -108,6 +109,9 @@ def make_pipeline(
         cache = size is not None and size <= cache_bytes
     if drop_remainder is None:
         drop_remainder = training
+    if shuffle_buffer is None:
+        small = data.input_format in ("file_path", "text")
+        shuffle_buffer = 10_000 if small else 1_000
     buffer = min(shuffle_buffer, data.num_examples or shuffle_buffer)
     prepare = prepare_fn(backbone, resize_mode=resize_mode)
     autotune = tf.data.AUTOTUNE
