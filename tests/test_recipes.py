@@ -248,3 +248,73 @@ def test_fine_tune_one_call_trains_both_phases(tmp_path):
     assert recipe.evaluate(_images(seed=2))["num_examples"] == 64
     assert (tmp_path / "run" / "logs" / "fine_tune" / "history.csv").exists()
     assert list((tmp_path / "run" / "checkpoints").glob("fine_tune-*/state.npz"))
+
+
+def _saved_weights_backbone(tmp_path, builds):
+    """A `Backbone` whose builder loads weights from a file in its handle dir."""
+    from tftransfer import Backbone
+
+    weights = tmp_path / "weights" / "tiny.weights.h5"
+    weights.parent.mkdir()
+    _backbone(seed=3).save_weights(weights)
+
+    def builder(trainable):
+        builds.append(trainable)
+        model = _backbone(seed=9)
+        model.load_weights(weights)
+        return model
+
+    return Backbone(
+        name="tiny",
+        handle=str(weights.parent),
+        source="keras_application",
+        modality="image",
+        feature_dim=6,
+        image_size=(8, 8),
+        builder=builder,
+    )
+
+
+def test_backbone_loading_weights_gives_features_of_those_weights(tmp_path):
+    builds = []
+    recipe = _recipe(
+        FeatureExtraction, tmp_path, _saved_weights_backbone(tmp_path, builds)
+    )
+    features, _ = recipe.cached_features(_images(), "train").arrays()
+    expected = np.concatenate(
+        [_backbone(seed=3)(x, training=False) for x, _ in _images()]
+    )
+    np.testing.assert_allclose(features, expected, atol=1e-5)
+
+
+def test_rerun_reuses_features_and_checkpoint_without_building_backbone(tmp_path):
+    builds = []
+    backbone = _saved_weights_backbone(tmp_path, builds)
+    first = _recipe(FeatureExtraction, tmp_path, backbone)
+    first.fit(_images(), _images(seed=1))
+    assert len(builds) == 1
+    rerun = _recipe(FeatureExtraction, tmp_path, backbone)
+    history = rerun.fit(_images(), _images(seed=1))
+    assert len(builds) == 1  # nothing built: cached features, finished head
+    assert history.history == first.history.history
+    expected = first.predict(_images(seed=2))  # computes and caches "test"
+    np.testing.assert_allclose(rerun.predict(_images(seed=2)), expected, atol=1e-6)
+    assert len(builds) == 1
+    assert rerun.model.predict(_images(seed=2), verbose=0).shape == (64, 2)
+    assert len(builds) == 2  # `model` is built when read
+
+
+def test_predict_returns_probabilities_in_data_order(tmp_path):
+    recipe = _recipe(FeatureExtraction, tmp_path, epochs=1)
+    recipe.fit(_images())
+    probabilities = recipe.predict(_images(seed=2))
+    np.testing.assert_allclose(
+        probabilities, recipe.model.predict(_images(seed=2), verbose=0), atol=1e-6
+    )
+    tuned = _recipe(FineTuning, tmp_path / "ft", head_epochs=1, epochs=1)
+    tuned.fit(_images())
+    np.testing.assert_allclose(
+        tuned.predict(_images(seed=2)),
+        tuned.model.predict(_images(seed=2), verbose=0),
+        atol=1e-6,
+    )

@@ -94,6 +94,7 @@ class Recipe:
         self.callbacks = list(callbacks or [])
         self.is_chief = distribute.is_chief(self.strategy)
         self._model: keras.Model | None = None
+        self._predictors: dict[str, training_loop.Predictor] = {}
         self.class_names: list[str] | None = None
         self.history: keras.callbacks.History | None = None
         self.metrics: dict | None = None
@@ -281,12 +282,18 @@ class Recipe:
 
     # Evaluation ---------------------------------------------------------
 
-    def _predict(self, model, data: tf.data.Dataset):
-        """Returns `(labels, outputs)` of `model` on batches of `(inputs, labels)`."""
-        outputs, labels = zip(
-            *training_loop.predict_batches(model, data, self.strategy), strict=True
-        )
+    def _predict(self, name: str, model, data: tf.data.Dataset):
+        """Returns `(labels, outputs)` of `model` on batches of `(inputs,
+        labels)`; `name` keeps one `Predictor` (one traced step) per model."""
+        outputs, labels = zip(*self._predictor(name, model).batches(data), strict=True)
         return np.concatenate(labels).reshape(-1), np.concatenate(outputs)
+
+    def _predictor(self, name: str, model) -> training_loop.Predictor:
+        predictor = self._predictors.get(name)
+        if predictor is None or predictor.model is not model:
+            predictor = training_loop.Predictor(model, self.strategy)
+            self._predictors[name] = predictor
+        return predictor
 
     def _report(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
         self.metrics = classification_metrics(labels, probabilities, self.class_names)

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tftransfer.backbones import Backbone
 from tftransfer.errors import ConfigError
-from tftransfer.recipes import heads, training_loop
+from tftransfer.recipes import heads
 from tftransfer.recipes.base import DEFAULT_CACHE_DIR, Recipe
 from tftransfer.recipes.feature_cache import (
     DEFAULT_MEMORY_BUDGET,
@@ -241,7 +241,7 @@ class FeatureExtraction(Recipe):
         batches = features.dataset(
             self._prediction_batch_size(), memory_budget=self.memory_budget
         )
-        return self._predict(self.head, batches)
+        return self._predict("head", self.head, batches)
 
     def _feature_batches(self, batches: tf.data.Dataset, digest: DataDigest | None):
         """Runs the frozen backbone over `batches`; yields `(features, labels)`
@@ -255,10 +255,12 @@ class FeatureExtraction(Recipe):
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             ).prefetch(tf.data.AUTOTUNE)
+        # Built here, eagerly: built while the step is traced, a backbone
+        # would load its weights into the trace instead of its variables.
+        self._built_backbone()
         verbose = 0 if self.verbose == 0 or not self.is_chief else 1
-        for features, labels in training_loop.predict_batches(
-            self._extract_features, batches, self.strategy, verbose=verbose
-        ):
+        predictor = self._predictor("features", self._extract_features)
+        for features, labels in predictor.batches(batches, verbose=verbose):
             if digest is not None:
                 labels, fingerprints = labels
                 digest.update(fingerprints)

@@ -161,7 +161,7 @@ class FineTuning(FeatureExtraction):
         backbone); `split` is unused."""
         del split
         self._require_fitted()
-        return self._predict(self.model, self._batches(data))
+        return self._predict("model", self.model, self._batches(data))
 
     def _head_epochs(self) -> int:
         return self.settings["head_epochs"]

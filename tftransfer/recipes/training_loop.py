@@ -219,43 +219,60 @@ def _logs(totals: np.ndarray) -> dict[str, float]:
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
-def predict_batches(
-    model, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy, verbose: int = 0
-):
-    """Yields `(model outputs, labels)` of every batch, as numpy arrays.
+class Predictor:
+    """Runs `model(inputs, training=False)` over batches, under any strategy.
 
-    Runs `model(inputs, training=False)` on every replica (`strategy.run`)
-    and gathers the results, so it works under every strategy, including
-    multi-worker ones where each worker reads a different shard (every
-    worker receives all outputs).
+    Runs the model on every replica (`strategy.run`) and gathers the
+    results, so it works under every strategy, including multi-worker ones
+    where each worker reads a different shard (every worker receives all
+    outputs). The step is traced once per input signature and reused for
+    every dataset with that signature.
 
     Args:
         model: a Keras model or layer built inside `strategy.scope()`, or
             any callable `model(inputs, training=False)`.
-        dataset: batches of `(inputs, labels)`; outputs and labels may be
-            nested structures (they come back with the same structure).
         strategy: the strategy `model` was built under.
-        verbose: 1 shows a Keras progress bar.
-    """
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA
-    )
-    batches = strategy.experimental_distribute_dataset(dataset.with_options(options))
 
-    # One trace for every batch, the last (smaller) one included.
-    @tf.function(input_signature=list(batches.element_spec), autograph=False)
-    def step(inputs, labels):
-        outputs = strategy.run(lambda x: model(x, training=False), args=(inputs,))
+    Example:
+
+    >>> predictor = Predictor(model, strategy)
+    >>> for outputs, labels in predictor.batches(test):
+    ...     ...
+    """
+
+    def __init__(self, model, strategy: tf.distribute.Strategy):
+        self.model = model
+        self.strategy = strategy
+        self._step = tf.function(self._gathered_step, autograph=False)
+
+    def batches(self, dataset: tf.data.Dataset, verbose: int = 0):
+        """Yields `(model outputs, labels)` of every batch, as numpy arrays.
+
+        Args:
+            dataset: batches of `(inputs, labels)`; outputs and labels may
+                be nested structures (they come back with the same structure).
+            verbose: 1 shows a Keras progress bar.
+        """
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        batches = self.strategy.experimental_distribute_dataset(
+            dataset.with_options(options)
+        )
+        # One trace for all batches, the last (smaller) one included.
+        step = self._step.get_concrete_function(*batches.element_spec)
+        steps = _steps(dataset)
+        progress = keras.utils.Progbar(steps, verbose=verbose)
+        iterator = iter(batches)
+        for index in range(steps):
+            outputs = step(*next(iterator))
+            progress.update(index + 1)
+            yield tf.nest.map_structure(np.asarray, outputs)
+
+    def _gathered_step(self, inputs, labels):
+        strategy = self.strategy
+        outputs = strategy.run(lambda x: self.model(x, training=False), args=(inputs,))
         return tf.nest.map_structure(
             lambda value: strategy.gather(value, axis=0), (outputs, labels)
         )
-
-    steps = _steps(dataset)
-    progress = keras.utils.Progbar(steps, verbose=verbose)
-    iterator = iter(batches)
-    for index in range(steps):
-        inputs, labels = next(iterator)
-        outputs, labels = step(inputs, labels)
-        progress.update(index + 1)
-        yield tf.nest.map_structure(np.asarray, (outputs, labels))
