@@ -86,18 +86,6 @@ def test_package_paths_resolve_inside_installed_packages():
         sources.resolve_path("package://nope_pkg/data")
 
 
-def test_text_folder_reads_one_class_per_sub_folder(tmp_path):
-    for name, texts in {"sport": ["goal", "match"], "tech": ["chip"]}.items():
-        (tmp_path / name).mkdir()
-        for i, text in enumerate(texts):
-            (tmp_path / name / f"{i}.txt").write_text(text)
-    (tmp_path / "tech" / "empty.txt").write_text("  ")
-    data = sources.from_text_folder(str(tmp_path))
-    assert data.class_names == ["sport", "tech"]
-    examples = [(x.decode(), int(y)) for x, y in data.dataset.as_numpy_iterator()]
-    assert examples == [("goal", 0), ("match", 0), ("chip", 1)]
-
-
 class _Classifier(tf.Module):
     """A stand-in for an exported text model: the `serving_default` outputs."""
 

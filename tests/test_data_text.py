@@ -144,3 +144,46 @@ def test_jsonl_field_in_no_object_error_lists_the_fields(tmp_path):
         match=r"no field 'text' in any object; the first object has \['label', 'review'\]",
     ):
         data.from_jsonl(path)
+
+
+def _text_folder(root, classes):
+    for name, texts in classes.items():
+        (root / name).mkdir()
+        for i, text in enumerate(texts):
+            content = text if isinstance(text, bytes) else text.encode()
+            (root / name / f"{i}.txt").write_bytes(content)
+    return root
+
+
+def test_text_folder_reads_one_class_per_sub_folder(tmp_path):
+    root = _text_folder(tmp_path, {"sport": ["goal", "match"], "tech": ["chip"]})
+    (root / ".hidden").mkdir()
+    (root / "tech" / "notes.md").write_text("not read")
+    result = data.from_text_folder(root)
+    assert result.class_names == ["sport", "tech"]
+    assert result.num_examples == 3
+    assert _examples(result) == [("goal", 0), ("match", 0), ("chip", 1)]
+
+
+def test_text_folder_bad_files_are_skipped_and_named(tmp_path):
+    root = _text_folder(tmp_path, {"a": ["fine", "  "], "b": [b"ok", b"\xff bad"]})
+    with pytest.warns(data.SkippedInputWarning) as record:
+        result = data.from_text_folder(root)
+    messages = [str(w.message) for w in record]
+    assert messages[0] == f"Skipped {root / 'a' / '1.txt'}: empty text"
+    assert messages[1].startswith(f"Skipped {root / 'b' / '1.txt'}: bytes that")
+    assert messages[2].startswith(f"Skipped 2 of 4 files in {root}")
+    assert _examples(result) == [("fine", 0), ("ok", 1)]
+    with pytest.raises(DataError, match="empty text"):
+        data.from_text_folder(root, strict=True)
+
+
+def test_text_folder_layout_errors_name_the_folder(tmp_path):
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        data.from_text_folder(tmp_path / "nope")
+    _text_folder(tmp_path, {"only": ["one"]})
+    with pytest.raises(DataError, match="1 class folder"):
+        data.from_text_folder(tmp_path)
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(DataError, match="empty_class holds no .txt files"):
+        data.from_text_folder(tmp_path)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from tftransfer.errors import (
     ConfigError,
     DataError,
+    DataNotFoundError,
     ExportError,
     HandleError,
     HandleNotFoundError,
@@ -45,6 +46,7 @@ _LAZY_EXPORTS = {
 __all__ = [
     "ConfigError",
     "DataError",
+    "DataNotFoundError",
     "ExportError",
     "HandleError",
     "HandleNotFoundError",

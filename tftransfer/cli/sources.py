@@ -2,9 +2,7 @@
 
 Each format maps to one reader of `tftransfer.data`; `data.options` are
 that reader's keyword arguments, checked against its signature so a typo
-suggests the closest argument. `text_folder` (one sub-folder of `.txt`
-files per class, the layout of the BBC News corpus) has no reader in
-`tftransfer.data`, so it is read here into `from_arrays()`.
+suggests the closest argument.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import os
 from pathlib import Path
 
 from tftransfer.config import DataConfig
-from tftransfer.errors import ConfigError, DataError, DataNotFoundError
+from tftransfer.errors import ConfigError, DataNotFoundError
 
 PACKAGE_SCHEME = "package://"
 
@@ -47,45 +45,12 @@ def resolve_path(path: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / inner)
 
 
-def from_text_folder(path: str, *, encoding: str = "utf-8", suffix: str = ".txt"):
-    """Reads texts stored one sub-folder per class (`path/<class>/<file>.txt`).
-
-    Class names are the sorted folder names; files are read in sorted order,
-    with undecodable bytes replaced.
-
-    Example:
-
-    >>> data = from_text_folder("bbc/")  # bbc/sport/001.txt, bbc/tech/...
-    """
-    from tftransfer.data import from_arrays
-
-    root = Path(path)
-    if not root.is_dir():
-        raise DataNotFoundError(f"Text folder {path} does not exist.")
-    classes = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-    texts, labels = [], []
-    for name in classes:
-        for file in sorted((root / name).glob(f"*{suffix}")):
-            text = file.read_text(encoding=encoding, errors="replace")
-            if text.strip():
-                texts.append(text)
-                labels.append(name)
-    if len(classes) < 2 or not texts:
-        raise DataError(
-            f"{path} should hold one sub-folder of {suffix} files per class; "
-            f"found {len(classes)} sub-folder(s) and {len(texts)} file(s)."
-        )
-    return from_arrays(texts, labels, class_names=classes)
-
-
 def _readers() -> dict:
     from tftransfer import data
 
     return {
         "image_folder": data.from_image_folder,
-        "text_folder": from_text_folder,
+        "text_folder": data.from_text_folder,
         "csv": data.from_csv,
         "jsonl": data.from_jsonl,
         "tfds": data.from_tfds,

@@ -13,7 +13,7 @@ from tftransfer.data.pipeline import make_pipeline
 from tftransfer.data.prepare import RESIZE_MODES, prepare_fn
 from tftransfer.data.skips import SkippedInputWarning
 from tftransfer.data.splits import Splits, split
-from tftransfer.data.text import from_csv, from_jsonl
+from tftransfer.data.text import from_csv, from_jsonl, from_text_folder
 from tftransfer.data.tfds import from_tfds
 from tftransfer.data.tfrecord import from_tfrecord
 
@@ -28,6 +28,7 @@ __all__ = [
     "from_csv",
     "from_image_folder",
     "from_jsonl",
+    "from_text_folder",
     "from_tfds",
     "from_tfrecord",
     "make_pipeline",

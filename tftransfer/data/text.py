@@ -1,4 +1,4 @@
-"""`from_csv` and `from_jsonl`: text classification data in files."""
+"""`from_csv`, `from_jsonl` and `from_text_folder`: text classification data."""
 
 from __future__ import annotations
 
@@ -57,24 +57,28 @@ def _check_example(text, label) -> str | None:
 
 
 def _build(
-    rows: Iterator[tuple[int, object, object, str | None]],
+    rows: Iterator[tuple[str, object, object, str | None]],
     path: str,
     class_names: Sequence[str] | None,
     strict: bool,
+    what: str = "rows",
 ) -> LabeledData:
-    """Turns `(line, text, label, problem)` rows into `LabeledData`."""
+    """Turns `(where, text, label, problem)` rows into `LabeledData`.
+
+    `where` names the example in messages (`"data.csv line 3"`).
+    """
     texts, values, skipped, total = [], [], [], 0
-    for line, text, label, problem in rows:
+    for where, text, label, problem in rows:
         total += 1
         problem = problem or _check_example(text, label)
         if problem:
-            skipped.append(f"{path} line {line}: {problem}")
+            skipped.append(f"{where}: {problem}")
         else:
             texts.append(text)
             values.append(label.strip() if isinstance(label, str) else label)
-    reported = report_skipped(skipped, total, path, "rows", strict)
+    reported = report_skipped(skipped, total, path, what, strict)
     if not texts:
-        raise DataError(f"{path} has no usable examples ({total} rows read).")
+        raise DataError(f"{path} has no usable examples ({total} {what} read).")
     labels, names = encode_labels(values, class_names, path)
     return LabeledData(
         dataset=tf.data.Dataset.from_tensor_slices(
@@ -152,7 +156,7 @@ def from_csv(
                 continue
             problem = next((bad[n] for n in range(first, end + 1) if n in bad), None)
             yield (
-                first,
+                f"{path} line {first}",
                 row[text_at] if text_at < len(row) else None,
                 row[label_at] if label_at < len(row) else None,
                 problem,
@@ -222,7 +226,85 @@ def from_jsonl(
                 "`text_column` / `label_column`."
             )
     rows = (
-        (n, (r or {}).get(text_column), (r or {}).get(label_column), bad.get(n))
+        (
+            f"{path} line {n}",
+            (r or {}).get(text_column),
+            (r or {}).get(label_column),
+            bad.get(n),
+        )
         for n, r in records
     )
     return _build(rows, path, class_names, strict)
+
+
+def from_text_folder(
+    path: str | os.PathLike,
+    *,
+    suffix: str = ".txt",
+    encoding: str = "utf-8",
+    strict: bool = False,
+) -> LabeledData:
+    """Reads text files stored one sub-folder per class (`path/<class>/*.txt`).
+
+    Class names are the sorted sub-folder names (hidden ones are ignored);
+    files are read in sorted order, one example each. Empty files and files
+    with bytes that are not valid in `encoding` are skipped with a
+    `SkippedInputWarning` naming the file, and counted in a summary; with
+    `strict=True` the first one raises instead.
+
+    Args:
+        path: The folder (local, or any file system `tf.io.gfile` reads).
+        suffix: The ending of the text files to read.
+        encoding: The files' text encoding.
+        strict: Raise `DataError` on the first bad file instead of skipping.
+
+    Returns:
+        A `LabeledData` of `(raw string, label)`.
+
+    Raises:
+        DataNotFoundError: if the folder does not exist.
+        DataError: if it holds fewer than two class folders, or a class
+            folder holds no usable file.
+
+    Example:
+
+    >>> data = tftransfer.data.from_text_folder("bbc/")  # bbc/sport/001.txt, ...
+    """
+    path = os.fspath(path)
+    if not tf.io.gfile.isdir(path):
+        raise DataNotFoundError(
+            f"Text folder {path} does not exist; pass a folder holding one "
+            f"sub-folder of {suffix} files per class."
+        )
+    classes = sorted(
+        name.rstrip("/")
+        for name in tf.io.gfile.listdir(path)
+        if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(path, name))
+    )
+    if len(classes) < 2:
+        raise DataError(
+            f"{path} holds {len(classes)} class folder(s); a classifier needs "
+            f"at least two sub-folders of {suffix} files, one per class."
+        )
+
+    def rows():
+        for name in classes:
+            files = sorted(tf.io.gfile.glob(os.path.join(path, name, f"*{suffix}")))
+            if not files:
+                raise DataError(
+                    f"Class folder {os.path.join(path, name)} holds no {suffix} "
+                    "files; add some or remove the folder."
+                )
+            for file in files:
+                with tf.io.gfile.GFile(file, "rb") as f:
+                    raw = f.read()
+                try:
+                    yield file, raw.decode(encoding), name, None
+                except UnicodeDecodeError as e:
+                    problem = (
+                        f"bytes that are not valid {encoding} at byte {e.start}; "
+                        f"re-save the file as {encoding} or pass its `encoding`"
+                    )
+                    yield file, None, name, problem
+
+    return _build(rows(), path, classes, strict, what="files")
