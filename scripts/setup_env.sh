@@ -20,4 +20,3 @@ if [ ! -e "$stamp" ]; then
     bash scripts/install_weights.sh
     touch "$stamp"
 fi
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
