@@ -20,7 +20,8 @@ def classification_metrics(
         labels: integer labels `[n]`.
         probabilities: predicted class scores `[n, num_classes]`.
         class_names: names of the classes (default `"0"`, `"1"`, ...).
-        top_k: k of the top-k accuracy (capped at the number of classes).
+        top_k: k of the top-k accuracy; capped below the number of classes
+            (top-k of k classes is always 1), and at least 1.
 
     Returns:
         A dict of Python numbers: `accuracy`, `top_k_accuracy`, `k`,
@@ -53,7 +54,7 @@ def classification_metrics(
     predicted = probabilities.argmax(axis=1)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    k = min(top_k, num_classes)
+    k = max(1, min(top_k, num_classes - 1))
     top = np.argsort(-probabilities, axis=1)[:, :k]
     per_class = {}
     for index, name in enumerate(class_names):
