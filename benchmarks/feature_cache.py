@@ -6,9 +6,11 @@ Prints, from one run:
   peak_rss_ratio_10x_vs_1x: peak memory with 10x the data / with 1x (goal ~1, flat)
 
 The backbone is MobileNetV3Small (random weights: the timing does not depend
-on them) on 64x64 images, the head linear, 10 head epochs, batch 64.
+on them) on 64x64 images (`--image-size`), the head linear, 10 head epochs,
+batch 64. The smaller the images, the more the recipe's fixed costs (tracing,
+logs, checkpoints) weigh against the backbone's compute.
 
-    python benchmarks/feature_cache.py [--examples 1024]
+    python benchmarks/feature_cache.py [--examples 1024] [--image-size 64]
 """
 
 import argparse
@@ -25,13 +27,13 @@ import tensorflow as tf
 
 from tftransfer.recipes import FeatureExtraction, build_head
 
-SIZE, BATCH, EPOCHS, CLASSES = 64, 64, 10, 5
+BATCH, EPOCHS, CLASSES = 64, 10, 5
 
 
-def backbone():
+def backbone(size):
     keras.utils.set_random_seed(0)
     return keras.applications.MobileNetV3Small(
-        input_shape=(SIZE, SIZE, 3),
+        input_shape=(size, size, 3),
         include_top=False,
         weights=None,
         pooling="avg",
@@ -39,12 +41,12 @@ def backbone():
     )
 
 
-def images(count):
+def images(count, size):
     """A streamed dataset of `count` random images (nothing held in memory)."""
 
     def example(index):
         seed = tf.stack([index, 0])
-        image = tf.random.stateless_uniform((SIZE, SIZE, 3), seed)
+        image = tf.random.stateless_uniform((size, size, 3), seed)
         return image, index % CLASSES
 
     return tf.data.Dataset.range(count).map(example).batch(BATCH).prefetch(2)
@@ -56,13 +58,13 @@ def timed(function):
     return time.perf_counter() - start
 
 
-def compare(count):
-    data = images(count)
-    model_backbone = backbone()
+def compare(count, size):
+    data = images(count, size)
+    model_backbone = backbone(size)
     inference = timed(lambda: model_backbone.predict(data, verbose=0))
 
     model_backbone.trainable = False
-    inputs = keras.Input((SIZE, SIZE, 3))
+    inputs = keras.Input((size, size, 3))
     head = build_head(model_backbone.output_shape[-1], CLASSES)
     baseline = keras.Model(inputs, head(model_backbone(inputs, training=False)))
     baseline.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -70,7 +72,7 @@ def compare(count):
 
     with tempfile.TemporaryDirectory() as work:
         recipe = FeatureExtraction(
-            backbone(),
+            backbone(size),
             epochs=EPOCHS,
             patience=None,
             batch_size=BATCH,
@@ -80,7 +82,7 @@ def compare(count):
             verbose=0,
         )
         total = timed(lambda: recipe.fit(data))
-    print(f"examples: {count}, head epochs: {EPOCHS}")
+    print(f"examples: {count}, image size: {size}, head epochs: {EPOCHS}")
     print(f"inference_pass_s: {inference:.2f}")
     print(f"frozen_backbone_fit_s: {guide:.2f}")
     print(f"recipe_total_s: {total:.2f}")
@@ -88,11 +90,11 @@ def compare(count):
     print(f"recipe_vs_inference_floor: {total / inference:.2f}")
 
 
-def peak_memory(count):
+def peak_memory(count, size):
     """Runs the recipe on `count` examples in this process; prints peak RSS."""
     with tempfile.TemporaryDirectory() as work:
         recipe = FeatureExtraction(
-            backbone(),
+            backbone(size),
             epochs=EPOCHS,
             patience=None,
             batch_size=BATCH,
@@ -102,7 +104,7 @@ def peak_memory(count):
             strategy="default",
             verbose=0,
         )
-        recipe.fit(images(count))
+        recipe.fit(images(count, size))
     print(
         json.dumps(
             {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -110,11 +112,12 @@ def peak_memory(count):
     )
 
 
-def measure_memory(count):
+def measure_memory(count, size):
     peaks = []
     for examples in (count, 10 * count):
+        command = [sys.executable, __file__, "--peak-memory", str(examples)]
         output = subprocess.run(
-            [sys.executable, __file__, "--peak-memory", str(examples)],
+            [*command, "--image-size", str(size)],
             check=True,
             capture_output=True,
             text=True,
@@ -129,10 +132,11 @@ def measure_memory(count):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--examples", type=int, default=1024)
+    parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--peak-memory", type=int, default=None)
     arguments = parser.parse_args()
     if arguments.peak_memory:
-        peak_memory(arguments.peak_memory)
+        peak_memory(arguments.peak_memory, arguments.image_size)
     else:
-        compare(arguments.examples)
-        measure_memory(arguments.examples)
+        compare(arguments.examples, arguments.image_size)
+        measure_memory(arguments.examples, arguments.image_size)
