@@ -138,6 +138,13 @@ def test_pipeline_training_shuffles_augments_and_uses_global_batch(tmp_path):
     assert epoch_labels != [0, 0, 0, 0, 0, 1, 1, 1]  # not the folder order
 
 
+def test_unseeded_training_pipeline_keeps_the_readers_order(tmp_path):
+    """Only the pipeline's own maps may reorder: `split()` picks by position."""
+    source = data.from_image_folder(image_folder(tmp_path, {"cats": 3, "dogs": 3}))
+    train = data.make_pipeline(source, image_backbone(), 2, training=True)
+    assert train.options().deterministic is not False
+
+
 def test_pipeline_caches_when_small_and_not_when_told():
     source = data.from_arrays(np.zeros((4, 8, 8, 3), np.uint8), [0, 1, 0, 1])
     cached = data.make_pipeline(source, image_backbone(), 2)

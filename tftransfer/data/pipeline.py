@@ -115,6 +115,10 @@ def make_pipeline(
     buffer = min(shuffle_buffer, data.num_examples or shuffle_buffer)
     prepare = prepare_fn(backbone, resize_mode=resize_mode)
     autotune = tf.data.AUTOTUNE
+    # Only this pipeline's own maps may reorder (training without a seed):
+    # a global `Options.deterministic = False` would also reorder the
+    # reader's steps upstream, and `split()` picks examples by position.
+    in_order = not training or seed is not None
 
     def prepare_example(x, y):
         if data.input_format == "file_path":
@@ -125,21 +129,26 @@ def make_pipeline(
     if data.kind == "image":
         if training and not cache:
             ds = ds.shuffle(buffer, seed=seed)
-        ds = ds.map(prepare_example, num_parallel_calls=autotune)
+        ds = ds.map(
+            prepare_example, num_parallel_calls=autotune, deterministic=in_order
+        )
     if cache:
         ds = ds.cache()
     if training and (cache or data.kind == "text"):
         ds = ds.shuffle(buffer, seed=seed)
     ds = ds.batch(global_batch, drop_remainder=drop_remainder)
     if data.kind == "text":
-        ds = ds.map(prepare_example, num_parallel_calls=autotune)
+        ds = ds.map(
+            prepare_example, num_parallel_calls=autotune, deterministic=in_order
+        )
     if augment:
         layers = augmenter(augment, backbone.value_range, seed=seed)
         ds = ds.map(
-            lambda x, y: (layers(x, training=True), y), num_parallel_calls=autotune
+            lambda x, y: (layers(x, training=True), y),
+            num_parallel_calls=autotune,
+            deterministic=in_order,
         )
     options = tf.data.Options()
-    options.deterministic = not training or seed is not None
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA
     )
