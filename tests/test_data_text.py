@@ -187,3 +187,16 @@ def test_text_folder_layout_errors_name_the_folder(tmp_path):
     (tmp_path / "empty_class").mkdir()
     with pytest.raises(DataError, match="empty_class holds no .txt files"):
         data.from_text_folder(tmp_path)
+
+
+def test_text_folder_with_numeric_class_names_labels_by_name(tmp_path):
+    root = _text_folder(tmp_path, {"1": ["poor"], "2": ["fair"], "10": ["best"]})
+    result = data.from_text_folder(root)
+    assert result.class_names == ["1", "10", "2"]
+    assert _examples(result) == [("poor", 0), ("best", 1), ("fair", 2)]
+
+
+def test_csv_numeric_string_labels_map_by_name_when_names_are_given(tmp_path):
+    path = _write(tmp_path / "r.csv", "text,label\na,5\nb,4\nc,5\n")
+    result = data.from_csv(path, class_names=["4", "5"])
+    assert _examples(result) == [("a", 1), ("b", 0), ("c", 1)]

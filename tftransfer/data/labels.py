@@ -24,10 +24,12 @@ def encode_labels(
 ) -> tuple[np.ndarray, list[str]]:
     """Maps label values to int64 class indices and returns the class names.
 
-    Integer labels (or strings that all spell integers) keep their value;
-    their class names default to `["0", "1", ..., str(max)]`. String labels
-    are numbered in sorted order of their distinct values, unless
-    `class_names` gives the order.
+    When `class_names` is given and every label is one of those names, each
+    label gets the index of its name (so folders named `1/`, `2/`, ... are
+    names, not indices). Otherwise integer labels (or strings that all spell
+    integers) keep their value; their class names default to `["0", "1",
+    ..., str(max)]`. String labels are numbered in sorted order of their
+    distinct values, unless `class_names` gives the order.
 
     Args:
         values: One label per example.
@@ -42,8 +44,9 @@ def encode_labels(
         DataError: if a label is negative, out of range or not in
             `class_names`.
     """
+    named = class_names is not None and {str(v) for v in values} <= set(class_names)
     ints = [_as_int(v) for v in values]
-    if values and all(i is not None for i in ints):
+    if not named and values and all(i is not None for i in ints):
         labels = np.asarray(ints, dtype=np.int64)
         if labels.min() < 0:
             raise DataError(
