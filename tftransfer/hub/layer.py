@@ -47,7 +47,9 @@ class HubLayer(keras.Layer):
     never are. A frozen layer always runs the model in inference mode, so
     BatchNorm statistics never move; a trainable one passes `training` as a
     Python bool to models whose call takes it, and adds the model's
-    `regularization_losses` to the losses of the Keras model it is in.
+    `regularization_losses` to the losses of the Keras model it is in
+    whenever it is trainable (also when called with `training=False`, as
+    fine-tuning with frozen BatchNorm statistics does).
 
     Args:
         handle: a folder, `file://`, `gs://` or TF Hub / Kaggle URL of the
@@ -144,12 +146,14 @@ class HubLayer(keras.Layer):
             self._saved_model_variables.append(wrapped)
 
     def call(self, inputs, training=None):
-        training = bool(training) and self.trainable
-        if training:
+        if self.trainable:
+            # Whenever the weights are trained, also in fine-tuning recipes
+            # that run the backbone in inference mode (frozen BatchNorm).
             for regularization_loss in getattr(
                 self._loaded, "regularization_losses", []
             ):
                 self.add_loss(regularization_loss())
+        training = bool(training) and self.trainable
         try:
             if self.signature is not None:
                 outputs = self._call_named_signature(inputs)
