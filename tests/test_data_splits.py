@@ -40,6 +40,15 @@ def test_split_is_stratified_disjoint_and_complete():
     assert "stratified split (validation=0.2, test=0.2, seed=1)" in test.source
 
 
+def test_split_parts_know_their_cardinality():
+    # Without it, anything that counts batches (a learning-rate schedule)
+    # sees an unknown cardinality (-2).
+    parts = data.split(_data(), validation=0.2, test=0.2, seed=1)
+    for part in parts:
+        assert int(part.dataset.cardinality()) == part.num_examples
+        assert len(list(part.dataset)) == part.num_examples
+
+
 def test_split_same_seed_same_parts_other_seed_other_parts():
     source = _data()
     first = data.split(source, validation=0.25, seed=7)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tftransfer import TrainingError
+from tftransfer import Backbone, ConfigError, TrainingError, data
 from tftransfer.recipes import (
     FeatureExtraction,
     FineTuning,
@@ -16,6 +16,7 @@ from tftransfer.recipes import (
 )
 from tftransfer.recipes.feature_cache import FeatureCache
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
+from tftransfer.recipes.training_loop import steps_per_epoch
 
 
 def _images(count=64, seed=0, shift=0.0):
@@ -37,6 +38,41 @@ def _backbone(seed=0):
         ],
         name="tiny",
     )
+
+
+def _image_backbone():
+    """A `tftransfer.Backbone` over `_backbone()`: takes `LabeledData`."""
+    return Backbone(
+        name="tiny",
+        handle="test://tiny",
+        source="keras_application",
+        modality="image",
+        feature_dim=6,
+        builder=lambda trainable: _backbone(),
+        image_size=(8, 8),
+    )
+
+
+def _pixels(count=64, seed=0):
+    """`LabeledData` of `count` 8x8 images, two balanced classes."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(count, 8, 8, 3), dtype="uint8")
+    return data.from_arrays(pixels, np.arange(count) % 2, class_names=["a", "b"])
+
+
+class _PhaseSteps(keras.callbacks.Callback):
+    """Records the learning rate of every training step, by model name."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates: dict[str, list[float]] = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        rate = float(np.asarray(self.model.optimizer.learning_rate))
+        self.rates.setdefault(self.model.name, []).append(rate)
+
+    def steps(self, name: str) -> int:
+        return len(self.rates.get(name, []))
 
 
 def _recipe(cls, tmp_path, backbone=None, **kwargs):
@@ -320,3 +356,40 @@ def test_predict_returns_probabilities_in_data_order(tmp_path):
         tuned.model.predict(_images(seed=2), verbose=0),
         atol=1e-6,
     )
+
+
+def test_fine_tuning_schedule_spans_every_step_of_split_data(tmp_path):
+    # split() filters its source; its parts used to have an unknown
+    # cardinality (-2), so the schedule counted 1 step per epoch and the
+    # learning rate reached 0 after `epochs` steps.
+    train, validation, _ = data.split(_pixels(), validation=0.25)
+    assert train.num_examples == 48
+    steps = _PhaseSteps()
+    recipe = _recipe(
+        FineTuning,
+        tmp_path,
+        _image_backbone(),
+        head_epochs=1,
+        epochs=2,
+        batch_size=8,
+        patience=None,
+        callbacks=[steps],
+    )
+    recipe.fit(train, validation)
+    steps_per_epoch = 48 // 8
+    rates = steps.rates["fine_tuning"]
+    assert len(rates) == 2 * steps_per_epoch
+    assert rates[len(rates) // 2] > 0.0
+    assert min(rates[1:]) > 0.0  # step 0 is the start of the warm-up
+    schedule = recipe.model.optimizer._learning_rate
+    # Keras' CosineDecay warms up for `warmup_steps`, then decays over
+    # `decay_steps`: together, every step of the phase.
+    assert schedule.warmup_steps + schedule.decay_steps == 2 * steps_per_epoch
+
+
+def test_steps_per_epoch_counts_unknown_cardinality_and_refuses_infinite():
+    batches = tf.data.Dataset.range(10).filter(lambda i: i % 2 == 0).batch(2)
+    assert int(batches.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    assert steps_per_epoch(batches) == 3
+    with pytest.raises(ConfigError, match="repeats forever"):
+        steps_per_epoch(batches.repeat())

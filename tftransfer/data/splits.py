@@ -35,10 +35,12 @@ def _labels(data: LabeledData) -> np.ndarray:
 
 def _subset(data: LabeledData, mask: np.ndarray, name: str, detail: str):
     keep = tf.constant(mask)
+    # `filter` makes the cardinality unknown; the part's size is known.
     dataset = (
         data.dataset.enumerate()
         .filter(lambda i, example: tf.gather(keep, i))
         .map(lambda i, example: example)
+        .apply(tf.data.experimental.assert_cardinality(int(mask.sum())))
     )
     return dataclasses.replace(
         data,

@@ -8,6 +8,7 @@ import re
 import keras
 
 from tftransfer.errors import ConfigError
+from tftransfer.recipes import training_loop
 from tftransfer.recipes.feature_extraction import FeatureExtraction
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
 
@@ -138,7 +139,7 @@ class FineTuning(FeatureExtraction):
     def _optimizer(
         self, backbone_variables: list, train_batches
     ) -> DiscriminativeAdamW:
-        steps = max(1, int(train_batches.cardinality())) * self.settings["epochs"]
+        steps = training_loop.steps_per_epoch(train_batches) * self.settings["epochs"]
         warmup = int(steps * self.settings["warmup_fraction"])
         peak = self.settings["fine_tune_learning_rate"]
         schedule = keras.optimizers.schedules.CosineDecay(

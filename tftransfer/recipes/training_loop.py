@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer import distribute
+from tftransfer.errors import ConfigError
 
 
 def train(
@@ -109,7 +110,7 @@ class OwnedLoop:
         verbose: int | str = "auto",
     ) -> keras.callbacks.History:
         """Trains like `keras.Model.fit` (same arguments, same `History`)."""
-        steps = _steps(train_data)
+        steps = steps_per_epoch(train_data)
         verbose = 1 if verbose == "auto" else verbose
         callback_list = keras.callbacks.CallbackList(
             callbacks,
@@ -147,7 +148,7 @@ class OwnedLoop:
     def _evaluate(self, batches, dataset: tf.data.Dataset) -> dict[str, float]:
         totals = np.zeros(3)
         iterator = iter(batches)
-        for _ in range(_steps(dataset)):
+        for _ in range(steps_per_epoch(dataset)):
             totals += [float(t) for t in self._test_step(iterator)]
         return _logs(totals)
 
@@ -196,9 +197,30 @@ class OwnedLoop:
         return loss_sum, _correct(labels, predictions), _local_count(labels)
 
 
-def _steps(dataset: tf.data.Dataset) -> int:
+def steps_per_epoch(dataset: tf.data.Dataset) -> int:
+    """Returns the number of batches in one pass over `dataset`.
+
+    Uses the dataset's cardinality; where it is unknown (after `filter`,
+    for example), counts the batches in one pass over the data.
+
+    Args:
+        dataset: a finite `tf.data.Dataset` of batches.
+
+    Raises:
+        ConfigError: if `dataset` repeats forever.
+
+    Example:
+
+    >>> steps_per_epoch(tf.data.Dataset.range(10).batch(4))
+    3
+    """
     cardinality = int(dataset.cardinality())
-    if cardinality < 0:
+    if cardinality == tf.data.INFINITE_CARDINALITY:
+        raise ConfigError(
+            "Expected a finite dataset (one epoch per pass); received one that "
+            "repeats forever. Remove its `.repeat()`."
+        )
+    if cardinality == tf.data.UNKNOWN_CARDINALITY:
         cardinality = int(dataset.reduce(0, lambda count, _: count + 1))
     return cardinality
 
@@ -262,7 +284,7 @@ class Predictor:
         )
         # One trace for all batches, the last (smaller) one included.
         step = self._step.get_concrete_function(*batches.element_spec)
-        steps = _steps(dataset)
+        steps = steps_per_epoch(dataset)
         progress = keras.utils.Progbar(steps, verbose=verbose)
         iterator = iter(batches)
         for index in range(steps):
