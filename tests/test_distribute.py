@@ -1,6 +1,7 @@
 """Strategy selection (TPU paths with a resolver double) and mirrored training."""
 
 import json
+import tempfile
 
 import keras
 import numpy as np
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from tftransfer import ConfigError, distribute
 from tftransfer.recipes import training_loop
+from tftransfer.recipes.callbacks import TrainingState
 
 
 class FakeResolver:
@@ -186,3 +188,67 @@ def test_mirrored_two_cpus_matches_one_device_for_same_global_batch(owned):
         np.testing.assert_allclose(one, two, atol=1e-5)
     np.testing.assert_allclose(one_history["loss"], two_history["loss"], atol=1e-5)
     assert len(one_history["loss"]) == 2
+
+
+def _diverging_fit(state, epochs, initial_epoch=0, seen=None):
+    """Trains a tiny model whose validation loss is best after epoch 1: the
+    validation labels are the training labels inverted."""
+    keras.utils.set_random_seed(5)
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(32, 4)).astype("float32")
+    labels = (features[:, 0] > 0).astype("int64")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, "softmax")])
+    model.compile(keras.optimizers.Adam(0.1), "sparse_categorical_crossentropy")
+    initial_epoch = state.restore(model)
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(
+            [w.numpy().copy() for w in model.weights]
+        )
+    )
+    history = model.fit(
+        features,
+        labels,
+        validation_data=(features, 1 - labels),
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        batch_size=8,
+        shuffle=False,
+        callbacks=[state, record] if seen is not None else [state],
+        verbose=0,
+    )
+    return model, history.history
+
+
+def _assert_weights_equal(model, weights):
+    for variable, expected in zip(model.weights, weights, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), expected)
+
+
+def test_non_writing_worker_ends_on_best_weights_and_removes_its_copy(
+    tmp_path, monkeypatch
+):
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    shared = tmp_path / "shared"
+    per_epoch = []
+    state = TrainingState(shared, write=False)
+    model, history = _diverging_fit(state, epochs=3, seen=per_epoch)
+    assert int(np.argmin(history["val_loss"])) == 0  # the best epoch is not the last
+    _assert_weights_equal(model, per_epoch[0])
+    assert not shared.exists()  # it wrote nothing where the chief writes
+    assert list(private.iterdir()) == []  # and removed its private best weights
+
+
+def test_non_writing_worker_resumes_from_the_chief_checkpoint(tmp_path):
+    shared = tmp_path / "shared"
+    per_epoch = []
+    chief, _ = _diverging_fit(TrainingState(shared), epochs=2, seen=per_epoch)
+    _assert_weights_equal(chief, per_epoch[0])
+    written = {path: path.stat().st_mtime_ns for path in shared.iterdir()}
+    worker_state = TrainingState(shared, write=False)
+    worker, history = _diverging_fit(worker_state, epochs=3)
+    assert len(history["loss"]) == 1  # resumed at the chief's epoch 2 of 3
+    assert len(worker_state.history["loss"]) == 3
+    _assert_weights_equal(worker, per_epoch[0])  # the chief's best, epoch 1
+    assert {path: path.stat().st_mtime_ns for path in shared.iterdir()} == written

@@ -47,7 +47,13 @@ def test_multi_worker_training_gives_identical_weights_on_both_workers(tmp_path)
         )
         for index in range(2)
     ]
-    outputs = [worker.communicate(timeout=240)[0].decode() for worker in workers]
+    try:
+        outputs = [worker.communicate(timeout=300)[0].decode() for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:  # hung: the workers disagreed on steps
+                worker.kill()
+                worker.wait()
     for worker, output in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, output[-3000:]
     weights = [np.load(tmp_path / f"worker{index}.npz") for index in range(2)]
@@ -59,9 +65,18 @@ def test_multi_worker_training_gives_identical_weights_on_both_workers(tmp_path)
     assert history["loss"][-1] < history["loss"][0]
     initial = np.load(tmp_path / "initial0.npz")
     assert not np.array_equal(initial["w0"], weights[0]["w0"])
-    recipe_weights = [np.load(tmp_path / f"recipe{index}.npz") for index in range(2)]
-    for key in recipe_weights[0].files:
-        np.testing.assert_array_equal(recipe_weights[0][key], recipe_weights[1][key])
+    # The recipe's best epoch is not its last, and every worker ends on the
+    # best weights, after the first run and after resuming.
+    recipe_history = json.loads((tmp_path / "recipe_history0.json").read_text())
+    assert recipe_history == json.loads((tmp_path / "recipe_history1.json").read_text())
+    assert len(recipe_history["val_loss"]) == 3
+    assert int(np.argmin(recipe_history["val_loss"])) == 0
+    for run in ("first", "resumed"):
+        recipe_weights = [np.load(tmp_path / f"{run}{index}.npz") for index in range(2)]
+        for key in recipe_weights[0].files:
+            np.testing.assert_array_equal(
+                recipe_weights[0][key], recipe_weights[1][key]
+            )
     # Only the chief wrote the feature cache and the checkpoints.
     assert len(list((tmp_path / "cache").glob("*/train/manifest.json"))) == 1
     assert list((tmp_path / "run" / "checkpoints").glob("head-*/state.npz"))
@@ -116,31 +131,36 @@ def _worker(index, ports, out_dir):
     with open(f"{out_dir}/history{index}.json", "w") as handle:
         json.dump(history.history, handle)
 
-    # The same recipe code trains under MultiWorkerMirroredStrategy.
+    # The same recipe code trains under MultiWorkerMirroredStrategy. The
+    # validation labels are the training labels inverted, so the validation
+    # loss is best after the first epoch: the workers must all end on the
+    # best weights, not on the last ones. A second run with more epochs
+    # resumes from the chief's checkpoint on every worker.
     images = rng.normal(size=(32, 6, 6, 3)).astype("float32")
-    image_data = tf.data.Dataset.from_tensor_slices((images, labels[:32])).batch(batch)
+    image_labels = (images[:, 0, 0, 0] > 0).astype("int64")
+    train_images = tf.data.Dataset.from_tensor_slices((images, image_labels))
+    validation_images = tf.data.Dataset.from_tensor_slices((images, 1 - image_labels))
     with strategy.scope():
-        backbone = keras.Sequential(
-            [
-                keras.Input((6, 6, 3)),
-                keras.layers.Conv2D(3, 3),
-                keras.layers.GlobalAveragePooling2D(),
-            ]
+        backbone = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten()])
+    for run, epochs in (("first", 2), ("resumed", 3)):
+        recipe = FeatureExtraction(
+            backbone,
+            strategy=strategy,
+            epochs=epochs,
+            patience=None,
+            learning_rate=0.1,
+            batch_size=8,
+            cache_dir=f"{out_dir}/cache",
+            run_dir=f"{out_dir}/run",
+            verbose=0,
         )
-    recipe = FeatureExtraction(
-        backbone,
-        strategy=strategy,
-        epochs=2,
-        batch_size=8,
-        cache_dir=f"{out_dir}/cache",
-        run_dir=f"{out_dir}/run",
-        verbose=0,
-    )
-    recipe.fit(image_data, image_data)
-    np.savez(
-        f"{out_dir}/recipe{index}.npz",
-        **{f"w{i}": v.numpy() for i, v in enumerate(recipe.model.weights)},
-    )
+        recipe.fit(train_images.batch(batch), validation_images.batch(batch))
+        np.savez(
+            f"{out_dir}/{run}{index}.npz",
+            **{f"w{i}": v.numpy() for i, v in enumerate(recipe.model.weights)},
+        )
+    with open(f"{out_dir}/recipe_history{index}.json", "w") as handle:
+        json.dump(recipe.history.history, handle)
 
 
 if __name__ == "__main__":

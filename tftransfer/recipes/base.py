@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 
 import keras
@@ -247,10 +246,15 @@ class Recipe:
         epochs: int,
         data_key: str,
     ) -> keras.callbacks.History:
-        """Trains one phase, resuming from its checkpoint if there is one."""
+        """Trains one phase, resuming from its checkpoint if there is one.
+
+        Every worker restores the chief's checkpoint (so all resume at the
+        same epoch: `run_dir` must be shared); only the chief writes it and
+        the logs.
+        """
         checkpoints = self.run_dir / "checkpoints" / f"{phase}-{data_key}"
         state = TrainingState(
-            checkpoints if self.is_chief else tempfile.mkdtemp(prefix="state-"),
+            checkpoints,
             monitor="val_loss" if validation is not None else "loss",
             patience=self.settings["patience"],
             write=self.is_chief,
@@ -261,9 +265,8 @@ class Recipe:
             state.load_best_weights()
         else:
             log_dir = self.run_dir / "logs" / phase
-            if not self.is_chief:
-                log_dir = Path(tempfile.mkdtemp(prefix="logs-"))
-            callbacks = [NaNGuard(), state, *_log_callbacks(log_dir), *self.callbacks]
+            logs = _log_callbacks(log_dir) if self.is_chief else []
+            callbacks = [NaNGuard(), state, *logs, *self.callbacks]
             training_loop.train(
                 model,
                 train,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import keras
@@ -63,15 +64,21 @@ class TrainingState(keras.callbacks.Callback):
     lost or repeated. The best weights seen so far (by `monitor`) are kept
     in `best-<epoch>.weights.npz` and restored at the end of training.
 
-    Only the chief worker writes (`write=False` on the others).
+    Under a multi-worker strategy every worker restores the same checkpoint,
+    the chief's, from a `directory` they all can read (as Keras'
+    `BackupAndRestore` does), so all resume at the same epoch. Only the
+    chief writes there (`write=True`); every other worker (`write=False`)
+    keeps its best weights in a private temporary folder, removed at the
+    end of training, so that every worker ends on the same weights.
 
     Args:
-        directory: where the checkpoint files live.
+        directory: where the checkpoint files live (shared by all workers).
         monitor: the logged value that early stopping watches.
         patience: epochs without improvement before stopping; `None` never
             stops early.
         restore_best_weights: whether to end with the best weights.
-        write: whether this process writes the files.
+        write: whether this process writes the checkpoint files (the chief
+            worker); the others read them.
 
     Example:
 
@@ -99,7 +106,11 @@ class TrainingState(keras.callbacks.Callback):
         self.history: dict[str, list[float]] = {}
         self.finished = False
         self._best: float | None = None
-        self._best_file: str | None = None
+        self._best_path: Path | None = None
+        # Where this process writes best weights; created when first needed
+        # on non-writing workers.
+        self._best_directory: Path | None = self.directory if write else None
+        self._private: tempfile.TemporaryDirectory | None = None
         self._wait = 0
         self._epochs_done = 0
 
@@ -124,7 +135,8 @@ class TrainingState(keras.callbacks.Callback):
         self.history = meta["history"]
         self.finished = meta["finished"]
         self._best = meta["best"]
-        self._best_file = meta["best_file"]
+        best_file = meta["best_file"]
+        self._best_path = self.directory / best_file if best_file else None
         self._wait = meta["wait"]
         self._epochs_done = int(meta["epoch"])
         return self._epochs_done
@@ -147,11 +159,15 @@ class TrainingState(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.load_best_weights()
+        if self._private is not None:
+            # The model now holds the best weights; the private copy goes.
+            self._private.cleanup()
+            self._private = self._best_directory = self._best_path = None
 
     def load_best_weights(self) -> None:
         """Loads the best weights seen, where `restore_best_weights` is set."""
-        if self.restore_best_weights and self._best_file:
-            with np.load(self.directory / self._best_file) as arrays:
+        if self.restore_best_weights and self._best_path is not None:
+            with np.load(self._best_path) as arrays:
                 _assign(self.model.weights, arrays, "w")
 
     def _improved(self, value: float) -> bool:
@@ -163,23 +179,25 @@ class TrainingState(keras.callbacks.Callback):
         return value < self._best if lower_is_better else value > self._best
 
     def _save_best(self, epoch: int) -> None:
-        if not self.write:
-            return
-        name = f"best-{epoch + 1}.weights.npz"
-        atomic.save_npz(self.directory / name, _arrays(self.model.weights, "w"))
-        self._best_file = name
+        if self._best_directory is None:
+            self._private = tempfile.TemporaryDirectory(prefix="tftransfer-best-")
+            self._best_directory = Path(self._private.name)
+        path = self._best_directory / f"best-{epoch + 1}.weights.npz"
+        atomic.save_npz(path, _arrays(self.model.weights, "w"))
+        self._best_path = path
 
     def _save(self, epochs_done: int) -> None:
         self._epochs_done = epochs_done
-        if not self.write:
-            return
-        arrays = _arrays(self.model.weights, "w")
-        arrays.update(_arrays(_optimizer_variables(self.model), "o"))
-        arrays["meta"] = np.array(json.dumps(self._meta()))
-        atomic.save_npz(self.path, arrays)
-        for stale in self.directory.glob("best-*.weights.npz"):
-            if stale.name != self._best_file:
-                stale.unlink(missing_ok=True)
+        if self.write:
+            arrays = _arrays(self.model.weights, "w")
+            arrays.update(_arrays(_optimizer_variables(self.model), "o"))
+            arrays["meta"] = np.array(json.dumps(self._meta()))
+            atomic.save_npz(self.path, arrays)
+        # Only after the state names the new best file: older ones go.
+        if self._best_directory is not None:
+            for stale in self._best_directory.glob("best-*.weights.npz"):
+                if stale != self._best_path:
+                    stale.unlink(missing_ok=True)
 
     def _meta(self) -> dict:
         return {
@@ -187,7 +205,7 @@ class TrainingState(keras.callbacks.Callback):
             "history": self.history,
             "finished": self.finished,
             "best": self._best,
-            "best_file": self._best_file,
+            "best_file": self._best_path.name if self._best_path else None,
             "wait": self._wait,
         }
 
