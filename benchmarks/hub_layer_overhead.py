@@ -10,6 +10,7 @@ and also eagerly. Prints `name: ratio` lines; goal for the compiled ratio is
 """
 
 import argparse
+import collections
 import tempfile
 import timeit
 
@@ -57,10 +58,10 @@ def main() -> None:
     )
 
     timing = dict(repeats=args.repeats, number=args.number)
+    direct_function = tf.function(lambda x: restored(x, training=False))
+    layer_function = tf.function(layer)
     compiled_direct, compiled_layer = _best_times(
-        [tf.function(lambda x: restored(x, training=False)), tf.function(layer)],
-        images,
-        **timing,
+        [direct_function, layer_function], images, **timing
     )
     eager_direct, eager_layer = _best_times(
         [lambda x: restored(x, training=False), layer], images, **timing
@@ -71,6 +72,22 @@ def main() -> None:
     print(f"hub_layer_compiled_ms: {1000 * compiled_layer / args.number:.2f}")
     print(f"hub_layer_vs_direct_compiled: {compiled_layer / compiled_direct:.3f}")
     print(f"hub_layer_vs_direct_eager: {eager_layer / eager_direct:.3f}")
+    # Timings on a shared machine are noisy; the graphs say what is run.
+    direct_ops = _graph_ops(direct_function, images)
+    layer_ops = _graph_ops(layer_function, images)
+    print(f"compiled_graphs_run_the_same_ops: {direct_ops == layer_ops}")
+    if direct_ops != layer_ops:
+        print(f"  only direct: {dict(direct_ops - layer_ops)}")
+        print(f"  only hub_layer: {dict(layer_ops - direct_ops)}")
+
+
+def _graph_ops(function, inputs) -> collections.Counter:
+    """How often each op type runs in a traced function and its nested ones."""
+    graph_def = function.get_concrete_function(inputs).graph.as_graph_def()
+    ops = collections.Counter(node.op for node in graph_def.node)
+    for nested in graph_def.library.function:
+        ops.update(node.op for node in nested.node_def)
+    return ops
 
 
 if __name__ == "__main__":
