@@ -393,3 +393,37 @@ def test_steps_per_epoch_counts_unknown_cardinality_and_refuses_infinite():
     assert steps_per_epoch(batches) == 3
     with pytest.raises(ConfigError, match="repeats forever"):
         steps_per_epoch(batches.repeat())
+
+
+def test_changed_settings_train_again_in_the_same_run_dir(tmp_path):
+    # The checkpoint folders are keyed by the settings (not `epochs`): a
+    # changed setting used to find the old, finished run and not train.
+    def fit(**settings) -> _PhaseSteps:
+        steps = _PhaseSteps()
+        settings = {"head_epochs": 1, "epochs": 1, "patience": None, **settings}
+        recipe = _recipe(FineTuning, tmp_path, callbacks=[steps], **settings)
+        recipe.fit(_images())
+        return steps
+
+    def trained(steps: _PhaseSteps) -> tuple[bool, int]:
+        # The head runs a whole epoch per step call: only whether it trained.
+        return steps.steps("head") > 0, steps.steps("fine_tuning")
+
+    assert trained(fit()) == (True, 4)
+    assert trained(fit()) == (False, 0)  # the same settings: finished
+    # Phase-2 settings leave the trained head (phase 1) alone.
+    changed = fit(fine_tune_learning_rate=1e-3)
+    assert trained(changed) == (False, 4)
+    assert changed.rates["fine_tuning"][-1] > 1e-4  # the new rate, not restored
+    # More epochs resume the run: only the new epoch trains.
+    assert trained(fit(fine_tune_learning_rate=1e-3, epochs=2)) == (False, 4)
+    assert trained(fit(dropout=0.5)) == (True, 4)
+
+
+def test_default_run_dir_covers_every_setting():
+    def run_dir(**settings):
+        return FineTuning(_backbone(), strategy="default", **settings).run_dir
+
+    assert run_dir(fine_tune_learning_rate=1e-3) != run_dir()
+    assert run_dir(unfreeze=0.5) != run_dir()
+    assert run_dir() == run_dir()

@@ -85,6 +85,7 @@ class Recipe:
                 self.strategy, steps_per_execution
             ),
             "seed": seed,
+            **self._recipe_settings(),
         }
         default_run_dir = Path("runs") / f"{self.kind}-{fingerprint(self.settings)}"
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir
@@ -109,6 +110,21 @@ class Recipe:
         """The trained `keras.Model` from prepared inputs to class
         probabilities; `None` before `fit()`."""
         return self._model
+
+    def _recipe_settings(self) -> dict:
+        """Settings a subclass adds (set before `Recipe.__init__` runs, so
+        that the default `run_dir` covers them)."""
+        return {}
+
+    def _phase_settings(self, phase: str) -> dict:
+        """The settings that `phase`'s checkpoint belongs to: all but the
+        number of epochs (more epochs resume the run) and `run_dir`."""
+        del phase  # Every phase of this recipe depends on all its settings.
+        return {
+            key: value
+            for key, value in self.settings.items()
+            if key not in ("epochs", "run_dir")
+        }
 
     # Data ---------------------------------------------------------------
 
@@ -252,7 +268,8 @@ class Recipe:
         same epoch: `run_dir` must be shared); only the chief writes it and
         the logs.
         """
-        checkpoints = self.run_dir / "checkpoints" / f"{phase}-{data_key}"
+        key = fingerprint(data_key, self._phase_settings(phase))
+        checkpoints = self.run_dir / "checkpoints" / f"{phase}-{key}"
         state = TrainingState(
             checkpoints,
             monitor="val_loss" if validation is not None else "loss",

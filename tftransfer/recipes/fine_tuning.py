@@ -91,7 +91,6 @@ class FineTuning(FeatureExtraction):
             "train_batchnorm": train_batchnorm,
         }
         super().__init__(backbone, epochs=epochs, learning_rate=learning_rate, **kwargs)
-        self.settings.update(self._phase2)
         self.head_history: keras.callbacks.History | None = None
 
     def fit(self, train, validation=None, *, class_names: list[str] | None = None):
@@ -163,6 +162,18 @@ class FineTuning(FeatureExtraction):
         del split
         self._require_fitted()
         return self._predict("model", self.model, self._batches(data))
+
+    def _recipe_settings(self) -> dict:
+        return dict(self._phase2)
+
+    def _phase_settings(self, phase: str) -> dict:
+        """Phase 1 (`"head"`) does not depend on the settings of phase 2,
+        its own number of epochs (`head_epochs`) included; phase 2 depends
+        on all settings but `epochs`."""
+        settings = super()._phase_settings(phase)
+        if phase == "head":
+            settings = {k: v for k, v in settings.items() if k not in self._phase2}
+        return settings
 
     def _head_epochs(self) -> int:
         return self.settings["head_epochs"]
