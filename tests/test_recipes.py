@@ -1,6 +1,7 @@
 """FeatureExtraction and FineTuning on tiny models (CPU, a few steps)."""
 
 import json
+import math
 
 import keras
 import numpy as np
@@ -427,3 +428,20 @@ def test_default_run_dir_covers_every_setting():
     assert run_dir(fine_tune_learning_rate=1e-3) != run_dir()
     assert run_dir(unfreeze=0.5) != run_dir()
     assert run_dir() == run_dir()
+
+
+def test_unfreeze_fraction_reaches_into_nested_models(tmp_path):
+    # `Backbone.build()` wraps the application in a model whose one weighted
+    # layer is the whole network: a fraction used to unfreeze all of it.
+    backbone = Backbone.from_keras_application(
+        "MobileNetV2", weights=None, image_size=(32, 32)
+    )
+    recipe = _recipe(FineTuning, tmp_path, backbone, unfreeze=0.3)
+    layer = recipe._built_backbone()
+    chosen = {id(v) for v in recipe.unfreeze()}
+    (application,) = [sub for sub in layer.layers if isinstance(sub, keras.Model)]
+    weighted = [sub for sub in application.layers if sub.weights]
+    top = weighted[-math.ceil(0.3 * len(weighted)) :]
+    assert len(weighted) > 100
+    assert chosen == {id(v) for sub in top for v in sub.trainable_weights}
+    assert {id(v) for v in layer.trainable_weights} == chosen

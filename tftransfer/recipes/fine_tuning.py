@@ -33,9 +33,10 @@ class FineTuning(FeatureExtraction):
         head_epochs: epochs of phase 1.
         epochs: epochs of phase 2.
         unfreeze: `"all"`; a fraction in `(0, 1]` (the top fraction of the
-            backbone's layers that have weights; for a single SavedModel
-            layer, the last fraction of its variables); or a list of
-            regular expressions matched against variable paths.
+            backbone's layers that have weights, nested models flattened
+            into their layers; for a single SavedModel layer, the last
+            fraction of its variables); or a list of regular expressions
+            matched against variable paths.
         learning_rate: head learning rate in phase 1.
         fine_tune_learning_rate: peak head learning rate in phase 2.
         backbone_lr_scale: backbone learning rate / head learning rate in
@@ -237,13 +238,27 @@ def _select(layer: keras.Layer, candidates: list, unfreeze) -> list:
                 f"Variable paths look like: {names}, ..."
             )
         return chosen
-    groups = [
-        sub.trainable_weights
-        for sub in getattr(layer, "layers", [])
-        if sub.trainable_weights
-    ] or [[v] for v in candidates]
+    groups = [sub.trainable_weights for sub in _weighted_layers(layer)] or [
+        [v] for v in candidates
+    ]
     count = math.ceil(len(groups) * unfreeze)
     return [v for group in groups[-count:] for v in group]
+
+
+def _weighted_layers(layer: keras.Layer) -> list[keras.Layer]:
+    """The layers that own `layer`'s trainable weights, in model order.
+
+    Nested models are flattened into their own layers: `Backbone.build()`
+    wraps a pretrained network (a KerasHub or `keras.applications` model)
+    in a model whose only weighted layer is that whole network.
+    """
+    leaves = []
+    for sub in getattr(layer, "layers", []):
+        if isinstance(sub, keras.Model):
+            leaves.extend(_weighted_layers(sub))
+        elif sub.trainable_weights:
+            leaves.append(sub)
+    return leaves
 
 
 def _path(variable) -> str:
