@@ -97,6 +97,17 @@ def test_from_hub_builds_frozen_or_trainable_layers(image_model_path):
     assert len(backbone.build(trainable=True).trainable_weights) > 0
 
 
+def test_build_passes_load_options_to_hub_layers_only(image_model_path, bert_paths):
+    localhost = tf.saved_model.LoadOptions(experimental_io_device="/job:localhost")
+    nowhere = tf.saved_model.LoadOptions(experimental_io_device="/job:nowhere")
+    text = Backbone.from_hub_text(*bert_paths, seq_length=16)
+    for backbone in (Backbone.from_hub(image_model_path), text):
+        assert isinstance(backbone.build(load_options=localhost), tftransfer.HubLayer)
+        with pytest.raises(tftransfer.HandleError, match="/job:nowhere"):
+            backbone.build(load_options=nowhere)
+    assert tiny_application().build(load_options=nowhere).output_shape == (None, 1280)
+
+
 def test_from_hub_rejects_an_image_size_the_signature_contradicts(image_model_path):
     with pytest.raises(tftransfer.InputSpecError, match=r"\(8, 8\)"):
         Backbone.from_hub(image_model_path, image_size=(16, 16))

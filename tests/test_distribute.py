@@ -252,3 +252,28 @@ def test_non_writing_worker_resumes_from_the_chief_checkpoint(tmp_path):
     assert len(worker_state.history["loss"]) == 3
     _assert_weights_equal(worker, per_epoch[0])  # the chief's best, epoch 1
     assert {path: path.stat().st_mtime_ns for path in shared.iterdir()} == written
+
+
+# An io device no process has: a SavedModel read with these options fails,
+# which shows the options reached the load.
+UNREACHABLE_IO = tf.saved_model.LoadOptions(experimental_io_device="/job:nowhere")
+
+
+def test_recipes_build_hub_backbones_with_the_strategy_load_options(
+    image_model_path, tmp_path, monkeypatch
+):
+    from tftransfer import Backbone, HandleError
+    from tftransfer.recipes import FeatureExtraction
+
+    backbone = Backbone.from_hub(image_model_path)
+    recipe = FeatureExtraction(
+        backbone, epochs=1, cache_dir=tmp_path / "cache", run_dir=tmp_path / "run"
+    )
+    images = np.zeros((4, *backbone.image_size, 3), "float32")
+    data = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1, 0, 1])))
+    monkeypatch.setattr(distribute, "load_options", lambda strategy: UNREACHABLE_IO)
+    with pytest.raises(HandleError, match="/job:nowhere"):
+        recipe.fit(data.batch(2))
+    # Read inside a TPU strategy's scope, the signature is read with them too.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="/job:nowhere"):
+        Backbone.from_hub(image_model_path)

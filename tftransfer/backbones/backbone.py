@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from tftransfer.errors import ConfigError, InputSpecError
 
@@ -42,6 +43,8 @@ class Backbone:
         modality: `"image"` or `"text"`.
         feature_dim: Size of the feature vector that `build()` returns.
         builder: Callable `builder(trainable: bool) -> keras.Layer`.
+            `build()` passes `load_options=` too when it is given some, so
+            builders that load a SavedModel take it as a keyword argument.
         image_size: `(height, width)` the model takes (images only).
         value_range: `(low, high)` of the pixel values the model takes
             (images only; TF Hub's convention `(0.0, 1.0)` by default).
@@ -113,12 +116,22 @@ class Backbone:
         self._preprocessor = None
         self._config = copy.deepcopy(config) if config else None
 
-    def build(self, trainable: bool = False) -> keras.Layer:
+    def build(
+        self,
+        trainable: bool = False,
+        load_options: tf.saved_model.LoadOptions | None = None,
+    ) -> keras.Layer:
         """Builds a new Keras layer that maps prepared inputs to features.
+
+        Build it inside the `scope()` of the strategy that trains it.
 
         Args:
             trainable: Whether the pretrained weights are trained
                 (fine-tuning) or frozen (feature extraction).
+            load_options: `tf.saved_model.LoadOptions` for reading a TF Hub
+                SavedModel, as `tftransfer.distribute.load_options(strategy)`
+                gives them (on TPUs the local host reads the files). KerasHub
+                and `keras.applications` backbones ignore them.
 
         Returns:
             A `keras.Layer` mapping prepared inputs to float32
@@ -126,7 +139,10 @@ class Backbone:
             3]` in `value_range`. Text: the dict of int32 tensors that
             `text_preprocessor()` returns.
         """
-        layer = self._builder(bool(trainable))
+        if load_options is None:
+            layer = self._builder(bool(trainable))
+        else:
+            layer = self._builder(bool(trainable), load_options=load_options)
         layer.trainable = bool(trainable)
         return layer
 
@@ -205,7 +221,8 @@ class Backbone:
         SavedModel's `__call__` signature where it says them (a fixed input
         shape; uint8 inputs mean `(0, 255)`); otherwise they are taken from
         the arguments, with TF Hub's convention of float32 in `(0.0, 1.0)`
-        as the default value range.
+        as the default value range. Inside a strategy's `scope()` the
+        SavedModel is read with `tftransfer.distribute.load_options()`.
 
         Args:
             handle: A TF Hub / Kaggle URL, `gs://` path, local directory or

@@ -23,10 +23,7 @@ def image_backbone(
     name: str | None,
 ):
     """Implements `Backbone.from_hub`; see there."""
-    from tftransfer.hub import resolve
-
-    path = resolve(handle)
-    loaded = tf.saved_model.load(path)
+    path, loaded = _load(handle)
     spec = _call_input_spec(loaded, handle)
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
         raise HandleError(
@@ -62,8 +59,12 @@ def image_backbone(
         )
     input_dtype = spec.dtype
 
-    def builder(trainable: bool) -> keras.Layer:
-        return _image_hub_layer(path, trainable, output_key, image_size, input_dtype)
+    def builder(
+        trainable: bool, load_options: tf.saved_model.LoadOptions | None = None
+    ) -> keras.Layer:
+        return _image_hub_layer(
+            path, trainable, output_key, image_size, input_dtype, load_options
+        )
 
     return cls(
         name=name or name_from_handle(handle),
@@ -98,20 +99,26 @@ def text_backbone(
     """Implements `Backbone.from_hub_text`; see there."""
     from tftransfer.hub import resolve
 
-    encoder_path = resolve(encoder)
+    encoder_path, loaded = _load(encoder)
     preprocessor_path = resolve(preprocessor) if preprocessor else None
     text_preprocessor = HubTextPreprocessor(preprocessor_path, seq_length)
-    loaded = tf.saved_model.load(encoder_path)
     outputs = loaded(text_preprocessor(tf.constant(["a"])))
     if output_key is None and isinstance(outputs, dict) and "pooled_output" in outputs:
         output_key = "pooled_output"
     key = _pick_output_key(outputs, output_key, encoder)
     features = outputs[key] if key else outputs
 
-    def builder(trainable: bool) -> keras.Layer:
+    def builder(
+        trainable: bool, load_options: tf.saved_model.LoadOptions | None = None
+    ) -> keras.Layer:
         from tftransfer.hub import HubLayer
 
-        return HubLayer(encoder_path, trainable=trainable, output_key=key)
+        return HubLayer(
+            encoder_path,
+            trainable=trainable,
+            output_key=key,
+            load_options=load_options,
+        )
 
     def preprocessor_factory() -> HubTextPreprocessor:
         return HubTextPreprocessor(preprocessor_path, seq_length)
@@ -192,6 +199,23 @@ def name_from_handle(handle: str) -> str:
     return "backbone"
 
 
+def _load(handle: str) -> tuple[str, Any]:
+    """Resolves `handle` and loads the SavedModel to read its signature.
+
+    Inside a strategy's scope it reads with the strategy's load options
+    (`tftransfer.distribute.load_options`: on TPUs the local host reads).
+
+    Returns:
+        `(local path, loaded object)`.
+    """
+    from tftransfer import distribute
+    from tftransfer.hub import resolve
+
+    path = resolve(handle)
+    options = distribute.load_options(tf.distribute.get_strategy())
+    return path, tf.saved_model.load(path, options=options)
+
+
 def _call_input_spec(loaded: Any, handle: str) -> Any:
     try:
         functions = loaded.__call__.concrete_functions
@@ -233,10 +257,13 @@ def _image_hub_layer(
     output_key: str | None,
     image_size: tuple[int, int],
     input_dtype: tf.DType,
+    load_options: tf.saved_model.LoadOptions | None,
 ) -> keras.Layer:
     from tftransfer.hub import HubLayer
 
-    layer = HubLayer(path, trainable=trainable, output_key=output_key)
+    layer = HubLayer(
+        path, trainable=trainable, output_key=output_key, load_options=load_options
+    )
     if input_dtype == tf.float32:
         return layer
     images = keras.Input((*image_size, 3), dtype="float32")

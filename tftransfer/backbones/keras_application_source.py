@@ -64,7 +64,10 @@ def application_backbone(
     image_size = (int(image_size[0]), int(image_size[1]))
     preprocess_input = importlib.import_module(constructor.__module__).preprocess_input
 
-    def builder(trainable: bool, weights: str | None = weights) -> keras.Layer:
+    def builder(
+        trainable: bool, load_options=None, weights: str | None = weights
+    ) -> keras.Layer:
+        del load_options  # keras.applications read no SavedModel.
         base = constructor(
             include_top=False,
             weights=weights,
@@ -76,7 +79,7 @@ def application_backbone(
         features = base(preprocess_input(images))
         return keras.Model(images, features, name=f"{base.name}_backbone")
 
-    feature_dim = builder(False, None).output_shape[-1]
+    feature_dim = builder(False, weights=None).output_shape[-1]
     handle = f"keras.applications.{name}"
     return cls(
         name=name,

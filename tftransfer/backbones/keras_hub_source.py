@@ -62,7 +62,8 @@ def _image_backbone(cls, keras_hub, preset, skeleton, pooling, name, config):
     image_size = tuple(int(s) for s in converter.image_size)
     scale, offset = converter.scale, converter.offset
 
-    def builder(trainable: bool) -> keras.Layer:
+    def builder(trainable: bool, load_options=None) -> keras.Layer:
+        del load_options  # KerasHub reads no SavedModel.
         backbone = keras_hub.models.Backbone.from_preset(preset)
         backbone.trainable = trainable
         images = keras.Input((*image_size, 3), dtype="float32", name="images")
@@ -97,7 +98,8 @@ def _text_backbone(cls, keras_hub, preset, skeleton, seq_length, pooling, name, 
     vocabulary = tokenizer.get_vocabulary()
     lowercase = bool(getattr(tokenizer, "lowercase", False))
 
-    def builder(trainable: bool) -> keras.Layer:
+    def builder(trainable: bool, load_options=None) -> keras.Layer:
+        del load_options  # KerasHub reads no SavedModel.
         backbone = keras_hub.models.Backbone.from_preset(preset)
         backbone.trainable = trainable
         return bert_feature_model(backbone, pooling, name)

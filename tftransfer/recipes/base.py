@@ -211,7 +211,9 @@ class Recipe:
             config = backbone.get_config()
             config["arguments"]["output_key"] = key
             backbone = Backbone.from_config(config)
-        return backbone.build(trainable=trainable)
+        return backbone.build(
+            trainable=trainable, load_options=distribute.load_options(self.strategy)
+        )
 
     def _built_backbone(self) -> keras.Layer:
         """The backbone layer (frozen), built once in the strategy scope."""
