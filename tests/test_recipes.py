@@ -1,5 +1,6 @@
 """FeatureExtraction and FineTuning on tiny models (CPU, a few steps)."""
 
+import dataclasses
 import json
 import math
 
@@ -445,3 +446,32 @@ def test_unfreeze_fraction_reaches_into_nested_models(tmp_path):
     assert len(weighted) > 100
     assert chosen == {id(v) for sub in top for v in sub.trainable_weights}
     assert {id(v) for v in layer.trainable_weights} == chosen
+
+
+def _fine_tune_steps(tmp_path, train) -> tuple[int, int]:
+    """Training steps of (phase 1, phase 2) in one epoch each, batch 16."""
+    steps = _PhaseSteps()
+    recipe = _recipe(
+        FineTuning,
+        tmp_path,
+        _image_backbone(),
+        head_epochs=1,
+        epochs=1,
+        batch_size=16,
+        patience=None,
+        callbacks=[steps],
+    )
+    recipe.fit(train)
+    return int(recipe.head.optimizer.iterations), steps.steps("fine_tuning")
+
+
+def test_training_drops_the_last_partial_batch_but_keeps_one(tmp_path):
+    # 40 examples, batches of 16: 2 full steps, the 8 left over are dropped
+    # (every step has the same shape, as TPUs need), in both phases.
+    assert _fine_tune_steps(tmp_path / "40", _pixels(40)) == (2, 2)
+    # Less than one batch: that one smaller batch trains.
+    assert _fine_tune_steps(tmp_path / "10", _pixels(10)) == (1, 1)
+    # Of unknown size, the partial batch is dropped: a clear error, not 0 steps.
+    unknown = dataclasses.replace(_pixels(10), num_examples=None)
+    with pytest.raises(ConfigError, match="fewer examples than one global batch"):
+        _fine_tune_steps(tmp_path / "unknown", unknown)

@@ -132,8 +132,18 @@ class Recipe:
     def global_batch_size(self) -> int:
         return distribute.global_batch_size(self.settings["batch_size"], self.strategy)
 
+    def _drop_remainder(self, num_examples: int | None) -> bool:
+        """Whether training batches drop the last partial batch.
+
+        They do, so that every step has the global batch size (as TPUs
+        need), except when the training data holds less than one global
+        batch: it then trains on that one smaller batch.
+        """
+        return num_examples is None or num_examples >= self.global_batch_size
+
     def _batches(self, data, training: bool = False) -> tf.data.Dataset:
-        """Batched `(prepared, label)` from a `LabeledData` or a dataset."""
+        """Batched `(prepared, label)` from a `LabeledData` or a dataset
+        (a dataset is used as it is batched)."""
         if isinstance(data, tf.data.Dataset):
             return data
         from tftransfer.backbones import Backbone
@@ -152,7 +162,7 @@ class Recipe:
             training=training,
             replicas=self.strategy.num_replicas_in_sync,
             cache=False,
-            drop_remainder=False,
+            drop_remainder=training and self._drop_remainder(data.num_examples),
             seed=self.settings["seed"] if training else None,
         )
 

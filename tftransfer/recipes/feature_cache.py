@@ -146,6 +146,7 @@ class CachedFeatures:
         shuffle: bool = False,
         seed: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        drop_remainder: bool = False,
     ) -> tf.data.Dataset:
         """Returns batches of `(features, labels)`.
 
@@ -159,6 +160,7 @@ class CachedFeatures:
             seed: shuffling seed (give one under multi-worker training, so
                 that every worker shuffles alike).
             memory_budget: bytes of features to hold in memory at most.
+            drop_remainder: drop the last partial batch.
         """
         if self.nbytes <= memory_budget:
             dataset = tf.data.Dataset.from_tensor_slices(self.arrays())
@@ -166,7 +168,9 @@ class CachedFeatures:
                 dataset = dataset.shuffle(self.num_examples, seed=seed)
         else:
             dataset = self._streamed(shuffle, seed)
-        return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(
+            tf.data.AUTOTUNE
+        )
 
     def _streamed(self, shuffle: bool, seed: int | None) -> tf.data.Dataset:
         signature = (

@@ -56,7 +56,9 @@ class FeatureExtraction(Recipe):
         epochs: head training epochs.
         patience: epochs without validation improvement before stopping
             early (best weights are restored); `None` never stops early.
-        batch_size: batch size per replica.
+        batch_size: batch size per replica. Training drops the last
+            partial batch of each epoch (every step has the global batch
+            size), unless the data holds less than one global batch.
         cache_dir: feature cache directory, shared between runs.
         memory_budget: bytes of features held in memory; more are streamed.
         run_dir: checkpoints and TensorBoard logs; a rerun with the same
@@ -140,7 +142,11 @@ class FeatureExtraction(Recipe):
         keras.utils.set_random_seed(seed)
         batch = self.global_batch_size
         train_batches = train_features.dataset(
-            batch, shuffle=True, seed=seed, memory_budget=self.memory_budget
+            batch,
+            shuffle=True,
+            seed=seed,
+            memory_budget=self.memory_budget,
+            drop_remainder=self._drop_remainder(train_features.num_examples),
         )
         with self._building():
             self.head = heads.build_head(

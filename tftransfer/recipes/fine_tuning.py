@@ -139,7 +139,16 @@ class FineTuning(FeatureExtraction):
     def _optimizer(
         self, backbone_variables: list, train_batches
     ) -> DiscriminativeAdamW:
-        steps = training_loop.steps_per_epoch(train_batches) * self.settings["epochs"]
+        steps_per_epoch = training_loop.steps_per_epoch(train_batches)
+        if not steps_per_epoch:
+            raise ConfigError(
+                "The training data gives no batch to fine-tune on: it holds "
+                "fewer examples than one global batch of "
+                f"{self.global_batch_size} (batch_size x replicas), and its size "
+                "is not known in advance, so the partial batch was dropped. "
+                "Lower batch_size."
+            )
+        steps = steps_per_epoch * self.settings["epochs"]
         warmup = int(steps * self.settings["warmup_fraction"])
         peak = self.settings["fine_tune_learning_rate"]
         schedule = keras.optimizers.schedules.CosineDecay(
