@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import tftransfer
 from tftransfer.backbones.backbone import Backbone
+from tftransfer.cli.inspection import inspect_savedmodel
 from tftransfer.errors import ExportError
 from tftransfer.recipes import FeatureExtraction
 
@@ -140,6 +141,16 @@ def hub_text_model(hub_text_backbone):
 
 def load(path):
     return tf.saved_model.load(str(path))
+
+
+def saved_values(path) -> int:
+    """How many numbers the version's `variables/` checkpoint stores."""
+    entries = tf.train.list_variables(str(path / "variables" / "variables"))
+    return sum(
+        int(np.prod(shape))
+        for name, shape in entries
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    )
 
 
 def rest_predict(signature, body: str) -> dict:
@@ -292,6 +303,34 @@ def test_text_prepared_signature_takes_the_token_dict(text_export, text_backbone
     prepared = signatures["serving_prepared"](**tokens)["probabilities"]
     raw = signatures["serving_default"](text=tf.constant(SENTENCES))["probabilities"]
     np.testing.assert_allclose(prepared.numpy(), raw.numpy(), atol=1e-6)
+
+
+def test_each_weight_is_stored_once_and_tables_still_serve(
+    text_export, text_model, image_export, image_model
+):
+    # Stored: the weights (once, not again for the Keras variable or the hub
+    # layer's SavedModel, and no optimizer state) and the vocabulary table
+    # that the preprocessor holds in a closure, which serving needs.
+    assert saved_values(text_export) == text_model.count_params()
+    assert saved_values(image_export) == image_model.count_params()
+    outputs = load(text_export).signatures["serving_default"](
+        text=tf.constant(SENTENCES)
+    )
+    assert outputs["probabilities"].shape == (2, 2)
+
+
+def test_inspect_counts_the_values_the_savedmodel_stores(
+    hub_text_model, hub_text_backbone, tmp_path
+):
+    path = tftransfer.export(
+        hub_text_model,
+        tmp_path / "news",
+        backbone=hub_text_backbone,
+        class_names=TEXT_CLASSES,
+    )
+    info = inspect_savedmodel(str(path))
+    assert info["parameters"] == saved_values(path)
+    assert info["parameters"] == hub_text_model.count_params()
 
 
 def test_bytes_that_are_no_image_raise_invalid_argument(image_export):

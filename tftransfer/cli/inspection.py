@@ -15,6 +15,9 @@ def _count(variables) -> int:
 def inspect_savedmodel(path: str) -> dict:
     """Describes a SavedModel: signatures (inputs and outputs), variables, parameters.
 
+    Variables and parameters are counted as the SavedModel stores them: a
+    weight saved twice counts twice, so the size on disk is explained.
+
     Example:
 
     >>> inspect_savedmodel("saved_models/bbc-news-topics/1")["parameters"]
@@ -26,13 +29,13 @@ def inspect_savedmodel(path: str) -> dict:
     from tftransfer.export.signatures import describe
 
     loaded = tf.saved_model.load(path)
-    # A restored variable can be reachable along two paths (a Keras layer and
-    # the module holding it); count each saved variable once.
-    unique = {}
-    for node in tf.train.TrackableView(loaded).descendants():
-        if isinstance(node, tf.Variable):
-            unique.setdefault((node.name, tuple(node.shape)), node)
-    variables = list(unique.values())
+    # Each saved variable is one node of the object graph, however many paths
+    # lead to it; a weight stored twice is two nodes and is counted twice.
+    variables = [
+        node
+        for node in tf.train.TrackableView(loaded).descendants()
+        if isinstance(node, tf.Variable)
+    ]
     trainable = [v for v in variables if v.trainable]
     return {
         "path": path,

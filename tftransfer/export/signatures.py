@@ -139,7 +139,10 @@ class ServingModule(tf.Module):
         top_k: int = 5,
     ):
         super().__init__(name="tftransfer_serving")
-        self.model = model
+        # The model is deliberately not an attribute: tracking it would save
+        # its optimizer's state, and the weights of a hub layer's SavedModel
+        # under two owners. Only what the signatures capture is saved.
+        self._predict = lambda prepared: model(prepared, training=False)
         self._prepare = prepare
         self._modality = modality
         self._num_classes = int(num_classes)
@@ -177,7 +180,7 @@ class ServingModule(tf.Module):
         return self._serve_prepared(self._prepare(raw))
 
     def _serve_prepared(self, prepared) -> dict:
-        probabilities = tf.cast(self.model(prepared, training=False), tf.float32)
+        probabilities = tf.cast(self._predict(prepared), tf.float32)
         scores, indices = tf.math.top_k(probabilities, k=self._top_k)
         top_k_classes = self.labels.lookup(tf.cast(indices, tf.int64))
         return {
@@ -202,11 +205,18 @@ class ServingModule(tf.Module):
 def _owners_of_captures(functions) -> list:
     """The variables and resources (lookup tables, ...) that functions capture.
 
-    A preparation function may use a vocabulary table or variables that no
-    tracked object owns (a tokenizer held in a closure); `tf.saved_model.save`
-    refuses such untracked captures. Each captured handle records its owner
-    in `_parent_trackable` (the attribute TensorFlow itself reads to explain
-    that error), so the owners can be tracked by the serving module.
+    These are exactly what the serving graph needs saved: the model's weights
+    (the `tf.Variable` behind each Keras variable) and what the preparation
+    uses, such as a vocabulary table held in a tokenizer's closure, which no
+    tracked object owns (`tf.saved_model.save` refuses untracked captures).
+    Each captured handle records its owner in `_parent_trackable` (the
+    attribute TensorFlow itself reads to explain that error).
+
+    Args:
+        functions: The concrete functions to be saved.
+
+    Returns:
+        The owners, each once, in order of first capture.
     """
     owners = []
     for function in functions:
