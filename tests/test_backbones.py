@@ -108,6 +108,17 @@ def test_build_passes_load_options_to_hub_layers_only(image_model_path, bert_pat
     assert tiny_application().build(load_options=nowhere).output_shape == (None, 1280)
 
 
+def test_built_hub_layers_store_the_handle_given_not_a_local_path(
+    image_model_path, bert_paths
+):
+    preprocessor, encoder = bert_paths
+    image_handle, encoder_handle = f"file://{image_model_path}", f"file://{encoder}"
+    image = Backbone.from_hub(image_handle).build()
+    text = Backbone.from_hub_text(preprocessor, encoder_handle).build()
+    assert image.get_config()["handle"] == image_handle
+    assert text.get_config()["handle"] == encoder_handle
+
+
 def test_from_hub_rejects_an_image_size_the_signature_contradicts(image_model_path):
     with pytest.raises(tftransfer.InputSpecError, match=r"\(8, 8\)"):
         Backbone.from_hub(image_model_path, image_size=(16, 16))

@@ -23,7 +23,7 @@ def image_backbone(
     name: str | None,
 ):
     """Implements `Backbone.from_hub`; see there."""
-    path, loaded = _load(handle)
+    loaded = _load(handle)
     spec = _call_input_spec(loaded, handle)
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
         raise HandleError(
@@ -63,7 +63,7 @@ def image_backbone(
         trainable: bool, load_options: tf.saved_model.LoadOptions | None = None
     ) -> keras.Layer:
         return _image_hub_layer(
-            path, trainable, output_key, image_size, input_dtype, load_options
+            handle, trainable, output_key, image_size, input_dtype, load_options
         )
 
     return cls(
@@ -99,7 +99,7 @@ def text_backbone(
     """Implements `Backbone.from_hub_text`; see there."""
     from tftransfer.hub import resolve
 
-    encoder_path, loaded = _load(encoder)
+    loaded = _load(encoder)
     preprocessor_path = resolve(preprocessor) if preprocessor else None
     text_preprocessor = HubTextPreprocessor(preprocessor_path, seq_length)
     outputs = loaded(text_preprocessor(tf.constant(["a"])))
@@ -114,7 +114,7 @@ def text_backbone(
         from tftransfer.hub import HubLayer
 
         return HubLayer(
-            encoder_path,
+            encoder,
             trainable=trainable,
             output_key=key,
             load_options=load_options,
@@ -199,21 +199,17 @@ def name_from_handle(handle: str) -> str:
     return "backbone"
 
 
-def _load(handle: str) -> tuple[str, Any]:
+def _load(handle: str) -> Any:
     """Resolves `handle` and loads the SavedModel to read its signature.
 
     Inside a strategy's scope it reads with the strategy's load options
     (`tftransfer.distribute.load_options`: on TPUs the local host reads).
-
-    Returns:
-        `(local path, loaded object)`.
     """
     from tftransfer import distribute
     from tftransfer.hub import resolve
 
-    path = resolve(handle)
     options = distribute.load_options(tf.distribute.get_strategy())
-    return path, tf.saved_model.load(path, options=options)
+    return tf.saved_model.load(resolve(handle), options=options)
 
 
 def _call_input_spec(loaded: Any, handle: str) -> Any:
@@ -252,7 +248,7 @@ def _pick_output_key(outputs: Any, output_key: str | None, handle: str) -> str |
 
 
 def _image_hub_layer(
-    path: str,
+    handle: str,
     trainable: bool,
     output_key: str | None,
     image_size: tuple[int, int],
@@ -262,7 +258,7 @@ def _image_hub_layer(
     from tftransfer.hub import HubLayer
 
     layer = HubLayer(
-        path, trainable=trainable, output_key=output_key, load_options=load_options
+        handle, trainable=trainable, output_key=output_key, load_options=load_options
     )
     if input_dtype == tf.float32:
         return layer
