@@ -333,6 +333,24 @@ def test_inspect_counts_the_values_the_savedmodel_stores(
     assert info["parameters"] == hub_text_model.count_params()
 
 
+def test_raw_text_encoder_prepared_signature_takes_text(text_embedding_path, tmp_path):
+    # An encoder that takes raw strings (like the Universal Sentence Encoder):
+    # its preparation passes the strings through.
+    backbone = Backbone.from_hub_text(None, text_embedding_path)
+    inputs = keras.Input((), dtype="string")
+    outputs = keras.layers.Dense(2, activation="softmax")(backbone.build()(inputs))
+    model = keras.Model(inputs, outputs, name="sentences")
+    path = tftransfer.export(
+        model, tmp_path / "m", backbone=backbone, class_names=TEXT_CLASSES
+    )
+    prepared = load(path).signatures["serving_prepared"]
+    (name,) = prepared.structured_input_signature[1]
+    assert name == "text"
+    served = prepared(text=tf.constant(SENTENCES))["probabilities"]
+    expected = model(tf.constant(SENTENCES))
+    np.testing.assert_allclose(served.numpy(), np.asarray(expected), atol=1e-6)
+
+
 def test_bytes_that_are_no_image_raise_invalid_argument(image_export):
     signature = load(image_export).signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="image"):

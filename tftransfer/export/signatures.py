@@ -19,7 +19,9 @@ import tensorflow as tf
 from tftransfer.errors import ExportError
 
 RAW_INPUT_NAMES = {"image": "image_bytes", "text": "text"}
-PREPARED_IMAGE_INPUT = "images"
+# `serving_prepared`'s input where the preparation returns one tensor, not a
+# dict (images; text for encoders that take raw strings).
+PREPARED_INPUT_NAMES = {"image": "images", "text": "text"}
 DEFAULT_SIGNATURE = "serving_default"
 PREPARED_SIGNATURE = "serving_prepared"
 
@@ -106,7 +108,8 @@ class ServingModule(tf.Module):
       clients send `{"b64": ...}`). Text: `text`, a `[batch]` string tensor.
     - `serving_prepared`: the prepared inputs the model takes, for clients
       that preprocess themselves (images: float32 `images`; text: the dict
-      of int32 token tensors).
+      of int32 token tensors, or `text` strings for an encoder that takes
+      raw text).
 
     Outputs of both: `probabilities` float32 `[batch, classes]`, `classes`
     string `[batch]` (top-1 label), `top_k_scores` float32 `[batch, k]` and
@@ -174,7 +177,7 @@ class ServingModule(tf.Module):
         outputs = traced.structured_outputs
         if isinstance(outputs, dict):
             return {key: spec(value, key) for key, value in outputs.items()}
-        return spec(outputs, PREPARED_IMAGE_INPUT)
+        return spec(outputs, PREPARED_INPUT_NAMES[self._modality])
 
     def _serve_raw(self, raw: tf.Tensor) -> dict:
         return self._serve_prepared(self._prepare(raw))
