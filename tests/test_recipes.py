@@ -3,11 +3,13 @@
 import dataclasses
 import json
 import math
+import os
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import COLORS, image_bytes, image_folder
 
 from tftransfer import Backbone, ConfigError, TrainingError, data
 from tftransfer.recipes import (
@@ -475,3 +477,26 @@ def test_training_drops_the_last_partial_batch_but_keeps_one(tmp_path):
     unknown = dataclasses.replace(_pixels(10), num_examples=None)
     with pytest.raises(ConfigError, match="fewer examples than one global batch"):
         _fine_tune_steps(tmp_path / "unknown", unknown)
+
+
+def test_replaced_image_file_computes_new_features(tmp_path):
+    # Image folders are keyed by their paths and, since this test, by each
+    # file's size and modification time: a replaced image was not noticed.
+    folder = image_folder(tmp_path / "images")
+
+    def features():
+        recipe = _recipe(FeatureExtraction, tmp_path, _image_backbone())
+        cached = recipe.cached_features(data.from_image_folder(folder), "train")
+        return cached.directory, cached.arrays()[0]
+
+    first_dir, first = features()
+    assert features()[0] == first_dir  # unchanged files: the cache is reused
+    image = os.path.join(folder, "cats", "0.png")
+    before = os.stat(image)
+    with open(image, "wb") as f:
+        f.write(image_bytes("PNG", (24, 32), COLORS["fish"]))
+    assert os.stat(image).st_size == before.st_size  # same name, same size
+    os.utime(image, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    second_dir, second = features()
+    assert second_dir != first_dir
+    assert not np.allclose(first, second)

@@ -16,7 +16,7 @@ from tftransfer import distribute
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
-from tftransfer.recipes.feature_cache import DataDigest, fingerprint
+from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
 from tftransfer.recipes.metrics import classification_metrics
 
 DEFAULT_CACHE_DIR = "~/.cache/tftransfer/features"
@@ -170,7 +170,8 @@ class Recipe:
         """Fingerprint of a split: raw data and preparation settings.
 
         For a `LabeledData`, a digest of every raw example (cheap to read:
-        strings, paths, encoded images). For a dataset of prepared batches,
+        strings, paths, encoded images), and for image files their sizes and
+        modification times too. For a dataset of prepared batches,
         only what locates it cheaply (element spec, cardinality, the first
         batch): the feature cache checks its full `DataDigest` as well.
         """
@@ -186,7 +187,14 @@ class Recipe:
             key: str(getattr(self.backbone, key, None))
             for key in ("name", "handle", "image_size", "value_range", "seq_length")
         }
-        return fingerprint("raw", DataDigest.of(data.dataset.batch(1024)), preparation)
+        key = ["raw", DataDigest.of(data.dataset.batch(1024)), preparation]
+        if data.input_format == "file_path":
+            # A replaced image keeps its path.
+            paths = data.dataset.map(lambda path, label: path).batch(4096)
+            key.append(
+                paths_digest(p.decode() for b in paths.as_numpy_iterator() for p in b)
+            )
+        return fingerprint(*key)
 
     def _set_class_names(self, data, class_names, labels: np.ndarray) -> None:
         """Class names from the arguments, the data, or else the labels."""
