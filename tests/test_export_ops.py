@@ -1,7 +1,12 @@
 """The TF Serving op check: allowed-op data, refusals naming the op, override."""
 
 import json
+import shutil
+import subprocess
+import sys
 import types
+import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,6 +17,8 @@ import tensorflow_text as text
 import tftransfer
 from tftransfer.errors import ExportError
 from tftransfer.export import serving_ops
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ops_of(function, spec):
@@ -95,3 +102,34 @@ def test_export_refuses_before_writing_anything(tmp_path):
     )
     card = json.loads((path / "model_card.json").read_text())
     assert card["serving_ops"]["allowed_by_override"] == ["TFText>RoundRobinTrim"]
+
+
+@pytest.mark.slow
+def test_wheel_ships_every_data_file_of_the_package(tmp_path):
+    # A non-editable install has only what the wheel holds: export reads
+    # serving_ops.json, and verify runs _serving_check.py as a script.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO / "tftransfer",
+        source / "tftransfer",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+        + ["--no-index", "-q", "-w", str(tmp_path / "dist"), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("tftransfer-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    data_files = {
+        path.relative_to(source).as_posix()
+        for path in (source / "tftransfer").rglob("*")
+        if path.is_file() and path.suffix != ".py"
+    }
+    assert "tftransfer/export/serving_ops.json" in data_files
+    assert data_files <= shipped
+    assert "tftransfer/export/_serving_check.py" in shipped
