@@ -1,11 +1,13 @@
 """Recipe files: safe YAML loading, typed settings, overrides and messages."""
 
+import inspect
 import pathlib
 
 import pytest
 
 from tftransfer import config
 from tftransfer.errors import ConfigError
+from tftransfer.recipes import FineTuning
 
 MINIMAL = """
 name: demo
@@ -62,6 +64,28 @@ def test_value_outside_choices_lists_the_choices():
         config.loads(MINIMAL + "recipe: {kind: finetuning}\n")
     assert "one of 'feature_extraction', 'fine_tuning'" in str(info.value)
     assert "Did you mean 'fine_tuning'?" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "recipe.fine_tune_epochs=0",
+            "'recipe.fine_tune_epochs' must be greater than 0",
+        ),
+        ("data.validation=0", r"'data.validation' must be a fraction in \(0, 1\)\."),
+        ("data.test=0", r"'data.test' must be a fraction in \(0, 1\) or null"),
+    ],
+)
+def test_empty_phase_or_split_is_rejected_at_load_time(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.loads(MINIMAL, [override])
+
+
+def test_fine_tune_learning_rate_default_is_the_recipe_api_default():
+    default = inspect.signature(FineTuning).parameters["fine_tune_learning_rate"]
+    assert config.loads(MINIMAL).recipe.fine_tune_learning_rate == default.default
+    assert "head" in config.RecipeConfig.__doc__.split("fine_tune_learning_rate:")[1]
 
 
 def test_out_of_range_fraction_is_rejected():

@@ -60,9 +60,10 @@ class DataConfig:
             package.
         options: More keyword arguments for the reader (for example
             `text_column: review` for `csv`, `split: train` for `tfds`).
-        validation: Fraction of each class held out for validation.
-        test: Fraction of each class held out for the final test, or
-            `null` for none.
+        validation: Fraction of each class held out for validation, in
+            (0, 1).
+        test: Fraction of each class held out for the final test, in
+            (0, 1), or `null` for none.
         seed: Seed of the split.
         batch_size: Examples per batch (per replica).
     """
@@ -86,9 +87,11 @@ class RecipeConfig:
             first, then the backbone unfrozen at a lower learning rate).
         epochs: Epochs of head training.
         learning_rate: Learning rate of the head.
-        fine_tune_epochs: `fine_tuning`: epochs with the backbone unfrozen.
+        fine_tune_epochs: `fine_tuning`: epochs with the backbone unfrozen
+            (at least 1).
         fine_tune_learning_rate: `fine_tuning`: peak learning rate of the
-            unfrozen backbone.
+            head while the backbone is unfrozen; the backbone's is this
+            times the recipe option `backbone_lr_scale` (default 0.1).
         dropout: Dropout before the classification layer.
         patience: Epochs without validation improvement before stopping
             early, or `null` to never stop early.
@@ -99,7 +102,7 @@ class RecipeConfig:
     epochs: int = 10
     learning_rate: float = 1e-3
     fine_tune_epochs: int = 5
-    fine_tune_learning_rate: float = 1e-5
+    fine_tune_learning_rate: float = 1e-4
     dropout: float = 0.2
     patience: int | None = 3
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -190,14 +193,17 @@ class RunConfig:
 _POSITIVE = {
     "data.batch_size",
     "recipe.epochs",
+    "recipe.fine_tune_epochs",
     "recipe.learning_rate",
     "recipe.fine_tune_learning_rate",
     "recipe.patience",
     "backbone.seq_length",
     "evaluation.confidently_wrong",
 }
-_FRACTIONS = {"data.validation", "data.test", "recipe.dropout"}
-_NON_NEGATIVE = {"recipe.fine_tune_epochs", "data.seed"}
+_FRACTIONS = {"recipe.dropout"}
+# Split fractions: a part of size 0 is no part (data.test: null says that).
+_OPEN_FRACTIONS = {"data.validation", "data.test"}
+_NON_NEGATIVE = {"data.seed"}
 
 
 def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunConfig:
@@ -443,6 +449,8 @@ def _coerce(value: Any, hint: Any) -> Any:
 def _bound_problem(key: str, value: float) -> str | None:
     if key in _FRACTIONS and not 0.0 <= value < 1.0:
         return "a fraction in [0, 1)"
+    if key in _OPEN_FRACTIONS and not 0.0 < value < 1.0:
+        return "a fraction in (0, 1)" + (" or null" if key == "data.test" else "")
     if key in _POSITIVE and value <= 0:
         return "greater than 0"
     if key in _NON_NEGATIVE and value < 0:
