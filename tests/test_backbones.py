@@ -5,6 +5,7 @@ from conftest, KerasHub presets and keras.applications models written to
 tmp_path); nothing downloads.
 """
 
+import importlib
 import os
 from types import SimpleNamespace
 
@@ -482,6 +483,30 @@ def test_hubify_bert_writes_serving_safe_pair(keras_hub_bert_preset, tmp_path):
     outputs = hub.KerasLayer(written.path, output_key="pooled_output")(inputs)
     legacy = tf_keras.Model(inputs, outputs)
     assert np.max(np.abs(legacy(theirs) - expected)) < 1e-5
+
+
+def test_hubify_writes_neither_folder_when_the_preprocessor_check_fails(
+    keras_hub_bert_preset, tmp_path, monkeypatch
+):
+    hubify_module = importlib.import_module("tftransfer.backbones.hubify")
+    checked = []
+
+    def unsupported_ops_reporting_one(ops):
+        checked.append(ops)
+        return {"FastWordpieceTokenizeWithOffsets": "tensorflow_text"}
+
+    monkeypatch.setattr(hubify_module, "unsupported_ops", unsupported_ops_reporting_one)
+    backbone = Backbone.from_keras_hub(keras_hub_bert_preset, seq_length=12)
+    target = str(tmp_path / "out" / "bert")
+    with pytest.raises(tftransfer.ExportError, match="FastWordpiece") as error:
+        tftransfer.hubify(backbone, target)
+    assert os.listdir(tmp_path / "out") == []  # no folder, no staging leftovers
+    assert "Nothing was written" in str(error.value)
+    assert "WordpieceTokenizeWithOffsets" in checked[0]  # the staged model's ops
+    monkeypatch.undo()
+    written = tftransfer.hubify(backbone, target)
+    assert sorted(os.listdir(tmp_path / "out")) == ["bert", "bert_preprocessor"]
+    assert written.preprocessor_path == f"{target}_preprocessor"
 
 
 def test_hubify_refuses_existing_paths_and_tf_hub_backbones(image_model_path, tmp_path):

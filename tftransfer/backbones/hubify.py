@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import keras
@@ -93,8 +95,9 @@ def hubify(
     ops that TF Serving ships, with TF Hub's preprocessor interface
     (default call on strings, `tokenize`, `bert_pack_inputs`).
 
-    Each SavedModel is written to a temporary sibling folder and renamed
-    into place; an existing folder at the target is an error.
+    Both SavedModels are written to temporary sibling folders, checked, and
+    only then renamed into place, so a failure leaves neither behind; an
+    existing folder at a target is an error.
 
     Args:
         model: A `Backbone` from KerasHub or `keras.applications`, or a
@@ -131,19 +134,20 @@ def hubify(
             f"Expected a tftransfer.Backbone or a keras.Model to hubify into "
             f"{path!r}. Received: {type(model).__name__}."
         )
-    _save_atomically(ReusableSavedModel(layer, spec, output_keys, value_range), path)
-    if preprocessor is None:
-        return HubModel(path)
-    preprocessor_path = os.fspath(preprocessor_path or f"{path}_preprocessor")
-    _save_atomically(preprocessor, preprocessor_path)
-    unsupported = unsupported_ops(saved_model_ops(preprocessor_path))
-    if unsupported:
-        shutil.rmtree(preprocessor_path)
-        raise ExportError(
-            f"The text preprocessor written to {preprocessor_path!r} uses ops "
-            f"that TF Serving lacks: {sorted(unsupported)}. It was removed."
-        )
-    return HubModel(path, preprocessor_path)
+    modules = {path: ReusableSavedModel(layer, spec, output_keys, value_range)}
+    if preprocessor is not None:
+        preprocessor_path = os.fspath(preprocessor_path or f"{path}_preprocessor")
+        modules[preprocessor_path] = preprocessor
+    with _staged(modules) as staged:
+        if preprocessor is not None:
+            unsupported = unsupported_ops(saved_model_ops(staged[preprocessor_path]))
+            if unsupported:
+                raise ExportError(
+                    f"The text preprocessor for {preprocessor_path!r} uses ops "
+                    f"that TF Serving lacks: {sorted(unsupported)}. Nothing "
+                    f"was written to {path!r} or {preprocessor_path!r}."
+                )
+    return HubModel(path, preprocessor_path if preprocessor is not None else None)
 
 
 def _backbone_parts(backbone: Backbone):
@@ -180,17 +184,41 @@ def _regularization_loss(variable):
     return tf.function(lambda: variable.regularizer(variable.value), input_signature=[])
 
 
-def _save_atomically(module: tf.Module, path: str) -> None:
-    if os.path.exists(path):
-        raise ExportError(
-            f"{path!r} already exists; hubify does not overwrite. Remove it or "
-            "choose another path."
-        )
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", dir=parent)
+@contextlib.contextmanager
+def _staged(modules: dict[str, tf.Module]) -> Iterator[dict[str, str]]:
+    """Saves each module to a temporary sibling of its target folder.
+
+    Yields `{target: staging folder}` for checks; if the block raises
+    nothing, renames every staging folder to its target. Whatever fails,
+    no target is left half written and no staging folder remains.
+
+    Raises:
+        ExportError: if a target exists.
+    """
+    for path in modules:
+        if os.path.exists(path):
+            raise ExportError(
+                f"{path!r} already exists; hubify does not overwrite. Remove it "
+                "or choose another path."
+            )
+    staged: dict[str, str] = {}
+    placed: list[str] = []
     try:
-        tf.saved_model.save(module, staging)
-        os.rename(staging, path)
+        for path, module in modules.items():
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            staged[path] = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(path)}.", dir=parent
+            )
+            tf.saved_model.save(module, staged[path])
+        yield staged
+        for path, staging in staged.items():
+            os.rename(staging, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        for staging in staged.values():
+            shutil.rmtree(staging, ignore_errors=True)
