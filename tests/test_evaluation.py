@@ -1,6 +1,8 @@
 """The run report: files, plots, confident mistakes and the HTML page."""
 
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
@@ -89,4 +91,9 @@ def test_image_report_writes_thumbnails_of_mistakes(tmp_path):
     thumbnail = tmp_path / "run" / "confidently_wrong" / "00.png"
     shape = tf.io.decode_png(tf.io.read_file(str(thumbnail))).shape
     assert max(shape[:2]) == evaluation.THUMBNAIL_SIZE
-    assert 'src="confidently_wrong/00.png"' in page.read_text()
+    # Self-contained: the thumbnails are embedded like the plots.
+    text = page.read_text()
+    assert 'src="confidently_wrong/' not in text
+    embedded = base64.b64encode(thumbnail.read_bytes()).decode()
+    assert f'src="data:image/png;base64,{embedded}"' in text
+    assert re.findall(r'<img[^>]* src="(?!data:)', text) == []

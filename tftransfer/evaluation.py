@@ -188,7 +188,7 @@ def write_report(
         input_format,
         metrics["class_names"],
     )
-    page = _page(title, metrics, curves, confusion, mistakes, settings or {})
+    page = _page(run_dir, title, metrics, curves, confusion, mistakes, settings or {})
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -279,7 +279,7 @@ pre{background:#f6f6f6;padding:1em;overflow:auto}
 """
 
 
-def _page(title, metrics, curves, confusion, mistakes, settings) -> str:
+def _page(run_dir, title, metrics, curves, confusion, mistakes, settings) -> str:
     e = html.escape
     cards = "".join(
         f'<div class="card">{e(label)}<b>{value}</b></div>'
@@ -304,7 +304,7 @@ def _page(title, metrics, curves, confusion, mistakes, settings) -> str:
         if "text" in row:
             body = f"<div>{e(row['text'])}…</div>"
         else:
-            src = e(row["image"])
+            src = _embedded(run_dir / row["image"])
             caption = e(row.get("file", ""))
             body = f'<img src="{src}" alt="example"> <small>{caption}</small>'
         items.append(f'<div class="mistake">{header}{body}</div>')
