@@ -1,9 +1,11 @@
 """FeatureExtraction and FineTuning on tiny models (CPU, a few steps)."""
 
 import dataclasses
+import gc
 import json
 import math
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -500,3 +502,26 @@ def test_replaced_image_file_computes_new_features(tmp_path):
     second_dir, second = features()
     assert second_dir != first_dir
     assert not np.allclose(first, second)
+
+
+def test_private_features_of_non_chief_workers_are_removed(tmp_path, monkeypatch):
+    # Non-chief workers (write=False) keep features in a temporary folder;
+    # it used to be left behind.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    cache = FeatureCache(tmp_path / "cache")
+    batches = [(np.ones((4, 3), "float32"), np.arange(4))]
+    cached = cache.store("key", "train", batches, write=False)
+    assert cached.num_examples == 4 and not (tmp_path / "cache").exists()
+    assert list((tmp_path / "tmp").iterdir())
+    del cached
+    gc.collect()
+    assert not list((tmp_path / "tmp").iterdir())
+
+    def failing():
+        yield batches[0]
+        raise RuntimeError("feature pass failed")
+
+    with pytest.raises(RuntimeError, match="feature pass failed"):
+        cache.store("key", "train", failing(), write=False)
+    assert not list((tmp_path / "tmp").iterdir())

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -271,7 +272,8 @@ class FeatureCache:
                 consumed; it is recorded in the manifest, so a later run can
                 check that the data under `key` is still the same.
             write: whether this process stores the result (`False` on
-                non-chief workers, which keep theirs in a temporary folder).
+                non-chief workers, which keep theirs in a temporary folder,
+                removed with the last reference to the returned features).
         """
         parent = (
             self.directory / key
@@ -283,9 +285,17 @@ class FeatureCache:
         try:
             self._write(temporary, batches, data_digest)
             atomic.replace_dir(temporary, parent / split)
+        except BaseException:
+            if not write:
+                shutil.rmtree(parent, ignore_errors=True)
+            raise
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
-        return CachedFeatures(parent / split)
+        features = CachedFeatures(parent / split)
+        if not write:
+            # Nothing else reads this private copy.
+            weakref.finalize(features, shutil.rmtree, parent, ignore_errors=True)
+        return features
 
     def _write(
         self, directory: Path, batches: Iterable, data_digest: DataDigest | None
