@@ -559,3 +559,62 @@ def test_every_source_trains_through_model_fit(
         loss, changed = fit_once(backbone, inputs, labels)
         assert np.isfinite(loss), backbone.source
         assert changed > 2, backbone.source  # the head and backbone weights moved
+
+
+# --- other outputs: features= / with_output ----------------------------------
+
+
+def test_keras_hub_bert_gives_its_sequence_output(keras_hub_bert_preset):
+    backbone = Backbone.from_keras_hub(keras_hub_bert_preset, seq_length=12)
+    assert backbone.outputs == ("pooled_output", "sequence_output")
+    inputs = backbone.text_preprocessor()(tf.constant(SENTENCES))
+    sequence = backbone.with_output("sequence_output")
+    assert sequence.output_key == "sequence_output"
+    assert tuple(sequence.build()(inputs).shape) == (2, 12, 8)
+    with pytest.raises(tftransfer.ConfigError, match="sequence_output"):
+        backbone.with_output("token_output")
+
+
+def test_unsupported_outputs_and_kwargs_are_config_errors_naming_the_choices(
+    keras_hub_image_preset, image_model_path
+):
+    for backbone in (
+        tiny_application(),
+        Backbone.from_keras_hub(keras_hub_image_preset),
+        Backbone.from_hub(image_model_path),
+    ):
+        with pytest.raises(tftransfer.ConfigError, match="single output") as error:
+            backbone.with_output("sequence_output")
+        assert backbone.name in str(error.value)
+    with pytest.raises(tftransfer.ConfigError, match="no keyword arguments"):
+        tftransfer.backbone("efficientnet-lite0", image_size=(160, 160))
+    with pytest.raises(tftransfer.ConfigError, match="'seq_length', 'output_key'"):
+        tftransfer.backbone("all-minilm-l6-v2", pooling="cls")
+
+
+def test_feature_extraction_pools_a_catalogue_bert_sequence_output(
+    keras_hub_bert_preset, tmp_path, monkeypatch
+):
+    """The docs' `FeatureExtraction(backbone("all-minilm-l6-v2"),
+    features="sequence_output", pooling="mean")`, with a tiny BERT standing
+    in for MiniLM's weights: mean pooling in the recipe gives MiniLM's own
+    (mean-pooled) embedding."""
+    from tftransfer.backbones.weights import minilm
+    from tftransfer.recipes import FeatureExtraction
+
+    monkeypatch.setattr(minilm, "preset_dir", lambda: keras_hub_bert_preset)
+    backbone = tftransfer.backbone("all-minilm-l6-v2", seq_length=12)
+    recipe = FeatureExtraction(
+        backbone,
+        features="sequence_output",
+        pooling="mean",
+        epochs=1,
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        verbose=0,
+    )
+    inputs = dict(backbone.text_preprocessor()(tf.constant(SENTENCES)))
+    data = tf.data.Dataset.from_tensor_slices((inputs, np.array([0, 1]))).batch(2)
+    recipe.fit(data)
+    features = recipe.cached_features(data, "train").arrays()[0]
+    np.testing.assert_allclose(features, backbone.build()(inputs), atol=1e-5)

@@ -51,6 +51,8 @@ class Backbone:
         seq_length: Number of tokens per example (text only).
         output_key: Which output of the underlying model is the feature
             vector, where it has several (for example `"pooled_output"`).
+        outputs: The outputs `with_output()` can select (empty where the
+            model has a single one).
         preprocessor_factory: Callable returning the text preprocessor
             (text only).
         config: The constructor and its arguments, so that
@@ -77,6 +79,7 @@ class Backbone:
         value_range: tuple[float, float] = (0.0, 1.0),
         seq_length: int | None = None,
         output_key: str | None = None,
+        outputs: tuple[str, ...] = (),
         preprocessor_factory: Callable[[], Callable] | None = None,
         config: dict[str, Any] | None = None,
     ):
@@ -111,6 +114,7 @@ class Backbone:
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.seq_length = int(seq_length) if seq_length is not None else None
         self.output_key = output_key
+        self.outputs = tuple(outputs)
         self._builder = builder
         self._preprocessor_factory = preprocessor_factory
         self._preprocessor = None
@@ -145,6 +149,33 @@ class Backbone:
             layer = self._builder(bool(trainable), load_options=load_options)
         layer.trainable = bool(trainable)
         return layer
+
+    def with_output(self, output_key: str) -> Backbone:
+        """Returns this backbone with another model output as its result.
+
+        Args:
+            output_key: One of `outputs`, for example `"sequence_output"`
+                of a BERT encoder (`[batch, tokens, dim]`; recipes pool it
+                with `pooling=`).
+
+        Returns:
+            A `Backbone` whose `build()` returns that output (this one if it
+            already does).
+
+        Raises:
+            ConfigError: if the model has no such output.
+
+        Example:
+
+        >>> minilm = tftransfer.backbone("all-minilm-l6-v2")
+        >>> tokens = minilm.with_output("sequence_output")
+        """
+        if output_key == self.output_key:
+            return self
+        check_output_key(self.name, self.handle, output_key, self.outputs)
+        config = self.get_config()
+        config["arguments"]["output_key"] = output_key
+        return Backbone.from_config(config)
 
     def text_preprocessor(self) -> Callable:
         """Returns the function mapping raw strings to encoder inputs.
@@ -302,6 +333,7 @@ class Backbone:
         *,
         seq_length: int = 128,
         pooling: str | None = None,
+        output_key: str | None = None,
         name: str | None = None,
     ) -> Backbone:
         """Describes a KerasHub preset: an image backbone or a BERT encoder.
@@ -317,6 +349,9 @@ class Backbone:
                 `"max"`. Text: `"pooled"` (the `[CLS]` pooler, default),
                 `"cls"` (the raw `[CLS]` token) or `"mean"` (masked mean over
                 tokens, sentence-transformers style).
+            output_key: Text only: `"sequence_output"` (the token outputs
+                `[batch, tokens, dim]`, unpooled) or `"pooled_output"` (the
+                `[CLS]` pooler) instead of the `pooling` result.
             name: Short name; defaults to one derived from the preset.
 
         Example:
@@ -326,7 +361,12 @@ class Backbone:
         from tftransfer.backbones import keras_hub_source
 
         return keras_hub_source.keras_hub_backbone(
-            cls, preset, seq_length=seq_length, pooling=pooling, name=name
+            cls,
+            preset,
+            seq_length=seq_length,
+            pooling=pooling,
+            output_key=output_key,
+            name=name,
         )
 
     @classmethod
@@ -375,3 +415,25 @@ class Backbone:
             f"Backbone(name={self.name!r}, source={self.source!r}, "
             f"handle={self.handle!r}, {shape}, feature_dim={self.feature_dim})"
         )
+
+
+def check_output_key(
+    name: str, handle: str, output_key: str | None, outputs: tuple[str, ...]
+) -> None:
+    """Checks that a backbone's model has the output `output_key`.
+
+    Raises:
+        ConfigError: naming the backbone and the outputs it has, if
+            `output_key` is neither `None` nor one of `outputs`.
+    """
+    if output_key is None or output_key in outputs:
+        return
+    available = (
+        f"its outputs are {list(outputs)}"
+        if outputs
+        else "it has a single output, its feature vector"
+    )
+    raise ConfigError(
+        f"Backbone {name!r} ({handle}) has no output {output_key!r}: "
+        f"{available}. Choose one of them, or none."
+    )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 from tftransfer.backbones import catalogue
 from tftransfer.backbones.backbone import Backbone
-from tftransfer.errors import HandleError
+from tftransfer.errors import ConfigError, HandleError
 
 _KERAS_HUB_PREFIX = "keras_hub:"
 _KERAS_HUB_SCHEMES = ("kaggle://", "hf://")
@@ -58,6 +60,7 @@ def backbone(handle: str, **kwargs: Any) -> Backbone:
 
     Raises:
         HandleError: if `handle` matches none of the forms.
+        ConfigError: if the chosen constructor takes none of `kwargs`.
 
     Example:
 
@@ -80,12 +83,14 @@ def backbone(handle: str, **kwargs: Any) -> Backbone:
         }
         return result
     if handle.startswith(_KERAS_HUB_PREFIX):
-        return Backbone.from_keras_hub(handle[len(_KERAS_HUB_PREFIX) :], **kwargs)
+        preset = handle[len(_KERAS_HUB_PREFIX) :]
+        return _call(handle, Backbone.from_keras_hub, preset, **kwargs)
     if handle.startswith(_KERAS_HUB_SCHEMES):
-        return Backbone.from_keras_hub(handle, **kwargs)
+        return _call(handle, Backbone.from_keras_hub, handle, **kwargs)
     for prefix in _APPLICATION_PREFIXES:
         if handle.startswith(prefix):
-            return Backbone.from_keras_application(handle[len(prefix) :], **kwargs)
+            name = handle[len(prefix) :]
+            return _call(handle, Backbone.from_keras_application, name, **kwargs)
     if handle.startswith(_HUB_SCHEMES):
         return _from_hub(handle, **kwargs)
     if os.path.isdir(handle):
@@ -95,14 +100,35 @@ def backbone(handle: str, **kwargs: Any) -> Backbone:
             os.path.exists(os.path.join(handle, name))
             for name in ("metadata.json", "config.json")
         ):
-            return Backbone.from_keras_hub(handle, **kwargs)
+            return _call(handle, Backbone.from_keras_hub, handle, **kwargs)
     raise HandleError(_unknown_message(handle))
+
+
+def _call(handle: str, constructor: Callable, *args: Any, **kwargs: Any) -> Backbone:
+    """Calls `constructor(*args, **kwargs)`, first checking that it takes
+    every keyword in `kwargs` (a `ConfigError` naming those it takes, not a
+    `TypeError`)."""
+    parameters = list(inspect.signature(constructor).parameters.values())[len(args) :]
+    accepted = [
+        parameter.name
+        for parameter in parameters
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
+    takes_any = any(parameter.kind == parameter.VAR_KEYWORD for parameter in parameters)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not takes_any:
+        takes = f"takes {accepted}" if accepted else "takes no keyword arguments"
+        raise ConfigError(
+            f"Backbone {handle!r} {takes}. Received unknown keyword "
+            f"arguments: {unknown}."
+        )
+    return constructor(*args, **kwargs)
 
 
 def _from_hub(handle: str, preprocessor: str | None = None, **kwargs) -> Backbone:
     if preprocessor is not None:
-        return Backbone.from_hub_text(preprocessor, handle, **kwargs)
-    return Backbone.from_hub(handle, **kwargs)
+        return _call(handle, Backbone.from_hub_text, preprocessor, handle, **kwargs)
+    return _call(handle, Backbone.from_hub, handle, **kwargs)
 
 
 def _from_catalogue(name: str, entry: dict, **kwargs: Any) -> Backbone:
@@ -114,12 +140,16 @@ def _from_catalogue(name: str, entry: dict, **kwargs: Any) -> Backbone:
             "name": name,
             **kwargs,
         }
-        return Backbone.from_hub(entry["handle"], **options)
+        return _call(name, Backbone.from_hub, entry["handle"], **options)
     if source == "hub_text":
-        return Backbone.from_hub_text(
-            entry["preprocessor"], entry["encoder"], **{"name": name, **kwargs}
+        return _call(
+            name,
+            Backbone.from_hub_text,
+            entry["preprocessor"],
+            entry["encoder"],
+            **{"name": name, **kwargs},
         )
-    return importlib.import_module(entry["loader"]).backbone(**kwargs)
+    return _call(name, importlib.import_module(entry["loader"]).backbone, **kwargs)
 
 
 def _unknown_message(handle: str) -> str:

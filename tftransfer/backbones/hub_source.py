@@ -76,6 +76,7 @@ def image_backbone(
         image_size=image_size,
         value_range=value_range,
         output_key=output_key,
+        outputs=_output_keys(outputs),
         config=_config(
             "from_hub",
             handle=handle,
@@ -132,6 +133,7 @@ def text_backbone(
         builder=builder,
         seq_length=seq_length if preprocessor else None,
         output_key=key,
+        outputs=_output_keys(outputs),
         preprocessor_factory=preprocessor_factory,
         config=_config(
             "from_hub_text",
@@ -225,6 +227,11 @@ def _call_input_spec(loaded: Any, handle: str) -> Any:
         )
     args, _ = functions[0].structured_input_signature
     return args[0]
+
+
+def _output_keys(outputs: Any) -> tuple[str, ...]:
+    """The keys of a model's dict output, empty for a single tensor."""
+    return tuple(sorted(outputs)) if isinstance(outputs, dict) else ()
 
 
 def _pick_output_key(outputs: Any, output_key: str | None, handle: str) -> str | None:

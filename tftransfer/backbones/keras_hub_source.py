@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import keras
 
+from tftransfer.backbones.backbone import check_output_key
 from tftransfer.backbones.hub_source import name_from_handle
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import HandleError
 
 IMAGE_POOLINGS = ("avg", "max")
 TEXT_POOLINGS = ("pooled", "cls", "mean")
+# The outputs of a KerasHub BERT backbone that `output_key` selects.
+TEXT_OUTPUTS = ("pooled_output", "sequence_output")
 
 
 def keras_hub_backbone(
-    cls, preset: str, *, seq_length: int, pooling: str | None, name: str | None
+    cls,
+    preset: str,
+    *,
+    seq_length: int,
+    pooling: str | None,
+    output_key: str | None,
+    name: str | None,
 ):
     """Implements `Backbone.from_keras_hub`; see there."""
     keras_hub = _import_keras_hub(preset)
@@ -32,13 +41,25 @@ def keras_hub_backbone(
             "preset": preset,
             "seq_length": seq_length,
             "pooling": pooling,
+            "output_key": output_key,
             "name": name,
         },
     }
     name = name or name_from_handle(preset)
-    if isinstance(skeleton, keras_hub.models.BertBackbone):
+    is_text = isinstance(skeleton, keras_hub.models.BertBackbone)
+    outputs = TEXT_OUTPUTS if is_text else ()
+    check_output_key(name, preset, output_key, outputs)
+    if is_text:
         return _text_backbone(
-            cls, keras_hub, preset, skeleton, seq_length, pooling, name, config
+            cls,
+            keras_hub,
+            preset,
+            skeleton,
+            seq_length,
+            pooling,
+            output_key,
+            name,
+            config,
         )
     if len(skeleton.output_shape) == 4:
         return _image_backbone(cls, keras_hub, preset, skeleton, pooling, name, config)
@@ -91,7 +112,9 @@ def _image_backbone(cls, keras_hub, preset, skeleton, pooling, name, config):
     )
 
 
-def _text_backbone(cls, keras_hub, preset, skeleton, seq_length, pooling, name, config):
+def _text_backbone(
+    cls, keras_hub, preset, skeleton, seq_length, pooling, output_key, name, config
+):
     pooling = pooling or "pooled"
     _check_choice(preset, "pooling", pooling, TEXT_POOLINGS)
     tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
@@ -102,7 +125,7 @@ def _text_backbone(cls, keras_hub, preset, skeleton, seq_length, pooling, name, 
         del load_options  # KerasHub reads no SavedModel.
         backbone = keras_hub.models.Backbone.from_preset(preset)
         backbone.trainable = trainable
-        return bert_feature_model(backbone, pooling, name)
+        return bert_feature_model(backbone, pooling, name, output_key)
 
     def preprocessor_factory() -> BertTextPreprocessor:
         return BertTextPreprocessor(
@@ -117,24 +140,30 @@ def _text_backbone(cls, keras_hub, preset, skeleton, seq_length, pooling, name, 
         feature_dim=int(skeleton.hidden_dim),
         builder=builder,
         seq_length=seq_length,
+        output_key=output_key,
+        outputs=TEXT_OUTPUTS,
         preprocessor_factory=preprocessor_factory,
         config=config,
     )
 
 
-def bert_feature_model(backbone: keras.Model, pooling: str, name: str) -> keras.Model:
+def bert_feature_model(
+    backbone: keras.Model, pooling: str, name: str, output_key: str | None = None
+) -> keras.Model:
     """Wraps a KerasHub BERT backbone to take TF Hub-style inputs.
 
     Args:
         backbone: A `keras_hub.models.BertBackbone`.
         pooling: `"pooled"`, `"cls"` or `"mean"` (masked mean over tokens).
         name: Name of the returned model.
+        output_key: `"pooled_output"` or `"sequence_output"` to return that
+            backbone output instead of the `pooling` result.
 
     Returns:
         A `keras.Model` from `{"input_word_ids", "input_mask",
         "input_type_ids"}` (int32 `[batch, tokens]`, any length up to the
-        model's maximum) to float32
-        `[batch, hidden_dim]`.
+        model's maximum) to float32 `[batch, hidden_dim]` (`[batch, tokens,
+        hidden_dim]` for `"sequence_output"`).
     """
     inputs = {
         key: keras.Input((None,), dtype="int32", name=key)
@@ -147,7 +176,9 @@ def bert_feature_model(backbone: keras.Model, pooling: str, name: str) -> keras.
             "padding_mask": inputs["input_mask"],
         }
     )
-    if pooling == "pooled":
+    if output_key is not None:
+        features = outputs[output_key]
+    elif pooling == "pooled":
         features = outputs["pooled_output"]
     elif pooling == "cls":
         features = outputs["sequence_output"][:, 0, :]

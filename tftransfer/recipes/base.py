@@ -225,10 +225,8 @@ class Recipe:
             return self.backbone
         backbone = self.backbone
         key = self.settings["features"]
-        if key is not None and key != backbone.output_key:
-            config = backbone.get_config()
-            config["arguments"]["output_key"] = key
-            backbone = Backbone.from_config(config)
+        if key is not None:
+            backbone = backbone.with_output(key)
         return backbone.build(
             trainable=trainable, load_options=distribute.load_options(self.strategy)
         )

