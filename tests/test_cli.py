@@ -4,13 +4,16 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
+import tftransfer
 from tftransfer import cli
 from tftransfer.cli import sources
 from tftransfer.config import DataConfig
 from tftransfer.errors import ConfigError, DataNotFoundError
+from tftransfer.recipes import FeatureExtraction
 
 GOOD = """
 name: demo
@@ -86,59 +89,96 @@ def test_package_paths_resolve_inside_installed_packages():
         sources.resolve_path("package://nope_pkg/data")
 
 
-class _Classifier(tf.Module):
-    """A stand-in for an exported text model: the `serving_default` outputs."""
+TEXTS = {
+    "sport": [
+        "the team won the match",
+        "a late goal won the game",
+        "the sports team plays a match today",
+        "the team won with a goal",
+        "a win for the team in the game",
+        "the match was won by a goal",
+        "sport news the team won",
+        "the game and the goal",
+    ],
+    "tech": [
+        "the computer software and the internet",
+        "a phone with new software",
+        "tech news on the internet",
+        "the phone is a computer",
+        "software for the phone and the computer",
+        "the internet on a phone",
+        "tech and software news today",
+        "a computer on the internet",
+    ],
+}
+SEQ_LENGTH = 16
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def serve(self, text):
-        sport = tf.strings.regex_full_match(text, ".*goal.*")
-        probabilities = tf.where(sport[:, None], [[0.9, 0.1]], [[0.2, 0.8]])
-        order = tf.argsort(probabilities, direction="DESCENDING")
-        names = tf.gather(tf.constant(["sport", "tech"]), order)
-        return {
-            "probabilities": probabilities,
-            "classes": names[:, 0],
-            "top_k_scores": tf.sort(probabilities, direction="DESCENDING"),
-            "top_k_classes": names,
-        }
+
+def text_folder(root, texts=TEXTS):
+    """A `text_folder` dataset: one sub-folder of .txt files per class."""
+    for name, examples in texts.items():
+        (root / name).mkdir(parents=True)
+        for i, text in enumerate(examples):
+            (root / name / f"{i}.txt").write_text(text)
+    return root
 
 
-@pytest.fixture
-def exported(tmp_path):
-    module = _Classifier()
-    version = tmp_path / "model" / "1"
-    tf.saved_model.save(
-        module, str(version), signatures={"serving_default": module.serve}
+@pytest.fixture(scope="module")
+def exported(bert_paths, tmp_path_factory):
+    """A tiny text classifier exported by `tftransfer.export`: its base folder
+    and the fitted recipe."""
+    root = tmp_path_factory.mktemp("cli_export")
+    backbone = tftransfer.Backbone.from_hub_text(*bert_paths, seq_length=SEQ_LENGTH)
+    recipe = FeatureExtraction(
+        backbone,
+        epochs=3,
+        batch_size=4,
+        cache_dir=root / "cache",
+        run_dir=root / "run",
+        strategy="default",
+        verbose=0,
     )
-    (version / "assets").mkdir(exist_ok=True)
-    (version / "assets" / "labels.txt").write_text("sport\ntech\n")
-    return tmp_path / "model"
+    recipe.fit(tftransfer.data.from_text_folder(text_folder(root / "data")))
+    tftransfer.export(recipe, root / "model")
+    return root / "model", recipe
 
 
 def test_predict_prints_top_classes_of_each_file(exported, tmp_path, capsys):
+    base, recipe = exported
     article = tmp_path / "a.txt"
     article.write_text("a late goal")
-    assert cli.main(["predict", str(exported), str(article), "--top-k", "1"]) == 0
-    assert capsys.readouterr().out.strip() == f"{article}  sport 0.900"
+    expected = recipe.model(
+        recipe.backbone.text_preprocessor()(tf.constant(["a late goal"]))
+    )[0].numpy()
+    best = int(expected.argmax())
+    assert cli.main(["predict", str(base), str(article), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == f"{article}  {recipe.class_names[best]} {expected[best]:.3f}"
 
 
 def test_evaluate_reports_accuracy_on_a_text_folder(exported, tmp_path, capsys):
-    data = tmp_path / "data"
-    for name, texts in {"sport": ["goal!", "a quiet draw"], "tech": ["chips"]}.items():
-        (data / name).mkdir(parents=True)
-        for i, text in enumerate(texts):
-            (data / name / f"{i}.txt").write_text(text)
-    assert cli.main(["evaluate", str(exported), str(data)]) == 0
-    assert "accuracy: 0.6667" in capsys.readouterr().out
+    base, recipe = exported
+    data = text_folder(tmp_path / "data")
+    strings = [text for texts in TEXTS.values() for text in texts]
+    labels = [i for i, texts in enumerate(TEXTS.values()) for _ in texts]
+    tokens = recipe.backbone.text_preprocessor()(tf.constant(strings))
+    predicted = np.asarray(recipe.model(tokens)).argmax(-1)
+    accuracy = float(np.mean(predicted == np.asarray(labels)))
+    assert cli.main(["evaluate", str(base), str(data)]) == 0
+    assert f"accuracy: {accuracy:.4f}" in capsys.readouterr().out
 
 
 def test_inspect_describes_signatures_and_parameters(exported, capsys):
-    assert cli.main(["inspect", str(exported / "1")]) == 0
+    base, recipe = exported
+    assert cli.main(["inspect", str(base / "1")]) == 0
     out = capsys.readouterr().out
     assert "signature 'serving_default'" in out
     assert "input  text: string [-1]" in out
+    assert f"input  input_word_ids: int32 [-1, {SEQ_LENGTH}]" in out
     assert "output top_k_classes: string [-1, 2]" in out
-    assert "parameters: 0" in out
+    parameters = recipe.model.count_params()
+    assert parameters > 0
+    assert f"parameters: {parameters:,} (" in out
 
 
 def test_backbones_marks_offline_ones(capsys):
