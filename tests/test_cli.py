@@ -1,5 +1,6 @@
 """The `tftransfer` command: exit codes, error paragraphs, subcommands."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
 import tftransfer
 from tftransfer import cli
@@ -179,6 +181,93 @@ def test_inspect_describes_signatures_and_parameters(exported, capsys):
     parameters = recipe.model.count_params()
     assert parameters > 0
     assert f"parameters: {parameters:,} (" in out
+
+
+def run_recipe(tmp_path, bert_paths, **sections) -> str:
+    """Writes a recipe file for a tiny text run; `sections` override parts."""
+    preprocessor, encoder = bert_paths
+    settings = {
+        "name": "topics",
+        "backbone": {
+            "handle": encoder,
+            "seq_length": SEQ_LENGTH,
+            "options": {"preprocessor": preprocessor},
+        },
+        "data": {
+            "format": "text_folder",
+            "path": str(text_folder(tmp_path / "data")),
+            "validation": 0.25,
+            "test": 0.25,
+            "batch_size": 4,
+        },
+        "recipe": {"epochs": 3, "patience": None},
+        "distribute": {"strategy": "default"},
+        "export": {"base_path": str(tmp_path / "saved_models" / "topics")},
+        "runs_dir": str(tmp_path / "runs"),
+        "cache_dir": str(tmp_path / "cache"),
+        **sections,
+    }
+    return recipe(tmp_path, yaml.safe_dump(settings))
+
+
+@pytest.mark.slow
+def test_run_trains_reports_exports_and_reuses_its_cache(
+    bert_paths, tmp_path, capsys, monkeypatch
+):
+    path = run_recipe(
+        tmp_path,
+        bert_paths,
+        evaluation={"split": "validation"},
+        export={
+            "base_path": str(tmp_path / "saved_models" / "topics"),
+            "format": "tflite",
+        },
+    )
+    assert cli.main(["run", path]) == 0
+    assert "validation accuracy: " in capsys.readouterr().out
+    folder = tmp_path / "runs" / "topics"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["split"] == "validation"
+    assert metrics["num_examples"] == 4  # 25% of 8 examples in each of 2 classes
+    assert "<html" in (folder / "report.html").read_text()
+    version = tmp_path / "saved_models" / "topics" / "1"
+    assert (version / "saved_model.pb").is_file()
+    card = json.loads((version / "model_card.json").read_text())
+    assert card["class_names"] == ["sport", "tech"]
+    assert card["tflite"]["validation_examples"] == 4  # the held-out split
+    assert (version / "model.tflite").is_file()
+
+    feature_passes = []
+    feature_batches = FeatureExtraction._feature_batches
+
+    def counted(self, *args, **kwargs):
+        feature_passes.append(args)
+        return feature_batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureExtraction, "_feature_batches", counted)
+    assert cli.main(["run", path]) == 0
+    assert feature_passes == []  # every split's features came from the cache
+    assert (tmp_path / "saved_models" / "topics" / "2" / "saved_model.pb").is_file()
+
+    assert cli.main(["export", str(folder)]) == 0
+    assert feature_passes == []
+    card = json.loads(
+        (tmp_path / "saved_models" / "topics" / "3" / "model_card.json").read_text()
+    )
+    assert card["metrics"]["split"] == "validation"  # evaluation.split honoured
+    assert card["metrics"]["num_examples"] == 4
+    assert card["tflite"]["validation_examples"] == 4
+
+
+@pytest.mark.slow
+def test_run_without_test_part_names_the_validation_split(bert_paths, tmp_path, capsys):
+    path = run_recipe(tmp_path, bert_paths, export={"enabled": False})
+    assert cli.main(["run", path, "--set", "data.test=null"]) == 0
+    out = capsys.readouterr().out
+    assert "validation accuracy: " in out
+    assert "test accuracy" not in out
+    metrics = json.loads((tmp_path / "runs" / "topics" / "metrics.json").read_text())
+    assert metrics["split"] == "validation"
 
 
 def test_backbones_marks_offline_ones(capsys):

@@ -149,7 +149,8 @@ def write_report(
 
     Args:
         run_dir: The run folder.
-        metrics: What `classification_metrics()` returned for the test split.
+        metrics: What `classification_metrics()` returned for the held-out
+            split, with `"split"` naming it (`"test"` if absent).
         history: Per-epoch training history (`History.history`).
         labels: True labels of the test examples `[n]`.
         probabilities: Predicted class probabilities `[n, num_classes]`.
@@ -287,7 +288,7 @@ def _page(run_dir, title, metrics, curves, confusion, mistakes, settings) -> str
             ("accuracy", f"{metrics['accuracy']:.3f}"),
             (f"top-{metrics['k']} accuracy", f"{metrics['top_k_accuracy']:.3f}"),
             ("macro F1", f"{metrics['macro_f1']:.3f}"),
-            ("test examples", metrics["num_examples"]),
+            (f"{metrics.get('split', 'test')} examples", metrics["num_examples"]),
         )
     )
     per_class = "".join(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -89,6 +90,21 @@ def build_recipe(config: RunConfig, backbone):
     return FeatureExtraction(backbone, epochs=settings.epochs, **arguments)
 
 
+def held_out_split(config: RunConfig, parts) -> tuple[str, Any]:
+    """The split the final evaluation uses, and its name.
+
+    `evaluation.split: test` is the test part, or the validation part where
+    the data has none (`data.test: null`); `validation` is the validation
+    part.
+
+    Returns:
+        `(name, LabeledData)`, the name being `"test"` or `"validation"`.
+    """
+    if config.evaluation.split == "test" and parts.test:
+        return "test", parts.test
+    return "validation", parts.validation
+
+
 def predictions(recipe, data) -> tuple[np.ndarray, np.ndarray]:
     """Returns `(labels, probabilities)` of the trained recipe on `data`,
     in the order of `data` (feature extraction reuses cached features)."""
@@ -127,10 +143,28 @@ def _serving_examples(data, count: int = 4) -> list:
     return examples
 
 
-def _export(config: RunConfig, recipe, data, metrics, examples) -> Path:
+def _evaluate(recipe, split_name: str, held_out) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Returns `(labels, probabilities, metrics)` on the held-out split;
+    `metrics["split"]` names it."""
+    from tftransfer.recipes.metrics import classification_metrics
+
+    labels, probabilities = predictions(recipe, held_out)
+    metrics = classification_metrics(labels, probabilities, recipe.class_names)
+    return labels, probabilities, {**metrics, "split": split_name}
+
+
+def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:
+    """Exports the trained recipe; the held-out split gives the examples that
+    `verify` serves and, for TFLite, the batches its accuracy is measured on."""
     import tftransfer
+    from tftransfer.data import make_pipeline
 
     base = config.export.base_path or str(Path("saved_models") / config.name)
+    validation_data = None
+    if config.export.format == "tflite":
+        validation_data = make_pipeline(
+            held_out, recipe.backbone, config.data.batch_size
+        )
     with step(f"Exporting to {base}"):
         path = tftransfer.export(
             recipe,
@@ -139,11 +173,12 @@ def _export(config: RunConfig, recipe, data, metrics, examples) -> Path:
             data_source=data.source,
             settings={**recipe.settings, "recipe_file": config.to_dict()},
             format=config.export.format,
+            validation_data=validation_data,
         )
         if config.export.verify:
             tftransfer.export.verify(
                 path,
-                examples,
+                _serving_examples(held_out),
                 model=recipe.model,
                 backbone=recipe.backbone,
                 print_signatures=False,
@@ -160,18 +195,17 @@ def run(config: RunConfig) -> Path:
     PosixPath('runs/bbc-news-topics')
     """
     from tftransfer import evaluation
-    from tftransfer.recipes.metrics import classification_metrics
 
     folder = run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RECIPE_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     started = time.perf_counter()
     data, parts, recipe = _train(config)
-    split_name = config.evaluation.split
-    held_out = parts.test if split_name == "test" and parts.test else parts.validation
+    split_name, held_out = held_out_split(config, parts)
+    if split_name != config.evaluation.split:
+        print("    (the data has no test part: data.test is null)")
     with step(f"Evaluating on the {split_name} split and writing the report"):
-        labels, probabilities = predictions(recipe, held_out)
-        metrics = classification_metrics(labels, probabilities, recipe.class_names)
+        labels, probabilities, metrics = _evaluate(recipe, split_name, held_out)
         inputs = [x for x, _ in held_out.dataset.as_numpy_iterator()]
         report = evaluation.write_report(
             folder,
@@ -191,9 +225,7 @@ def run(config: RunConfig) -> Path:
     )
     export_path = None
     if config.export.enabled:
-        export_path = _export(
-            config, recipe, data, metrics, _serving_examples(held_out)
-        )
+        export_path = _export(config, recipe, data, metrics, held_out)
     print(f"\nFinished in {time.perf_counter() - started:.0f} s.")
     print(f"Report:      {report.resolve()}")
     print(f"TensorBoard: tensorboard --logdir {(folder / 'logs').resolve()}")
@@ -207,16 +239,15 @@ def export_run(folder: str | Path) -> Path:
 
     Reads the recipe the run saved in its folder, rebuilds the recipe, which
     restores its trained weights from the run's checkpoint and its features
-    from the cache, and exports again as the next version.
+    from the cache, evaluates it on the split that `evaluation.split` names
+    (for the model card) and exports again as the next version, in the
+    recipe's `export.format`.
     """
-    from tftransfer.recipes.metrics import classification_metrics
-
     config = config_lib.load(Path(folder) / RECIPE_FILE)
     data, parts, recipe = _train(config)
-    held_out = parts.test or parts.validation
-    labels, probabilities = predictions(recipe, held_out)
-    metrics = classification_metrics(labels, probabilities, recipe.class_names)
-    path = _export(config, recipe, data, metrics, _serving_examples(held_out))
+    split_name, held_out = held_out_split(config, parts)
+    _, _, metrics = _evaluate(recipe, split_name, held_out)
+    path = _export(config, recipe, data, metrics, held_out)
     _print_serving(path)
     return path
 
