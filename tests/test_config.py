@@ -163,5 +163,11 @@ def test_colab_notebook_cells_are_valid_python():
     text = "\n".join(code)
     assert 'TPUClusterResolver(tpu="local")' in text
     assert "tensorflow-tpu" in text
-    recipe = next(s for s in code if "RECIPE = '''" in s).split("'''")[1]
+    assignments = [
+        node
+        for source in code
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "RECIPE"
+    ]
+    recipe = ast.literal_eval(assignments[0].value)
     assert config.loads(recipe).distribute.strategy == "tpu"
