@@ -525,3 +525,22 @@ def test_private_features_of_non_chief_workers_are_removed(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="feature pass failed"):
         cache.store("key", "train", failing(), write=False)
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_fine_tuning_with_cached_features_still_builds_the_backbone(
+    image_model_path, tmp_path
+):
+    """A rerun finds phase 1's features cached; phase 2 must still unfreeze."""
+    backbone = Backbone.from_hub(image_model_path)
+    for run in ("first", "second"):
+        recipe = _recipe(
+            FineTuning,
+            tmp_path,
+            backbone=backbone,
+            run_dir=tmp_path / run,
+            head_epochs=1,
+            epochs=1,
+        )
+        recipe.fit(_images())
+        assert len(recipe.history.history["loss"]) == 1
+    assert {w.name for w in recipe.unfreeze()} == {"kernel", "gamma", "beta"}

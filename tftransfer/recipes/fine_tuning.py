@@ -127,7 +127,8 @@ class FineTuning(FeatureExtraction):
 
     def unfreeze(self) -> list:
         """Makes the chosen backbone variables trainable; returns them."""
-        layer = self.backbone_layer
+        # Phase 1 may not have built it: its features can come from the cache.
+        layer = self._built_backbone()
         layer.trainable = True
         candidates = list(layer.trainable_weights)
         chosen = _select(layer, candidates, self.settings["unfreeze"])
