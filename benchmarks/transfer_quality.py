@@ -230,10 +230,6 @@ def run(dataset: str, recipe: str, seed: int, arguments) -> tuple[float, int]:
             backbone_lr_scale=settings.backbone_lr_scale,
             **common,
         )
-        # Library bug: when phase 1 finds its features already cached, the
-        # backbone is never built and FineTuning.unfreeze() fails on
-        # `None.trainable`. Building it first avoids that.
-        model._built_backbone()  # noqa: SLF001
         model.fit(data.train, data.validation)
         return model.evaluate(data.test)["accuracy"], data.test.num_examples
     # Scratch: a freshly initialised copy of the backbone is a plain Keras
