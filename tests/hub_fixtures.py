@@ -235,7 +235,10 @@ class BertEncoder(tf.Module):
             if training:
                 x = tf.nn.dropout(x, rate=0.1, seed=0)
             encoder_outputs.append(x)
-        pooled = tf.tanh(tf.matmul(x[:, 0], self.pooler_kernel))
+        # Tokens do not mix in this tiny encoder, so pool over all of them
+        # (a real BERT's [CLS] output sees the whole sentence).
+        mean = tf.reduce_sum(x, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        pooled = tf.tanh(tf.matmul(mean, self.pooler_kernel))
         return {
             "pooled_output": pooled,
             "sequence_output": x,
