@@ -42,6 +42,12 @@ class FeaturePooling(keras.layers.Layer):
                 f"Expected pooling in {POOLING_MODES}. Received: pooling={mode!r}"
             )
         self.mode = mode
+        # It consumes a Keras mask (KerasHub's sequence output carries one);
+        # the pooled output has no time axis, so no mask goes on.
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, mask=None):
+        return None
 
     def call(self, sequence, mask=None):
         if self.mode == "first":
