@@ -19,8 +19,6 @@ from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
 from tftransfer.recipes.metrics import classification_metrics
 
-DEFAULT_CACHE_DIR = "~/.cache/tftransfer/features"
-
 
 def _log_callbacks(log_dir: Path) -> list[keras.callbacks.Callback]:
     """A CSV history, plus TensorBoard logs where `tensorboard` is installed."""

@@ -9,9 +9,10 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.backbones import Backbone
+from tftransfer.backbones.weights import cache
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import heads
-from tftransfer.recipes.base import DEFAULT_CACHE_DIR, Recipe
+from tftransfer.recipes.base import Recipe
 from tftransfer.recipes.feature_cache import (
     DEFAULT_MEMORY_BUDGET,
     CachedFeatures,
@@ -95,7 +96,7 @@ class FeatureExtraction(Recipe):
     ):
         super().__init__(backbone, **kwargs)
         self.cache = FeatureCache(
-            cache_dir or os.environ.get("TFTRANSFER_FEATURE_CACHE", DEFAULT_CACHE_DIR)
+            cache_dir or os.path.join(cache.cache_dir(), "features")
         )
         self.memory_budget = memory_budget
         self.head: keras.Model | None = None
