@@ -107,6 +107,17 @@ def test_build_passes_load_options_to_hub_layers_only(image_model_path, bert_pat
         with pytest.raises(tftransfer.HandleError, match="/job:nowhere"):
             backbone.build(load_options=nowhere)
     assert tiny_application().build(load_options=nowhere).output_shape == (None, 1280)
+    # A hand-written builder that takes no load options still builds (TPUs).
+    handmade = Backbone(
+        name="handmade",
+        handle="handmade",
+        source="keras_application",
+        modality="image",
+        feature_dim=2,
+        image_size=(4, 4),
+        builder=lambda trainable: keras.layers.Dense(2),
+    )
+    assert isinstance(handmade.build(load_options=nowhere), keras.layers.Dense)
 
 
 def test_built_hub_layers_store_the_handle_given_not_a_local_path(

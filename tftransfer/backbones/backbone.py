@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +144,7 @@ class Backbone:
             3]` in `value_range`. Text: the dict of int32 tensors that
             `text_preprocessor()` returns.
         """
-        if load_options is None:
+        if load_options is None or not _takes_load_options(self._builder):
             layer = self._builder(bool(trainable))
         else:
             layer = self._builder(bool(trainable), load_options=load_options)
@@ -436,4 +437,13 @@ def check_output_key(
     raise ConfigError(
         f"Backbone {name!r} ({handle}) has no output {output_key!r}: "
         f"{available}. Choose one of them, or none."
+    )
+
+
+def _takes_load_options(builder: Callable) -> bool:
+    """Whether a `builder` accepts `load_options=` (hand-written ones may not)."""
+    parameters = inspect.signature(builder).parameters.values()
+    return any(
+        p.name == "load_options" or p.kind is inspect.Parameter.VAR_KEYWORD
+        for p in parameters
     )

@@ -19,6 +19,9 @@ from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
 from tftransfer.recipes.metrics import classification_metrics
 
+# Settings that do not change what a phase trains, left out of its key.
+_NOT_TRAINING_SETTINGS = ("epochs", "run_dir", "steps_per_execution", "jit_compile")
+
 
 def _log_callbacks(log_dir: Path) -> list[keras.callbacks.Callback]:
     """A CSV history, plus TensorBoard logs where `tensorboard` is installed."""
@@ -115,13 +118,14 @@ class Recipe:
         return {}
 
     def _phase_settings(self, phase: str) -> dict:
-        """The settings that `phase`'s checkpoint belongs to: all but the
-        number of epochs (more epochs resume the run) and `run_dir`."""
+        """The settings that `phase`'s checkpoint belongs to: all that change
+        what is trained, so not the number of epochs (more epochs resume the
+        run), `run_dir`, or how steps execute on the hardware."""
         del phase  # Every phase of this recipe depends on all its settings.
         return {
             key: value
             for key, value in self.settings.items()
-            if key not in ("epochs", "run_dir")
+            if key not in _NOT_TRAINING_SETTINGS
         }
 
     # Data ---------------------------------------------------------------

@@ -135,8 +135,11 @@ class FeatureExtraction(Recipe):
             else None
         )
         self._input_spec = self._batches(train).element_spec[0]
+        # From the key, not the folder: a non-chief worker's features may sit
+        # in a private temporary folder, yet it must find the chief's
+        # checkpoints.
         self._train_key = fingerprint(
-            train_features.directory.parent.name, train_features.data_digest
+            self._feature_key(train), train_features.data_digest
         )
         self._set_class_names(train, class_names, train_features.labels())
         seed = self.settings["seed"]
@@ -220,12 +223,7 @@ class FeatureExtraction(Recipe):
             data: a `LabeledData` or a dataset of batched `(prepared, label)`.
             split: a name for the cache directory (`"train"`, ...).
         """
-        key = fingerprint(
-            self._backbone_key(),
-            self.settings["features"],
-            self.settings["pooling"],
-            self._data_key(data),
-        )
+        key = self._feature_key(data)
         batches = self._batches(data)
         prepared = isinstance(data, tf.data.Dataset)
         cached = self.cache.lookup(key, split)
@@ -240,6 +238,15 @@ class FeatureExtraction(Recipe):
             self._feature_batches(batches, digest),
             data_digest=digest,
             write=self.is_chief,
+        )
+
+    def _feature_key(self, data) -> str:
+        """The cache key of `data`'s features: backbone, feature choice, data."""
+        return fingerprint(
+            self._backbone_key(),
+            self.settings["features"],
+            self.settings["pooling"],
+            self._data_key(data),
         )
 
     def _labels_and_probabilities(self, data, split: str):
