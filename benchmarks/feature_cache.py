@@ -24,21 +24,11 @@ import time
 
 import keras
 import tensorflow as tf
+from common import random_mobilenet_v3_small
 
 from tftransfer.recipes import FeatureExtraction, build_head
 
 BATCH, EPOCHS, CLASSES = 64, 10, 5
-
-
-def backbone(size):
-    keras.utils.set_random_seed(0)
-    return keras.applications.MobileNetV3Small(
-        input_shape=(size, size, 3),
-        include_top=False,
-        weights=None,
-        pooling="avg",
-        include_preprocessing=False,
-    )
 
 
 def images(count, size):
@@ -60,7 +50,7 @@ def timed(function):
 
 def compare(count, size):
     data = images(count, size)
-    model_backbone = backbone(size)
+    model_backbone = random_mobilenet_v3_small(size)
     inference = timed(lambda: model_backbone.predict(data, verbose=0))
 
     model_backbone.trainable = False
@@ -72,7 +62,7 @@ def compare(count, size):
 
     with tempfile.TemporaryDirectory() as work:
         recipe = FeatureExtraction(
-            backbone(size),
+            random_mobilenet_v3_small(size),
             epochs=EPOCHS,
             patience=None,
             batch_size=BATCH,
@@ -94,7 +84,7 @@ def peak_memory(count, size):
     """Runs the recipe on `count` examples in this process; prints peak RSS."""
     with tempfile.TemporaryDirectory() as work:
         recipe = FeatureExtraction(
-            backbone(size),
+            random_mobilenet_v3_small(size),
             epochs=EPOCHS,
             patience=None,
             batch_size=BATCH,

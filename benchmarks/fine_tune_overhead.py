@@ -17,6 +17,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from common import random_mobilenet_v3_small
 
 from tftransfer.recipes import FineTuning, build_head
 from tftransfer.recipes.heads import InferenceMode
@@ -42,17 +43,6 @@ class StepTimes(keras.callbacks.Callback):
         self.times[-1].append(time.perf_counter() - self._start)
 
 
-def backbone():
-    keras.utils.set_random_seed(0)
-    return keras.applications.MobileNetV3Small(
-        input_shape=(SIZE, SIZE, 3),
-        include_top=False,
-        weights=None,
-        pooling="avg",
-        include_preprocessing=False,
-    )
-
-
 def data(count):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(count, SIZE, SIZE, 3)).astype("float32")
@@ -68,7 +58,7 @@ def schedule(steps):
 
 
 def hand_written(train, epochs):
-    layer = backbone()
+    layer = random_mobilenet_v3_small(SIZE)
     inputs = keras.Input((SIZE, SIZE, 3))
     head = build_head(layer.output_shape[-1], CLASSES)
     # The recipe's architecture: the backbone in inference mode (BatchNorm frozen).
@@ -88,7 +78,7 @@ def recipe(train, epochs):
     timer = StepTimes()
     with tempfile.TemporaryDirectory() as work:
         fine_tuning = FineTuning(
-            backbone(),
+            random_mobilenet_v3_small(SIZE),
             head_epochs=1,
             epochs=epochs,
             patience=None,

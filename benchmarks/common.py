@@ -1,0 +1,27 @@
+"""What several benchmarks share: the backbone they time.
+
+Benchmarks run as scripts (`python benchmarks/NAME.py`), so this folder is on
+`sys.path` and they import this module as `common`.
+"""
+
+import keras
+
+
+def random_mobilenet_v3_small(size: int) -> keras.Model:
+    """MobileNetV3Small without its top, random weights (timing ignores them).
+
+    Seeded, so every call builds the same network.
+
+    Example:
+
+    >>> random_mobilenet_v3_small(64).output_shape
+    (None, 576)
+    """
+    keras.utils.set_random_seed(0)
+    return keras.applications.MobileNetV3Small(
+        input_shape=(size, size, 3),
+        include_top=False,
+        weights=None,
+        pooling="avg",
+        include_preprocessing=False,
+    )
