@@ -139,6 +139,17 @@ def hub_text_model(hub_text_backbone):
     return trained(model, tokens, [1, 0])
 
 
+@pytest.fixture(scope="module")
+def hub_text_export(hub_text_model, hub_text_backbone, tmp_path_factory):
+    """`hub_text_model` exported once; tests only read it."""
+    return tftransfer.export(
+        hub_text_model,
+        tmp_path_factory.mktemp("exports") / "news",
+        backbone=hub_text_backbone,
+        class_names=TEXT_CLASSES,
+    )
+
+
 def load(path):
     return tf.saved_model.load(str(path))
 
@@ -320,16 +331,10 @@ def test_each_weight_is_stored_once_and_tables_still_serve(
 
 
 def test_inspect_counts_the_values_the_savedmodel_stores(
-    hub_text_model, hub_text_backbone, tmp_path
+    hub_text_model, hub_text_export
 ):
-    path = tftransfer.export(
-        hub_text_model,
-        tmp_path / "news",
-        backbone=hub_text_backbone,
-        class_names=TEXT_CLASSES,
-    )
-    info = inspect_savedmodel(str(path))
-    assert info["parameters"] == saved_values(path)
+    info = inspect_savedmodel(str(hub_text_export))
+    assert info["parameters"] == saved_values(hub_text_export)
     assert info["parameters"] == hub_text_model.count_params()
 
 
@@ -530,14 +535,9 @@ def test_tflite_export_records_accuracy_change(image_recipe, tmp_path, quantizat
 
 
 def test_hub_text_export_serves_raw_strings_like_in_memory_model(
-    hub_text_model, hub_text_backbone, tmp_path
+    hub_text_model, hub_text_backbone, hub_text_export
 ):
-    path = tftransfer.export(
-        hub_text_model,
-        tmp_path / "news",
-        backbone=hub_text_backbone,
-        class_names=TEXT_CLASSES,
-    )
+    path = hub_text_export
     card = json.loads((path / "model_card.json").read_text())
     assert card["serving_ops"]["needs_tensorflow_text"] is True
     assert card["serving_ops"]["allowed_by_override"] == []
