@@ -128,7 +128,8 @@ class FeatureExtraction(Recipe):
             The `keras.callbacks.History` of the head training (all epochs,
             including those done before a resume).
         """
-        train_features = self.cached_features(train, "train")
+        train_key = self._feature_key(train)
+        train_features = self.cached_features(train, "train", key=train_key)
         validation_features = (
             self.cached_features(validation, "validation")
             if validation is not None
@@ -138,9 +139,7 @@ class FeatureExtraction(Recipe):
         # From the key, not the folder: a non-chief worker's features may sit
         # in a private temporary folder, yet it must find the chief's
         # checkpoints.
-        self._train_key = fingerprint(
-            self._feature_key(train), train_features.data_digest
-        )
+        self._train_key = fingerprint(train_key, train_features.data_digest)
         self._set_class_names(train, class_names, train_features.labels())
         seed = self.settings["seed"]
         keras.utils.set_random_seed(seed)
@@ -212,7 +211,9 @@ class FeatureExtraction(Recipe):
         """
         return self._report(*self._labels_and_probabilities(test, split))
 
-    def cached_features(self, data, split: str) -> CachedFeatures:
+    def cached_features(
+        self, data, split: str, *, key: str | None = None
+    ) -> CachedFeatures:
         """Returns the features of `data`, computing and caching them if needed.
 
         Nothing is built or run when the features are cached (a plain
@@ -222,8 +223,10 @@ class FeatureExtraction(Recipe):
         Args:
             data: a `LabeledData` or a dataset of batched `(prepared, label)`.
             split: a name for the cache directory (`"train"`, ...).
+            key: `data`'s feature key, where the caller has computed it
+                already (it reads every image file's size and time).
         """
-        key = self._feature_key(data)
+        key = key or self._feature_key(data)
         batches = self._batches(data)
         prepared = isinstance(data, tf.data.Dataset)
         cached = self.cache.lookup(key, split)
