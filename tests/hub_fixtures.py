@@ -306,3 +306,278 @@ def save_signature_only(path: str) -> str:
 
     tf.saved_model.save(model, path, signatures={"serving_default": serve})
     return path
+
+
+# Models of tensorflow_hub's own KerasLayer tests (keras_layer_test.py), for
+# tests/test_hub_layer_contract.py. Each `save_*` that takes `from_keras`
+# writes the model either by hand ("SavedRaw") or from a Keras 3 model the
+# way `tftransfer.hubify` does ("SavedFromKeras").
+
+
+def save_keras_model_as_hub(model, path: str, **attributes) -> str:
+    """Saves a Keras 3 model as `tftransfer.hubify` does, plus `attributes`."""
+    from tftransfer.backbones.hubify import ReusableSavedModel
+
+    spec = tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype)
+    module = ReusableSavedModel(model, spec)
+    for name, value in attributes.items():
+        setattr(module, name, value)
+    tf.saved_model.save(module, path)
+    return path
+
+
+class HalfPlusOne(tf.Module):
+    """y = w * x + 1 with trainable w = 0.5 (L2 0.01) and a frozen `+ 1`."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable([[0.5]], name="w")
+        self.one_kernel = tf.Variable([[1.0]], trainable=False, name="one_kernel")
+        self.one_bias = tf.Variable([1.0], trainable=False, name="one_bias")
+        self.regularization_losses = [
+            tf.function(lambda: 0.01 * tf.reduce_sum(self.w**2), input_signature=[])
+        ]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32)])
+    def __call__(self, x):
+        return tf.matmul(tf.matmul(x, self.w), self.one_kernel) + self.one_bias
+
+
+def save_half_plus_one(path: str, from_keras: bool = False) -> str:
+    """Saves y = x/2 + 1: trainable kernel 0.5 (L2 0.01), frozen kernel and bias."""
+    if not from_keras:
+        return save_as_hub_model(HalfPlusOne(), path)
+    import keras
+
+    inputs = keras.Input((1,))
+    times_w = keras.layers.Dense(
+        1,
+        use_bias=False,
+        kernel_initializer=keras.initializers.Constant(0.5),
+        kernel_regularizer=keras.regularizers.L2(0.01),
+    )
+    plus_one = keras.layers.Dense(
+        1,
+        kernel_initializer=keras.initializers.Constant(1.0),
+        bias_initializer=keras.initializers.Constant(1.0),
+        trainable=False,
+    )
+    return save_keras_model_as_hub(keras.Model(inputs, plus_one(times_w(inputs))), path)
+
+
+class BatchNorm(tf.Module):
+    """BatchNormalization of one feature, momentum 0.8, epsilon 1e-3."""
+
+    def __init__(self):
+        super().__init__()
+        self.beta = tf.Variable([0.0], name="beta")
+        self.gamma = tf.Variable([1.0], name="gamma")
+        self.moving_mean = tf.Variable([0.0], trainable=False, name="moving_mean")
+        self.moving_variance = tf.Variable(
+            [1.0], trainable=False, name="moving_variance"
+        )
+        self.regularization_losses = []
+        spec = tf.TensorSpec([None, 1], tf.float32)
+        for training in (True, False):
+            self.__call__.get_concrete_function(spec, training)
+
+    @tf.function
+    def __call__(self, x, training=False):
+        if training:
+            mean, variance = tf.nn.moments(x, axes=[0])
+            self.moving_mean.assign(0.8 * self.moving_mean + 0.2 * mean)
+            self.moving_variance.assign(0.8 * self.moving_variance + 0.2 * variance)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, 1e-3)
+
+
+def save_batch_norm(path: str, from_keras: bool = False) -> str:
+    """Saves a one-feature BatchNorm (beta, gamma trainable; statistics not)."""
+    if not from_keras:
+        return save_as_hub_model(BatchNorm(), path)
+    import keras
+
+    inputs = keras.Input((1,))
+    outputs = keras.layers.BatchNormalization(momentum=0.8)(inputs)
+    return save_keras_model_as_hub(keras.Model(inputs, outputs), path)
+
+
+def save_with_hparams(path: str) -> str:
+    """Saves y = a * x + b (hyperparameters a=1, b=0); it has no variables."""
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 1], tf.float32),
+            tf.TensorSpec([], tf.float32),
+            tf.TensorSpec([], tf.float32),
+        ]
+    )
+    def call(x, a=1.0, b=0.0):
+        return a * x + b
+
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = call
+    tf.saved_model.save(root, path)
+    return path
+
+
+def save_with_custom_attributes(
+    path: str, scratch_dir: str, from_keras: bool = False
+) -> str:
+    """Saves a string -> int64 parser with attributes `sample_input`, `sample_output`.
+
+    `sample_input` is an asset file holding "12345" (deleted from
+    `scratch_dir` after saving) and `sample_output` a variable [[12345]]:
+    the model called on the asset's text gives the variable's value.
+    """
+    os.makedirs(scratch_dir, exist_ok=True)
+    source = os.path.join(scratch_dir, "number.txt")
+    with open(source, "w") as f:
+        f.write("12345\n")
+    attributes = {
+        "sample_input": tf.saved_model.Asset(source),
+        "sample_output": tf.Variable([[12345]], dtype=tf.int64),
+    }
+    spec = tf.TensorSpec([None, 1], tf.string)
+    if from_keras:
+        import keras
+
+        inputs = keras.Input((1,), dtype="string")
+        parse = keras.layers.Lambda(
+            lambda x: tf.strings.to_number(x, tf.int64), output_shape=(1,)
+        )
+        save_keras_model_as_hub(keras.Model(inputs, parse(inputs)), path, **attributes)
+    else:
+        root = tf.__internal__.tracking.AutoTrackable()
+        root.__call__ = tf.function(
+            lambda x: tf.strings.to_number(x, tf.int64), input_signature=[spec]
+        )
+        for name, value in attributes.items():
+            setattr(root, name, value)
+        tf.saved_model.save(root, path)
+    os.remove(source)
+    return path
+
+
+def save_with_dict_input_output(path: str) -> str:
+    """Saves {x, y} -> sigma = [x+y, x+2y], or {sigma, delta=x-y} if return_dict."""
+
+    @tf.function
+    def call(inputs, return_dict=False):
+        x, y = inputs["x"], inputs["y"]
+        sigma = tf.concat([x + y, x + 2 * y], axis=-1)
+        return {"sigma": sigma, "delta": x - y} if return_dict else sigma
+
+    spec = {key: tf.TensorSpec([None, 1], tf.float32) for key in ("x", "y")}
+    for return_dict in (False, True):
+        call.get_concrete_function(spec, return_dict=return_dict)
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = call
+    tf.saved_model.save(root, path)
+    return path
+
+
+def save_with_obscurely_shaped_list_output(path: str) -> str:
+    """Saves x -> [x, 2x, 3x] broadcast to [batch, 1], [batch, 2, 2], [batch, 3, 3, 3].
+
+    The target shapes pass through random noise that rounds away, so the
+    traced outputs have unknown dimensions: only their rank is known.
+    """
+
+    def broadcast_obscurely(x, shape):
+        noise = 0.1 * tf.sin(tf.random.uniform((), -3.0, 3.0)) + 0.3
+        return tf.broadcast_to(x, tf.cast(tf.cast(shape, tf.float32) + noise, tf.int32))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32)])
+    def call(x):
+        batch = tf.shape(x)[0:1]
+        return [
+            broadcast_obscurely(
+                tf.reshape(i * x, tf.concat([batch, [1] * i], 0)),
+                tf.concat([batch, [i] * i], 0),
+            )
+            for i in (1, 2, 3)
+        ]
+
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = call
+    tf.saved_model.save(root, path)
+    return path
+
+
+def save_plus_one(path: str) -> str:
+    """Saves x -> x + 1 for float32 x of any shape; also its `serving_default`."""
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = tf.function(
+        lambda x: x + 1, input_signature=[tf.TensorSpec(None, tf.float32)]
+    )
+    tf.saved_model.save(root, path)
+    return path
+
+
+def save_plus_one_with_keras_default_call(path: str) -> str:
+    """Saves signature `plus_one` (x -> x + 1); `__call__(x, training)` differs.
+
+    `__call__` returns x + 1 only with a true `training` tensor, so a layer
+    that calls the signature is seen to call `plus_one`, not `__call__`.
+    """
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.plus_one = tf.function(
+        lambda x: x + 1, input_signature=[tf.TensorSpec(None, tf.float32)]
+    )
+
+    @tf.function(
+        input_signature=[tf.TensorSpec(None, tf.float32), tf.TensorSpec([], tf.bool)]
+    )
+    def keras_default(x, training=False):
+        return x + 1 if training else x
+
+    root.__call__ = keras_default
+    tf.saved_model.save(root, path, signatures={"plus_one": root.plus_one})
+    return path
+
+
+class TextLengthEmbedding(tf.Module):
+    """[batch, 1] strings -> length * w, w = [[0.1, 0.3]] trainable (L2 0.01)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = tf.Variable([[0.1, 0.3]], name="w")
+        self.regularization_losses = [
+            tf.function(lambda: 0.01 * tf.reduce_sum(self.w**2), input_signature=[])
+        ]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.string)])
+    def __call__(self, text):
+        return tf.matmul(tf.cast(tf.strings.length(text), tf.float32), self.w)
+
+
+def save_2d_text_embedding(path: str, from_keras: bool = False) -> str:
+    """Saves [batch, 1] strings -> [batch, 2] float32 embeddings of their length."""
+    if not from_keras:
+        return save_as_hub_model(TextLengthEmbedding(), path)
+    import keras
+
+    inputs = keras.Input((1,), dtype="string")
+    length = keras.layers.Lambda(
+        lambda x: tf.cast(tf.strings.length(x), tf.float32), output_shape=(1,)
+    )
+    times_w = keras.layers.Dense(
+        2,
+        use_bias=False,
+        kernel_initializer=keras.initializers.Constant([[0.1, 0.3]]),
+        kernel_regularizer=keras.regularizers.L2(0.01),
+    )
+    return save_keras_model_as_hub(keras.Model(inputs, times_w(length(inputs))), path)
+
+
+def save_with_two_output_signature(path: str) -> str:
+    """Saves signature `serving_default`: x -> {"plus_one": x + 1, "minus_one": x - 1}."""
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.serve = tf.function(
+        lambda x: {"plus_one": x + 1, "minus_one": x - 1},
+        input_signature=[tf.TensorSpec(None, tf.float32)],
+    )
+    tf.saved_model.save(root, path, signatures={"serving_default": root.serve})
+    return path

@@ -24,6 +24,10 @@ class InputSpecError(TFTransferError, ValueError):
     """A layer or model was called with inputs it does not accept."""
 
 
+class ArgumentError(TFTransferError, ValueError):
+    """Arguments conflict with each other or with the model they are used with."""
+
+
 class DataError(TFTransferError, ValueError):
     """A dataset is missing, malformed or unsuitable for the requested split."""
 
