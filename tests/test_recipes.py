@@ -116,6 +116,7 @@ def test_feature_extraction_model_equals_head_on_features(tmp_path):
 def test_feature_cache_reused_on_rerun_and_recomputed_on_changes(tmp_path):
     _recipe(FeatureExtraction, tmp_path).fit(_images())
     first = _cache_entries(tmp_path)
+    assert len(first) == 2  # train, and the validation batches held out of it
     manifest = next((tmp_path / "cache").glob("*/train/manifest.json"))
     written = manifest.stat().st_mtime_ns
     _recipe(FeatureExtraction, tmp_path, run_dir=tmp_path / "run2").fit(_images())
@@ -124,11 +125,11 @@ def test_feature_cache_reused_on_rerun_and_recomputed_on_changes(tmp_path):
     _recipe(FeatureExtraction, tmp_path, run_dir=tmp_path / "run3").fit(
         _images(shift=0.5)
     )
-    assert len(_cache_entries(tmp_path)) == 2
+    assert len(_cache_entries(tmp_path)) == 4
     _recipe(
         FeatureExtraction, tmp_path, _backbone(seed=7), run_dir=tmp_path / "run4"
     ).fit(_images())
-    assert len(_cache_entries(tmp_path)) == 3
+    assert len(_cache_entries(tmp_path)) == 6
     assert not list((tmp_path / "cache").glob("*/.train.partial-*"))
 
 
@@ -408,7 +409,7 @@ def test_changed_settings_train_again_in_the_same_run_dir(tmp_path):
         steps = _PhaseSteps()
         settings = {"head_epochs": 1, "epochs": 1, "patience": None, **settings}
         recipe = _recipe(FineTuning, tmp_path, callbacks=[steps], **settings)
-        recipe.fit(_images())
+        recipe.fit(_images(), _images(seed=1))
         return steps
 
     def trained(steps: _PhaseSteps) -> tuple[bool, int]:
@@ -465,7 +466,7 @@ def _fine_tune_steps(tmp_path, train) -> tuple[int, int]:
         patience=None,
         callbacks=[steps],
     )
-    recipe.fit(train)
+    recipe.fit(train, _pixels(8, seed=1))
     return int(recipe.head.optimizer.iterations), steps.steps("fine_tuning")
 
 

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tftransfer import defaults
 from tftransfer.errors import ConfigError
 
 
@@ -74,7 +75,7 @@ class DataConfig:
     validation: float = 0.1
     test: float | None = 0.2
     seed: int = 0
-    batch_size: int = 32
+    batch_size: int = defaults.BATCH_SIZE
 
 
 @dataclasses.dataclass
@@ -85,26 +86,31 @@ class RecipeConfig:
         kind: `feature_extraction` (frozen backbone, features computed once
             and cached, a head trained on them) or `fine_tuning` (head
             first, then the backbone unfrozen at a lower learning rate).
-        epochs: Epochs of head training.
-        learning_rate: Learning rate of the head.
-        fine_tune_epochs: `fine_tuning`: epochs with the backbone unfrozen
-            (at least 1).
+        epochs: The most epochs of head training (it stops early when the
+            validation loss stops improving).
+        learning_rate: Learning rate of the head, or `auto` (chosen on the
+            validation data).
+        fine_tune_epochs: `fine_tuning`: the most epochs with the backbone
+            unfrozen (at least 1).
         fine_tune_learning_rate: `fine_tuning`: peak learning rate of the
-            head while the backbone is unfrozen; the backbone's is this
-            times the recipe option `backbone_lr_scale` (default 0.1).
+            head while the backbone is unfrozen, or `auto` (from a
+            learning-rate range test); the backbone's is this times the
+            recipe option `backbone_lr_scale`.
         dropout: Dropout before the classification layer.
         patience: Epochs without validation improvement before stopping
             early, or `null` to never stop early.
         options: More keyword arguments for the recipe class.
+
+    The defaults are those of the Python API (`tftransfer.recipes.defaults`).
     """
 
     kind: Literal["feature_extraction", "fine_tuning"] = "feature_extraction"
-    epochs: int = 10
-    learning_rate: float = 1e-3
-    fine_tune_epochs: int = 5
-    fine_tune_learning_rate: float = 1e-4
-    dropout: float = 0.2
-    patience: int | None = 3
+    epochs: int = defaults.HEAD_EPOCHS
+    learning_rate: float | Literal["auto"] = defaults.HEAD_LEARNING_RATE
+    fine_tune_epochs: int = defaults.FINE_TUNE_EPOCHS
+    fine_tune_learning_rate: float | Literal["auto"] = defaults.FINE_TUNE_LEARNING_RATE
+    dropout: float = defaults.DROPOUT
+    patience: int | None = defaults.PATIENCE
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tftransfer import distribute
-from tftransfer.errors import ConfigError
-from tftransfer.recipes import heads, training_loop
+from tftransfer import defaults, distribute
+from tftransfer.errors import ConfigError, DataError
+from tftransfer.recipes import atomic, heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
 from tftransfer.recipes.metrics import classification_metrics
@@ -44,12 +46,13 @@ class Recipe:
         features: str | None = None,
         pooling: str | None = None,
         hidden_units: tuple[int, ...] = (),
-        dropout: float = 0.0,
+        dropout: float = defaults.DROPOUT,
         label_smoothing: float = 0.0,
-        learning_rate: float = 1e-3,
-        epochs: int = 10,
-        patience: int | None = 3,
-        batch_size: int = 32,
+        learning_rate: float | str = defaults.HEAD_LEARNING_RATE,
+        head_weight_decay: float | str = defaults.HEAD_WEIGHT_DECAY,
+        epochs: int = defaults.HEAD_EPOCHS,
+        patience: int | None = defaults.PATIENCE,
+        batch_size: int = defaults.BATCH_SIZE,
         run_dir: str | os.PathLike | None = None,
         strategy: str | tf.distribute.Strategy = "auto",
         tpu: str | None = None,
@@ -62,6 +65,8 @@ class Recipe:
     ):
         if epochs < 1:
             raise ConfigError(f"Expected epochs >= 1. Received: epochs={epochs}")
+        check_auto_or_number("learning_rate", learning_rate, positive=True)
+        check_auto_or_number("head_weight_decay", head_weight_decay)
         self.backbone = backbone
         self.strategy = (
             strategy
@@ -77,6 +82,7 @@ class Recipe:
             "dropout": dropout,
             "label_smoothing": label_smoothing,
             "learning_rate": learning_rate,
+            "head_weight_decay": head_weight_decay,
             "epochs": epochs,
             "patience": patience,
             "batch_size": batch_size,
@@ -100,6 +106,8 @@ class Recipe:
         self.history: keras.callbacks.History | None = None
         self.metrics: dict | None = None
         self.backbone_layer: keras.Layer | None = None
+        # Values chosen from the data for the "auto" settings.
+        self.tuned: dict[str, float] = {}
         self._policy = (
             distribute.mixed_precision_policy(self.strategy)
             if mixed_precision
@@ -122,13 +130,76 @@ class Recipe:
         what is trained, so not the number of epochs (more epochs resume the
         run), `run_dir`, or how steps execute on the hardware."""
         del phase  # Every phase of this recipe depends on all its settings.
-        return {
+        settings = {
             key: value
             for key, value in self.settings.items()
             if key not in _NOT_TRAINING_SETTINGS
         }
+        settings.update({f"tuned.{k}": v for k, v in self.tuned.items()})
+        return settings
+
+    def say(self, message: str) -> None:
+        """Tells the user what the recipe decided (unless `verbose=0`), on
+        the chief worker only."""
+        if self.verbose != 0 and self.is_chief:
+            print(f"[tftransfer] {message}", flush=True)
 
     # Data ---------------------------------------------------------------
+
+    def _with_validation(self, train, validation):
+        """`(train, validation)`, holding a validation part out of `train`
+        when none is given (early stopping and the "auto" learning rates
+        need one).
+
+        A `LabeledData` gives `defaults.HOLD_OUT` of each class (stratified,
+        by `seed`); a dataset of batches gives every tenth batch. Data too
+        small to split trains without validation.
+        """
+        if validation is not None:
+            return train, validation
+        if isinstance(train, tf.data.Dataset):
+            every = round(1 / defaults.HOLD_OUT)
+            batches = int(train.cardinality())
+            if 0 <= batches < 2:
+                self.say("No validation data, and too few batches to hold one out.")
+                return train, None
+
+            numbered = train.enumerate()
+
+            def part(held_out: bool) -> tf.data.Dataset:
+                def predicate(index, _):
+                    is_held_out = tf.equal(index % every, 0)
+                    return is_held_out if held_out else tf.logical_not(is_held_out)
+
+                part = numbered.filter(predicate).map(lambda _, batch: batch)
+                if batches < 0:  # Unknown size.
+                    return part
+                held_out_batches = -(-batches // every)
+                size = held_out_batches if held_out else batches - held_out_batches
+                return part.apply(tf.data.experimental.assert_cardinality(size))
+
+            self.say(
+                "No validation data: holding out every "
+                f"{every}th training batch for early stopping and learning "
+                "rate selection."
+            )
+            return part(held_out=False), part(held_out=True)
+        from tftransfer.data import split
+
+        try:
+            parts = split(
+                train, validation=defaults.HOLD_OUT, seed=self.settings["seed"]
+            )
+        except DataError as error:
+            self.say(f"No validation data, and none can be held out: {error}")
+            return train, None
+        self.say(
+            f"No validation data: holding out {parts.validation.num_examples} of "
+            f"the {train.num_examples} training examples "
+            f"({defaults.HOLD_OUT:.0%} of each class) for early stopping and "
+            "learning rate selection."
+        )
+        return parts.train, parts.validation
 
     @property
     def global_batch_size(self) -> int:
@@ -320,6 +391,20 @@ class Recipe:
         history.epoch = list(range(len(state.history.get("loss", []))))
         return history
 
+    def _remembered(self, phase: str, data_key: str, choose: Callable[[], dict]):
+        """The values `choose()` picks for `phase` (learning rates), kept in
+        the run folder beside the checkpoints: a resumed run reuses them
+        rather than choosing again, so it continues with the same rates."""
+        key = fingerprint(data_key, self._phase_settings(phase))
+        path = self.run_dir / "checkpoints" / f"{phase}-{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        values = choose()
+        if self.is_chief:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(path, values)
+        return values
+
     # Evaluation ---------------------------------------------------------
 
     def _predict(self, name: str, model, data: tf.data.Dataset):
@@ -344,3 +429,17 @@ class Recipe:
             raise ConfigError(
                 f"{type(self).__name__}.evaluate() needs a trained model; call fit() first."
             )
+
+
+def check_auto_or_number(name: str, value, *, positive: bool = False) -> None:
+    """Raises a `ConfigError` unless `value` is `"auto"` or a number (> 0
+    where `positive`, else >= 0)."""
+    if value == defaults.AUTO:
+        return
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not is_number or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(
+            f"Expected {name}='auto' (chosen from the data) or a number {bound}. "
+            f"Received: {name}={value!r}"
+        )

@@ -8,10 +8,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tftransfer import defaults
 from tftransfer.backbones import Backbone
 from tftransfer.backbones.weights import cache
 from tftransfer.errors import ConfigError
-from tftransfer.recipes import heads
+from tftransfer.recipes import heads, learning_rates
 from tftransfer.recipes.base import Recipe
 from tftransfer.recipes.feature_cache import (
     DEFAULT_MEMORY_BUDGET,
@@ -53,8 +54,15 @@ class FeatureExtraction(Recipe):
         hidden_units: hidden layer sizes of the head (`()`: linear).
         dropout: dropout rate in the head.
         label_smoothing: label smoothing of the cross-entropy loss.
-        learning_rate: Adam learning rate of the head.
-        epochs: head training epochs.
+        learning_rate: Adam learning rate of the head, or `"auto"`: chosen
+            on the validation data from `defaults.HEAD_LEARNING_RATES` (each
+            candidate trained to its best validation loss on the cached
+            features; see `tftransfer.recipes.learning_rates`).
+        head_weight_decay: L2 penalty on the head's kernels, or `"auto"`:
+            chosen like the learning rate, from
+            `defaults.HEAD_WEIGHT_DECAYS`.
+        epochs: the most head training epochs: training stops earlier when
+            the validation loss has not improved for `patience` epochs.
         patience: epochs without validation improvement before stopping
             early (best weights are restored); `None` never stops early.
         batch_size: batch size per replica. Training drops the last
@@ -121,13 +129,16 @@ class FeatureExtraction(Recipe):
         Args:
             train: a `tftransfer.data.LabeledData`, or a `tf.data.Dataset`
                 of batched `(prepared inputs, int labels)`.
-            validation: the same kind of data, or `None`.
+            validation: the same kind of data, or `None`: then a part of
+                `train` is held out for validation (10% of each class, or
+                every tenth batch of a dataset), and the log says so.
             class_names: class names, where `train` does not carry them.
 
         Returns:
             The `keras.callbacks.History` of the head training (all epochs,
             including those done before a resume).
         """
+        train, validation = self._with_validation(train, validation)
         train_key = self._feature_key(train)
         train_features = self.cached_features(train, "train", key=train_key)
         validation_features = (
@@ -151,32 +162,121 @@ class FeatureExtraction(Recipe):
             memory_budget=self.memory_budget,
             drop_remainder=self._drop_remainder(train_features.num_examples),
         )
-        with self._building():
-            self.head = heads.build_head(
-                train_features.feature_dim,
-                len(self.class_names),
-                hidden_units=tuple(self.settings["hidden_units"]),
-                dropout=self.settings["dropout"],
-            )
-            self._compile(
-                self.head,
-                keras.optimizers.Adam(self.settings["learning_rate"]),
-                steps_per_execution=self._head_steps_per_execution(
-                    train_features, train_batches
-                ),
-            )
+        validation_batches = (
+            validation_features.dataset(batch, memory_budget=self.memory_budget)
+            if validation_features
+            else None
+        )
+        steps_per_execution = self._head_steps_per_execution(
+            train_features, train_batches
+        )
+
+        def new_head(learning_rate: float, weight_decay: float) -> keras.Model:
+            keras.utils.set_random_seed(seed)
+            with self._building():
+                head = heads.build_head(
+                    train_features.feature_dim,
+                    len(self.class_names),
+                    hidden_units=tuple(self.settings["hidden_units"]),
+                    dropout=self.settings["dropout"],
+                    weight_decay=weight_decay,
+                )
+                self._compile(
+                    head,
+                    keras.optimizers.Adam(learning_rate),
+                    steps_per_execution=steps_per_execution,
+                )
+            return head
+
+        learning_rate, weight_decay = self._head_hyperparameters(
+            new_head, train_batches, validation_batches
+        )
+        self.head = new_head(learning_rate, weight_decay)
         self._model = None
         self.history = self._train_phase(
             "head",
             self.head,
             train_batches,
-            validation_features.dataset(batch, memory_budget=self.memory_budget)
-            if validation_features
-            else None,
+            validation_batches,
             self._head_epochs(),
             data_key=self._train_key,
         )
         return self.history
+
+    def _head_hyperparameters(
+        self, new_head, train_batches, validation_batches
+    ) -> tuple[float, float]:
+        """The head's learning rate and weight decay: as set, or, for
+        `"auto"`, the best on the validation data (see `search_head`)."""
+        settings = {
+            "learning_rate": (
+                self.settings["learning_rate"],
+                defaults.HEAD_LEARNING_RATES,
+            ),
+            "head_weight_decay": (
+                self.settings["head_weight_decay"],
+                defaults.HEAD_WEIGHT_DECAYS,
+            ),
+        }
+        candidates = {
+            name: candidates if value == defaults.AUTO else (value,)
+            for name, (value, candidates) in settings.items()
+        }
+        searched = [name for name, values in candidates.items() if len(values) > 1]
+        if not searched:
+            return tuple(values[0] for values in candidates.values())
+        if validation_batches is None:
+            fallback = {
+                "learning_rate": defaults.HEAD_LEARNING_RATE_WITHOUT_VALIDATION,
+                "head_weight_decay": 0.0,
+            }
+            chosen = [
+                fallback[name] if name in searched else values[0]
+                for name, values in candidates.items()
+            ]
+            self.say(
+                f"No validation data to choose {' and '.join(searched)} from: "
+                f"using learning_rate={chosen[0]:g}, "
+                f"head_weight_decay={chosen[1]:g}."
+            )
+        else:
+
+            def train_candidate(learning_rate: float, weight_decay: float) -> float:
+                return learning_rates.best_validation_loss(
+                    new_head(learning_rate, weight_decay),
+                    train_batches,
+                    validation_batches,
+                    strategy=self.strategy,
+                    epochs=self._head_epochs(),
+                    patience=self.settings["patience"],
+                )
+
+            def search() -> dict:
+                choice = learning_rates.search_head(
+                    train_candidate,
+                    candidates["learning_rate"],
+                    candidates["head_weight_decay"],
+                )
+                tried = ", ".join(
+                    f"lr {rate:g} / wd {decay:g}: {loss:.4f}"
+                    for (rate, decay), loss in choice.trials.items()
+                )
+                return {
+                    "chosen": [choice.learning_rate, choice.weight_decay],
+                    "tried": tried,
+                }
+
+            search_result = self._remembered("head-search", self._train_key, search)
+            chosen = search_result["chosen"]
+            self.say(
+                f"Head: learning_rate={chosen[0]:g}, head_weight_decay="
+                f"{chosen[1]:g}, chosen by validation loss "
+                f"({search_result['tried']})."
+            )
+        for name, value in zip(candidates, chosen, strict=True):
+            if name in searched:
+                self.tuned[name] = value
+        return chosen[0], chosen[1]
 
     def predict(self, data, *, split: str = "test") -> np.ndarray:
         """Returns the class probabilities `[num_examples, num_classes]` of

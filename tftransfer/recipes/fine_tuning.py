@@ -6,9 +6,12 @@ import math
 import re
 
 import keras
+import numpy as np
 
+from tftransfer import defaults
 from tftransfer.errors import ConfigError
-from tftransfer.recipes import training_loop
+from tftransfer.recipes import learning_rates, training_loop
+from tftransfer.recipes.base import check_auto_or_number
 from tftransfer.recipes.feature_extraction import FeatureExtraction
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
 
@@ -24,23 +27,35 @@ class FineTuning(FeatureExtraction):
     gradient clipping. BatchNorm layers stay in inference mode (their
     statistics untouched) unless `train_batchnorm=True`. Each phase stops
     early and restores its best weights, and resumes after a restart.
-    `predict()` and `evaluate()` run the fine-tuned model on the prepared
-    inputs.
+
+    By default the learning rates come from the data: phase 1's from a
+    search on the cached features (see `FeatureExtraction`), phase 2's peak
+    rate from a learning-rate range test on the unfrozen model, which
+    starts from the best phase-1 head. After phase 2 the fine-tuned model
+    is compared with the frozen one on the validation data, and the better
+    one is kept (`chosen` is `"fine_tuned"` or `"frozen"`): fine-tuning
+    never ends worse than frozen features. `predict()` and `evaluate()` run
+    the kept model on the prepared inputs.
 
     Args:
         backbone: a `tftransfer.Backbone` or a `keras.Layer` (see
             `FeatureExtraction`).
-        head_epochs: epochs of phase 1.
-        epochs: epochs of phase 2.
+        head_epochs: the most epochs of phase 1 (it stops early).
+        epochs: the most epochs of phase 2 (it stops early).
         unfreeze: `"all"`; a fraction in `(0, 1]` (the top fraction of the
             backbone's layers that have weights, nested models flattened
             into their layers; for a single SavedModel layer, the last
             fraction of its variables); or a list of regular expressions
             matched against variable paths.
-        learning_rate: head learning rate in phase 1.
-        fine_tune_learning_rate: peak head learning rate in phase 2.
+        learning_rate: head learning rate in phase 1, or `"auto"` (see
+            `FeatureExtraction`).
+        fine_tune_learning_rate: peak head learning rate in phase 2, or
+            `"auto"`: a tenth of the rate at which the training loss starts
+            to climb in a learning-rate range test (the rate grows from 1e-6
+            to 0.1 over one epoch of steps, at least 20 and at most 100; see
+            `learning_rates.find_learning_rate`).
         backbone_lr_scale: backbone learning rate / head learning rate in
-            phase 2.
+            phase 2 (the range test keeps this ratio).
         warmup_fraction: fraction of phase-2 steps of linear warm-up.
         weight_decay: AdamW decoupled weight decay.
         clipnorm: global gradient norm clipping (`None`: off).
@@ -64,19 +79,21 @@ class FineTuning(FeatureExtraction):
         self,
         backbone,
         *,
-        head_epochs: int = 5,
-        epochs: int = 10,
+        head_epochs: int = defaults.HEAD_EPOCHS,
+        epochs: int = defaults.FINE_TUNE_EPOCHS,
         unfreeze: str | float | list[str] = "all",
-        learning_rate: float = 1e-3,
-        fine_tune_learning_rate: float = 1e-4,
-        backbone_lr_scale: float = 0.1,
-        warmup_fraction: float = 0.1,
-        weight_decay: float = 1e-2,
-        clipnorm: float | None = 1.0,
+        fine_tune_learning_rate: float | str = defaults.FINE_TUNE_LEARNING_RATE,
+        backbone_lr_scale: float = defaults.BACKBONE_LR_SCALE,
+        warmup_fraction: float = defaults.WARMUP_FRACTION,
+        weight_decay: float = defaults.WEIGHT_DECAY,
+        clipnorm: float | None = defaults.CLIPNORM,
         train_batchnorm: bool = False,
         **kwargs,
     ):
         _check_unfreeze(unfreeze)
+        check_auto_or_number(
+            "fine_tune_learning_rate", fine_tune_learning_rate, positive=True
+        )
         if not 0.0 <= warmup_fraction < 1.0:
             raise ConfigError(
                 f"Expected 0 <= warmup_fraction < 1. Received: warmup_fraction={warmup_fraction}"
@@ -91,29 +108,46 @@ class FineTuning(FeatureExtraction):
             "clipnorm": clipnorm,
             "train_batchnorm": train_batchnorm,
         }
-        super().__init__(backbone, epochs=epochs, learning_rate=learning_rate, **kwargs)
+        super().__init__(backbone, epochs=epochs, **kwargs)
         self.head_history: keras.callbacks.History | None = None
+        self.chosen: str | None = None
 
     def fit(self, train, validation=None, *, class_names: list[str] | None = None):
         """Runs phase 1 (head on cached features) then phase 2 (fine-tuning).
 
         Args:
             train: a `LabeledData` or a dataset of batched `(prepared, label)`.
-            validation: the same kind of data, or `None`.
+            validation: the same kind of data, or `None` (a part of `train`
+                is then held out, see `FeatureExtraction.fit`).
             class_names: class names, where `train` does not carry them.
 
         Returns:
             The `History` of phase 2; phase 1's is in `head_history`.
         """
+        train, validation = self._with_validation(train, validation)
         self.head_history = super().fit(train, validation, class_names=class_names)
         train_batches = self._batches(train, training=True)
         validation_batches = (
             self._batches(validation) if validation is not None else None
         )
+        frozen_scores = (
+            self._frozen_validation_scores(validation)
+            if validation is not None
+            else None
+        )
+        steps_per_epoch = self._steps_per_epoch(train_batches)
         with self._building():
             backbone_variables = self.unfreeze()
+        frozen_weights = [np.array(v.numpy()) for v in self.model.weights]
+        peak = self._fine_tune_learning_rate(
+            backbone_variables, train_batches, steps_per_epoch
+        )
+        with self._building():
             self._compile(
-                self.model, self._optimizer(backbone_variables, train_batches)
+                self.model,
+                self._optimizer(
+                    backbone_variables, self._schedule(steps_per_epoch, peak)
+                ),
             )
         self.history = self._train_phase(
             "fine_tune",
@@ -123,7 +157,82 @@ class FineTuning(FeatureExtraction):
             self.settings["epochs"],
             data_key=self._train_key,
         )
+        self._keep_the_better(frozen_scores, frozen_weights, validation_batches)
         return self.history
+
+    def _fine_tune_learning_rate(
+        self, backbone_variables, train_batches, steps_per_epoch: int
+    ) -> float:
+        """Phase 2's peak head learning rate: as set, or from a range test."""
+        setting = self.settings["fine_tune_learning_rate"]
+        if setting != defaults.AUTO:
+            return setting
+        steps = min(100, max(20, steps_per_epoch))
+
+        def compile_with(schedule) -> None:
+            with self._building():
+                self._compile(self.model, self._optimizer(backbone_variables, schedule))
+
+        def range_test() -> dict:
+            test = learning_rates.find_learning_rate(
+                self.model,
+                compile_with,
+                train_batches,
+                strategy=self.strategy,
+                steps=steps,
+                min_lr=1e-6,
+                max_lr=0.1,
+            )
+            return {
+                "learning_rate": test.learning_rate,
+                "edge_rate": test.edge_rate,
+                "steps": len(test.losses),
+            }
+
+        test = self._remembered("lr-range-test", self._train_key, range_test)
+        learning_rate = test["learning_rate"]
+        self.tuned["fine_tune_learning_rate"] = learning_rate
+        self.say(
+            f"Fine-tuning: fine_tune_learning_rate={learning_rate:.3g} (backbone "
+            f"{learning_rate * self.settings['backbone_lr_scale']:.3g}), a tenth "
+            f"of {test['edge_rate']:.3g}, where the training loss started to climb "
+            f"in a {test['steps']}-step learning-rate range test."
+        )
+        return learning_rate
+
+    def _frozen_validation_scores(self, validation) -> tuple[float, float]:
+        """`(accuracy, loss)` of the phase-1 model (frozen backbone, best
+        head) on `validation`, from its cached features."""
+        features = self.cached_features(validation, "validation")
+        batches = features.dataset(
+            self._prediction_batch_size(), memory_budget=self.memory_budget
+        )
+        return _scores(*self._predict("head", self.head, batches))
+
+    def _keep_the_better(self, frozen_scores, frozen_weights, validation_batches):
+        """Keeps the fine-tuned model unless the frozen one did better on
+        the validation data (higher accuracy, or equal accuracy and lower
+        loss); sets `chosen`."""
+        self.chosen = "fine_tuned"
+        if frozen_scores is None:
+            self.say("No validation data: keeping the fine-tuned model unchecked.")
+            return
+        tuned_scores = _scores(*self._predict("model", self.model, validation_batches))
+        if tuned_scores > frozen_scores:
+            self.say(
+                "Fine-tuning helped: validation accuracy "
+                f"{frozen_scores[0]:.4f} -> {tuned_scores[0]:.4f}."
+            )
+            return
+        self.chosen = "frozen"
+        for variable, value in zip(self.model.weights, frozen_weights, strict=True):
+            variable.assign(value)
+        self.say(
+            "Fine-tuning did not help (validation accuracy "
+            f"{frozen_scores[0]:.4f} frozen vs {tuned_scores[0]:.4f} fine-tuned, "
+            f"loss {-frozen_scores[1]:.4f} vs {-tuned_scores[1]:.4f}): keeping "
+            "the frozen model."
+        )
 
     def unfreeze(self) -> list:
         """Makes the chosen backbone variables trainable; returns them."""
@@ -137,9 +246,7 @@ class FineTuning(FeatureExtraction):
             variable.trainable = id(variable) in chosen_ids
         return chosen
 
-    def _optimizer(
-        self, backbone_variables: list, train_batches
-    ) -> DiscriminativeAdamW:
+    def _steps_per_epoch(self, train_batches) -> int:
         steps_per_epoch = training_loop.steps_per_epoch(train_batches)
         if not steps_per_epoch:
             raise ConfigError(
@@ -149,15 +256,20 @@ class FineTuning(FeatureExtraction):
                 "is not known in advance, so the partial batch was dropped. "
                 "Lower batch_size."
             )
+        return steps_per_epoch
+
+    def _schedule(self, steps_per_epoch: int, peak: float):
+        """Linear warm-up to `peak`, then cosine decay over phase 2."""
         steps = steps_per_epoch * self.settings["epochs"]
         warmup = int(steps * self.settings["warmup_fraction"])
-        peak = self.settings["fine_tune_learning_rate"]
-        schedule = keras.optimizers.schedules.CosineDecay(
+        return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else peak,
             decay_steps=max(1, steps - warmup),
             warmup_target=peak if warmup else None,
             warmup_steps=warmup,
         )
+
+    def _optimizer(self, backbone_variables: list, schedule) -> DiscriminativeAdamW:
         return DiscriminativeAdamW(
             schedule,
             backbone_variables=backbone_variables,
@@ -178,12 +290,17 @@ class FineTuning(FeatureExtraction):
         return dict(self._phase2)
 
     def _phase_settings(self, phase: str) -> dict:
-        """Phase 1 (`"head"`) does not depend on the settings of phase 2,
+        """Phase 1 (`"head"`, and its `"head-search"`) does not depend on
+        the settings of phase 2,
         its own number of epochs (`head_epochs`) included; phase 2 depends
         on all settings but `epochs`."""
         settings = super()._phase_settings(phase)
-        if phase == "head":
-            settings = {k: v for k, v in settings.items() if k not in self._phase2}
+        if phase.startswith("head"):
+            settings = {
+                k: v
+                for k, v in settings.items()
+                if k.removeprefix("tuned.") not in self._phase2
+            }
         return settings
 
     def _head_epochs(self) -> int:
@@ -194,21 +311,28 @@ class FineTuning(FeatureExtraction):
 
 
 def fine_tune(
-    backbone, train, validation=None, *, epochs: int = 10, **kwargs
+    backbone,
+    train,
+    validation=None,
+    *,
+    epochs: int = defaults.FINE_TUNE_EPOCHS,
+    **kwargs,
 ) -> FineTuning:
     """Fine-tunes `backbone` on `train` with sensible defaults, in one call.
 
-    Trains a head on cached frozen features, then unfreezes the whole
-    backbone and tunes it with a 10x lower learning rate than the head,
-    warm-up and cosine decay, AdamW, gradient clipping, BatchNorm in
-    inference mode, early stopping on the validation loss and the best
-    weights restored.
+    Trains a head on cached frozen features (learning rate and weight decay
+    chosen on the validation data), then unfreezes the whole backbone and
+    tunes it at a peak learning rate found by a range test (the backbone's
+    `backbone_lr_scale` times the head's), warm-up and cosine decay, AdamW,
+    gradient clipping, BatchNorm in inference mode, early stopping on the
+    validation loss and the best weights restored. Keeps the frozen model
+    instead if fine-tuning did not improve on it.
 
     Args:
         backbone: a `tftransfer.Backbone` (or a `keras.Layer`).
         train: a `LabeledData` or a dataset of batched `(prepared, label)`.
         validation: the same kind of data, or `None`.
-        epochs: fine-tuning epochs (phase 2).
+        epochs: the most fine-tuning epochs (phase 2).
         **kwargs: any `FineTuning` argument.
 
     Returns:
@@ -273,3 +397,12 @@ def _weighted_layers(layer: keras.Layer) -> list[keras.Layer]:
 
 def _path(variable) -> str:
     return getattr(variable, "path", None) or variable.name
+
+
+def _scores(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
+    """`(accuracy, -cross-entropy)`: compared as a tuple, higher is better."""
+    labels = labels.astype("int64")
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
+    picked = probabilities[np.arange(len(labels)), labels]
+    loss = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+    return accuracy, -loss

@@ -202,6 +202,7 @@ def build_head(
     *,
     hidden_units: tuple[int, ...] = (),
     dropout: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> keras.Sequential:
     """Builds a classification head: linear, or a small MLP with dropout.
 
@@ -213,6 +214,8 @@ def build_head(
         num_classes: number of classes.
         hidden_units: sizes of ReLU hidden layers (`()` for a linear head).
         dropout: dropout rate before every dense layer.
+        weight_decay: L2 penalty on the dense layers' kernels (added to the
+            loss; `0.0`: none).
 
     Returns:
         A `keras.Sequential` named `"head"` mapping `[batch, feature_dim]`
@@ -226,14 +229,24 @@ def build_head(
         raise ConfigError(
             f"Expected at least 2 classes. Received: num_classes={num_classes}"
         )
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
     layers = [keras.Input((feature_dim,))]
     for units in hidden_units:
         if dropout:
             layers.append(keras.layers.Dropout(dropout))
-        layers.append(keras.layers.Dense(units, activation="relu"))
+        layers.append(
+            keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer)
+        )
     if dropout:
         layers.append(keras.layers.Dropout(dropout))
-    layers.append(keras.layers.Dense(num_classes, dtype="float32", name="logits"))
+    layers.append(
+        keras.layers.Dense(
+            num_classes,
+            dtype="float32",
+            name="logits",
+            kernel_regularizer=regularizer,
+        )
+    )
     layers.append(
         keras.layers.Activation("softmax", dtype="float32", name="probabilities")
     )

@@ -135,6 +135,8 @@ class OwnedLoop:
                 callback_list.on_train_batch_begin(step)
                 totals += [float(t) for t in self._train_step(iterator)]
                 callback_list.on_train_batch_end(step, _logs(totals))
+                if self.model.stop_training:
+                    break
             logs = _logs(totals)
             if validation_batches is not None:
                 validation_logs = self._evaluate(validation_batches, validation_data)

@@ -1,0 +1,37 @@
+"""The recipes' default settings, in one place.
+
+`FeatureExtraction`, `FineTuning`, `fine_tune()`, recipe files
+(`tftransfer.config.RecipeConfig`) and the `tftransfer` command all read
+their defaults here, so the Python API, YAML and the CLI train the same way
+when a setting is left out.
+
+`"auto"` learning rates and weight decay are chosen from the data (see
+`tftransfer.recipes.learning_rates`); `epochs` are maxima: every phase stops
+early when its validation loss stops improving and keeps its best weights.
+"""
+
+AUTO = "auto"
+
+# Both recipes: the head on cached frozen features.
+HEAD_EPOCHS = 100
+HEAD_LEARNING_RATE = AUTO
+HEAD_WEIGHT_DECAY = AUTO
+DROPOUT = 0.2
+PATIENCE = 5
+BATCH_SIZE = 32
+# The candidates an "auto" head learning rate / weight decay is chosen from.
+HEAD_LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+HEAD_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)
+# The "auto" head learning rate where no validation data can be held out.
+HEAD_LEARNING_RATE_WITHOUT_VALIDATION = 3e-3
+
+# Fraction of the training data held out for validation when none is given.
+HOLD_OUT = 0.1
+
+# FineTuning, phase 2: backbone and head together.
+FINE_TUNE_EPOCHS = 5
+FINE_TUNE_LEARNING_RATE = AUTO
+BACKBONE_LR_SCALE = 0.3
+WARMUP_FRACTION = 0.1
+WEIGHT_DECAY = 1e-2
+CLIPNORM = 1.0

@@ -1,0 +1,276 @@
+"""Learning rates (and the head's weight decay) chosen from the data.
+
+Two methods, one per phase, each picked for what a step costs there:
+
+- `search_head()`: the head trains on cached features, where an epoch costs
+  milliseconds, so the candidates are simply trained to convergence (early
+  stopping on the validation loss) and the one with the lowest validation
+  loss wins. Learning rate first, then weight decay at that rate: a
+  coordinate search, `len(rates) + len(decays) - 1` short trainings.
+- `find_learning_rate()`: fine-tuning steps run the whole backbone, so one
+  short run decides (a learning-rate range test, as fastai's `lr_find` and
+  Smith, "Cyclical Learning Rates", 2017): the rate grows exponentially
+  step by step from `min_lr` to `max_lr` while the training loss is
+  recorded; the suggestion is a tenth of the rate at which the smoothed
+  loss starts to climb (1.5 times its lowest value so far). Fine-tuning
+  starts from a trained head, so the loss is often flat until the rate
+  becomes harmful: the edge is where a short, noisy test is reliable, while
+  the position of the lowest point in a flat curve is mostly noise.
+
+Both run under the recipe's `tf.distribute` strategy, through the same
+training loop as the recipes, so every worker sees the same losses and
+picks the same rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tftransfer.recipes import training_loop
+
+
+@dataclasses.dataclass
+class HeadChoice:
+    """What `search_head()` chose, and the validation loss of every try.
+
+    Attributes:
+        learning_rate: the chosen learning rate.
+        weight_decay: the chosen L2 weight decay of the head's kernels.
+        trials: `{(learning_rate, weight_decay): best validation loss}`.
+    """
+
+    learning_rate: float
+    weight_decay: float
+    trials: dict[tuple[float, float], float]
+
+
+def search_head(
+    train_candidate: Callable[[float, float], float],
+    learning_rates: Sequence[float],
+    weight_decays: Sequence[float],
+) -> HeadChoice:
+    """Chooses the head's learning rate, then its weight decay.
+
+    Each candidate `(learning_rate, weight_decay)` is trained by
+    `train_candidate`, which returns its best validation loss. Rates are
+    tried at the first weight decay; the decays at the best rate. A single
+    value in either list is not searched.
+
+    Args:
+        train_candidate: `(learning_rate, weight_decay) -> validation loss`.
+        learning_rates: candidate learning rates.
+        weight_decays: candidate weight decays.
+
+    Returns:
+        The `HeadChoice`.
+
+    Example:
+
+    >>> choice = search_head(train, (1e-3, 1e-2), (0.0, 1e-4))
+    >>> choice.learning_rate, choice.weight_decay
+    (0.01, 0.0)
+    """
+    trials: dict[tuple[float, float], float] = {}
+
+    def best(candidates):
+        for candidate in candidates:
+            if candidate not in trials:
+                trials[candidate] = train_candidate(*candidate)
+        return min(candidates, key=lambda c: _finite(trials[c]))
+
+    learning_rate, _ = best([(rate, weight_decays[0]) for rate in learning_rates])
+    _, weight_decay = best([(learning_rate, decay) for decay in weight_decays])
+    return HeadChoice(learning_rate, weight_decay, trials)
+
+
+def best_validation_loss(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    validation: tf.data.Dataset,
+    *,
+    strategy: tf.distribute.Strategy,
+    epochs: int,
+    patience: int | None,
+) -> float:
+    """Trains a compiled `model` with early stopping; returns its lowest
+    validation loss (`inf` if it never was finite)."""
+    history = training_loop.train(
+        model,
+        train,
+        strategy=strategy,
+        epochs=epochs,
+        validation_data=validation,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience or epochs
+            )
+        ],
+        verbose=0,
+    )
+    losses = [_finite(v) for v in history.history.get("val_loss", [])]
+    return min(losses, default=math.inf)
+
+
+@dataclasses.dataclass
+class RangeTest:
+    """The result of `find_learning_rate()`.
+
+    Attributes:
+        learning_rate: the suggested rate: a tenth of `edge_rate`.
+        edge_rate: the first rate at which the smoothed loss exceeded 1.5
+            times its lowest value so far (the last rate tried if it never
+            did).
+        rates: the rate of every recorded point.
+        losses: the training loss of every recorded point.
+        smoothed: the losses, exponentially smoothed (bias-corrected).
+    """
+
+    learning_rate: float
+    edge_rate: float
+    rates: list[float]
+    losses: list[float]
+    smoothed: list[float]
+
+
+def find_learning_rate(
+    model: keras.Model,
+    compile_with: Callable[[keras.optimizers.schedules.LearningRateSchedule], None],
+    train: tf.data.Dataset,
+    *,
+    strategy: tf.distribute.Strategy,
+    steps: int,
+    min_lr: float = 1e-7,
+    max_lr: float = 1.0,
+    smoothing: float = 0.9,
+    edge: float = 1.5,
+    divergence: float = 4.0,
+) -> RangeTest:
+    """Runs a learning-rate range test on `model`; leaves its weights as
+    they were.
+
+    The learning rate grows exponentially from `min_lr` to `max_lr` over
+    `steps` training steps (on `train`, repeated as needed); the test stops
+    early once the smoothed loss exceeds `divergence` times its minimum or
+    is not finite. Every weight (BatchNorm statistics included) is put back
+    afterwards; the optimizer used for the test is thrown away.
+
+    Args:
+        model: the model to fine-tune, built in `strategy.scope()`.
+        compile_with: compiles `model` with an optimizer on the given
+            schedule (the recipe's optimizer, so that discriminative rates
+            and weight decay are part of the test).
+        train: the training batches.
+        strategy: the strategy `model` was built under.
+        steps: number of steps of the sweep (at least 2).
+        min_lr: the first rate.
+        max_lr: the last rate.
+        smoothing: the exponential smoothing factor of the losses.
+        edge: the rise of the smoothed loss over its lowest value so far
+            that marks the edge.
+        divergence: stop once the smoothed loss exceeds this many times its
+            minimum.
+
+    Returns:
+        A `RangeTest`.
+
+    Example:
+
+    >>> test = find_learning_rate(model, compile_with, train,
+    ...                           strategy=strategy, steps=100)
+    >>> test.learning_rate
+    0.0003
+    """
+    steps = max(2, int(steps))
+    growth = (max_lr / min_lr) ** (1.0 / (steps - 1))
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        min_lr, decay_steps=1, decay_rate=growth
+    )
+    saved = [np.array(v.numpy()) for v in model.weights]
+    compile_with(schedule)
+    recorder = _LossRecorder(lambda step: min_lr * growth**step, smoothing, divergence)
+    try:
+        training_loop.train(
+            model,
+            # Repeated, non-empty data has `steps` batches: say so, so that
+            # data of unknown size does not make `fit` count or warn.
+            train.repeat()
+            .take(steps)
+            .apply(tf.data.experimental.assert_cardinality(steps)),
+            strategy=strategy,
+            epochs=1,
+            callbacks=[recorder],
+            verbose=0,
+        )
+    finally:
+        for variable, value in zip(model.weights, saved, strict=True):
+            variable.assign(value)
+    smoothed = recorder.smoothed
+    if not smoothed:  # The very first step diverged.
+        return RangeTest(min_lr, min_lr, [], [], [])
+    lowest_so_far = np.minimum.accumulate(smoothed)
+    climbed = np.flatnonzero(np.asarray(smoothed) > edge * lowest_so_far)
+    # A loss that is not finite ends the test: that rate is the edge.
+    edge_rate = (
+        recorder.rates[climbed[0]]
+        if climbed.size
+        else recorder.diverged_at or recorder.rates[-1]
+    )
+    return RangeTest(
+        learning_rate=max(min_lr, edge_rate / 10.0),
+        edge_rate=edge_rate,
+        rates=recorder.rates,
+        losses=recorder.losses,
+        smoothed=smoothed,
+    )
+
+
+class _LossRecorder(keras.callbacks.Callback):
+    """Records the loss of each step (or each group of steps run in one
+    execution) from the running epoch mean that `fit` logs."""
+
+    def __init__(self, rate_at: Callable[[float], float], smoothing, divergence):
+        super().__init__()
+        self.rate_at = rate_at
+        self.smoothing = smoothing
+        self.divergence = divergence
+        self.rates: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.diverged_at: float | None = None
+        self._steps_done = 0
+        self._total = 0.0
+        self._average = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = float((logs or {}).get("loss", math.nan))
+        steps_done = batch + 1
+        new_steps = steps_done - self._steps_done
+        if new_steps <= 0:
+            return
+        # The logged loss is the mean over the epoch so far.
+        loss = (mean * steps_done - self._total) / new_steps
+        self._total = mean * steps_done
+        middle = self._steps_done + (new_steps - 1) / 2
+        self._steps_done = steps_done
+        if not math.isfinite(loss):
+            self.diverged_at = self.rate_at(middle)
+            self.model.stop_training = True
+            return
+        self._average = self.smoothing * self._average + (1 - self.smoothing) * loss
+        count = len(self.losses) + 1
+        smoothed = self._average / (1 - self.smoothing**count)
+        self.rates.append(self.rate_at(middle))
+        self.losses.append(loss)
+        self.smoothed.append(smoothed)
+        if smoothed > self.divergence * min(self.smoothed):
+            self.model.stop_training = True
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
