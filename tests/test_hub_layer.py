@@ -1,5 +1,6 @@
 """HubLayer: TF Hub SavedModels as trainable Keras 3 layers."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import tensorflow as tf
 from hub_fixtures import IMAGE_FEATURES, IMAGE_SIZE, TEXT_SEQ_LENGTH
 
 import tftransfer
+from tftransfer.errors import ArgumentError
 
 RNG = np.random.default_rng(42)
 IMAGES = RNG.random((8, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
@@ -301,3 +303,100 @@ def test_unknown_output_key_lists_the_outputs(bert_paths):
                 for k in ("input_word_ids", "input_mask", "input_type_ids")
             }
         )
+
+
+def test_time_distributed_applies_the_layer_to_every_step(image_model_path):
+    layer = tftransfer.HubLayer(image_model_path)
+    clips = RNG.random((2, 3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    for steps in (3, None):  # a Python loop, or tf.vectorized_map
+        inputs = keras.Input((steps, IMAGE_SIZE, IMAGE_SIZE, 3))
+        outputs = keras.layers.TimeDistributed(layer)(inputs)
+        assert tuple(outputs.shape) == (None, steps, IMAGE_FEATURES)
+        per_step = keras.Model(inputs, outputs).predict(clips, verbose=0)
+        for step in range(3):
+            np.testing.assert_allclose(
+                per_step[:, step], layer(clips[:, step]).numpy(), atol=1e-6
+            )
+
+
+def test_sequential_infers_output_shapes_and_summary_shows_them(image_model_path):
+    model = keras.Sequential(
+        [tftransfer.HubLayer(image_model_path), keras.layers.Dense(3)]
+    )
+    assert model.compute_output_shape((None, IMAGE_SIZE, IMAGE_SIZE, 3)) == (None, 3)
+    model.build((None, IMAGE_SIZE, IMAGE_SIZE, 3))
+    lines = []
+    model.summary(print_fn=lambda line, **kwargs: lines.append(line))
+    hub_row = next(line for line in lines if "(HubLayer)" in line)
+    assert f"(None, {IMAGE_FEATURES})" in hub_row
+
+
+def test_compute_output_shape_takes_the_input_dtypes_of_the_saved_model(
+    bert_paths, text_embedding_path
+):
+    encoder = tftransfer.HubLayer(bert_paths[1])
+    keys = ("input_word_ids", "input_mask", "input_type_ids")
+    shapes = encoder.compute_output_shape(
+        {key: (None, TEXT_SEQ_LENGTH) for key in keys}
+    )
+    assert shapes["pooled_output"] == (None, 8)
+    assert shapes["sequence_output"] == (None, TEXT_SEQ_LENGTH, 8)
+    assert list(shapes["encoder_outputs"]) == [(None, TEXT_SEQ_LENGTH, 8)] * 2
+    strings = tftransfer.HubLayer(text_embedding_path)
+    assert strings.compute_output_shape((None,)) == (None, 6)
+
+
+def test_compute_output_shape_of_inputs_the_model_does_not_take(image_model_path):
+    layer = tftransfer.HubLayer(image_model_path)
+    with pytest.raises(tftransfer.InputSpecError, match="Pass output_shape="):
+        layer.compute_output_shape((None, 4, 4, 3))
+    stated = tftransfer.HubLayer(image_model_path, output_shape=[IMAGE_FEATURES])
+    assert stated.compute_output_shape((7, 4, 4, 3)) == (7, IMAGE_FEATURES)
+
+
+def test_output_shape_survives_keras_file_and_json_round_trips(
+    text_embedding_path, tmp_path
+):
+    inputs = keras.Input((), dtype="string")
+    layer = tftransfer.HubLayer(text_embedding_path, output_shape=(6,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(layer(inputs)))
+    sentences = tf.constant(SENTENCES)
+    expected = model.predict(sentences, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, safe_mode=False)
+    assert reloaded.layers[1].get_config()["output_shape"] == [6]
+    np.testing.assert_allclose(reloaded.predict(sentences, verbose=0), expected)
+    config = json.loads(json.dumps(layer.get_config()))
+    assert tftransfer.HubLayer.from_config(config).get_config()["output_shape"] == [6]
+
+
+@pytest.mark.parametrize(
+    "output_shape",
+    ["1280", [-1], [1.5], [[4], "x"]],
+    ids=["string", "negative", "float", "string_in_a_nest"],
+)
+def test_output_shape_that_is_no_shape_is_refused(image_model_path, output_shape):
+    with pytest.raises(ArgumentError, match="Expected output_shape="):
+        tftransfer.HubLayer(image_model_path, output_shape=output_shape)
+
+
+def test_output_shape_that_does_not_fit_the_output_is_refused(image_model_path):
+    layer = tftransfer.HubLayer(image_model_path, output_shape=[IMAGE_FEATURES + 1])
+    with pytest.raises(ArgumentError, match=r"not fit output_shape.*\[5\]"):
+        layer(IMAGES)
+    with pytest.raises(ArgumentError, match="not fit output_shape"):
+        layer(keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)))
+    nested = tftransfer.HubLayer(image_model_path, output_shape=[[4], [4]])
+    with pytest.raises(ArgumentError, match="not fit output_shape"):
+        nested(IMAGES)
+
+
+def test_resolved_object_is_the_loaded_saved_model(image_model_path):
+    loaded = tf.saved_model.load(image_model_path)
+    assert tftransfer.HubLayer(loaded).resolved_object is loaded
+    from_path = tftransfer.HubLayer(image_model_path).resolved_object
+    assert len(from_path.trainable_variables) == 3
+    np.testing.assert_array_equal(
+        from_path(IMAGES, training=False).numpy(), loaded(IMAGES, training=False)
+    )
