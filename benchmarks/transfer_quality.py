@@ -313,7 +313,8 @@ def run(dataset: str, recipe: str, seed: int, arguments) -> Result:
     recipe_class = FeatureExtraction if recipe == "frozen" else FineTuning
     model = recipe_class(
         backbone,
-        cache_dir=f"{arguments.work_dir}/cache",
+        # Each recipe pays for its own feature pass, as a user's run does.
+        cache_dir=f"{arguments.work_dir}/cache-{recipe}",
         run_dir=f"{arguments.work_dir}/{dataset}-{arguments.per_class}-{recipe}-seed{seed}",
         seed=seed,
         verbose=arguments.verbose,

@@ -229,6 +229,8 @@ def test_run_trains_reports_exports_and_reuses_its_cache(
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["split"] == "validation"
     assert metrics["num_examples"] == 4  # 25% of 8 examples in each of 2 classes
+    # The "auto" head learning rate and weight decay, as chosen.
+    assert set(metrics["tuned"]) == {"learning_rate", "head_weight_decay"}
     assert "<html" in (folder / "report.html").read_text()
     version = tmp_path / "saved_models" / "topics" / "1"
     assert (version / "saved_model.pb").is_file()

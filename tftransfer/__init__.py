@@ -9,6 +9,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from tftransfer.errors import (
+    ArgumentError,
     ConfigError,
     DataError,
     DataNotFoundError,
@@ -44,6 +45,7 @@ _LAZY_EXPORTS = {
 }
 
 __all__ = [
+    "ArgumentError",
     "ConfigError",
     "DataError",
     "DataNotFoundError",

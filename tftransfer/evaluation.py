@@ -289,6 +289,7 @@ def _page(run_dir, title, metrics, curves, confusion, mistakes, settings) -> str
             (f"top-{metrics['k']} accuracy", f"{metrics['top_k_accuracy']:.3f}"),
             ("macro F1", f"{metrics['macro_f1']:.3f}"),
             (f"{metrics.get('split', 'test')} examples", metrics["num_examples"]),
+            *((("model kept", metrics["chosen"]),) if "chosen" in metrics else ()),
         )
     )
     per_class = "".join(

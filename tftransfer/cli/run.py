@@ -150,7 +150,7 @@ def _evaluate(recipe, split_name: str, held_out) -> tuple[np.ndarray, np.ndarray
 
     labels, probabilities = predictions(recipe, held_out)
     metrics = classification_metrics(labels, probabilities, recipe.class_names)
-    return labels, probabilities, {**metrics, "split": split_name}
+    return labels, probabilities, {**metrics, "split": split_name, **recipe.choices}
 
 
 def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:

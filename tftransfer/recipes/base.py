@@ -108,6 +108,8 @@ class Recipe:
         self.backbone_layer: keras.Layer | None = None
         # Values chosen from the data for the "auto" settings.
         self.tuned: dict[str, float] = {}
+        # Which model fine-tuning kept: "fine_tuned" or "frozen".
+        self.chosen: str | None = None
         self._policy = (
             distribute.mixed_precision_policy(self.strategy)
             if mixed_precision
@@ -119,6 +121,16 @@ class Recipe:
         """The trained `keras.Model` from prepared inputs to class
         probabilities; `None` before `fit()`."""
         return self._model
+
+    @property
+    def choices(self) -> dict:
+        """What the recipe chose from the data, as `metrics.json` records
+        it: `tuned` (the values of `"auto"` settings) and, after
+        fine-tuning, `chosen` (`"fine_tuned"` or `"frozen"`, the model kept)."""
+        choices = {"tuned": dict(self.tuned)}
+        if self.chosen is not None:
+            choices["chosen"] = self.chosen
+        return choices
 
     def _recipe_settings(self) -> dict:
         """Settings a subclass adds (set before `Recipe.__init__` runs, so

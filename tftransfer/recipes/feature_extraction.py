@@ -55,12 +55,12 @@ class FeatureExtraction(Recipe):
         dropout: dropout rate in the head.
         label_smoothing: label smoothing of the cross-entropy loss.
         learning_rate: Adam learning rate of the head, or `"auto"`: chosen
-            on the validation data from `defaults.HEAD_LEARNING_RATES` (each
+            on the validation data from `tftransfer.defaults.HEAD_LEARNING_RATES` (each
             candidate trained to its best validation loss on the cached
             features; see `tftransfer.recipes.learning_rates`).
         head_weight_decay: L2 penalty on the head's kernels, or `"auto"`:
             chosen like the learning rate, from
-            `defaults.HEAD_WEIGHT_DECAYS`.
+            `tftransfer.defaults.HEAD_WEIGHT_DECAYS`.
         epochs: the most head training epochs: training stops earlier when
             the validation loss has not improved for `patience` epochs.
         patience: epochs without validation improvement before stopping

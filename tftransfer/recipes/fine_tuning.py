@@ -50,7 +50,7 @@ class FineTuning(FeatureExtraction):
         learning_rate: head learning rate in phase 1, or `"auto"` (see
             `FeatureExtraction`).
         fine_tune_learning_rate: peak head learning rate in phase 2, or
-            `"auto"`: a tenth of the rate at which the training loss starts
+            `"auto"`: a fifth of the rate at which the training loss starts
             to climb in a learning-rate range test (the rate grows from 1e-6
             to 0.1 over one epoch of steps, at least 20 and at most 100; see
             `learning_rates.find_learning_rate`).
@@ -110,7 +110,6 @@ class FineTuning(FeatureExtraction):
         }
         super().__init__(backbone, epochs=epochs, **kwargs)
         self.head_history: keras.callbacks.History | None = None
-        self.chosen: str | None = None
 
     def fit(self, train, validation=None, *, class_names: list[str] | None = None):
         """Runs phase 1 (head on cached features) then phase 2 (fine-tuning).
@@ -167,7 +166,7 @@ class FineTuning(FeatureExtraction):
         setting = self.settings["fine_tune_learning_rate"]
         if setting != defaults.AUTO:
             return setting
-        steps = min(100, max(20, steps_per_epoch))
+        steps = min(100, max(50, steps_per_epoch))
 
         def compile_with(schedule) -> None:
             with self._building():
@@ -194,7 +193,7 @@ class FineTuning(FeatureExtraction):
         self.tuned["fine_tune_learning_rate"] = learning_rate
         self.say(
             f"Fine-tuning: fine_tune_learning_rate={learning_rate:.3g} (backbone "
-            f"{learning_rate * self.settings['backbone_lr_scale']:.3g}), a tenth "
+            f"{learning_rate * self.settings['backbone_lr_scale']:.3g}), a fifth "
             f"of {test['edge_rate']:.3g}, where the training loss started to climb "
             f"in a {test['steps']}-step learning-rate range test."
         )

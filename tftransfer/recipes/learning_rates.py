@@ -11,11 +11,13 @@ Two methods, one per phase, each picked for what a step costs there:
   short run decides (a learning-rate range test, as fastai's `lr_find` and
   Smith, "Cyclical Learning Rates", 2017): the rate grows exponentially
   step by step from `min_lr` to `max_lr` while the training loss is
-  recorded; the suggestion is a tenth of the rate at which the smoothed
-  loss starts to climb (1.5 times its lowest value so far). Fine-tuning
-  starts from a trained head, so the loss is often flat until the rate
-  becomes harmful: the edge is where a short, noisy test is reliable, while
-  the position of the lowest point in a flat curve is mostly noise.
+  recorded; the suggestion is a fifth of the rate at which the smoothed
+  loss starts to climb (1.5 times its lowest value since the first fifth of
+  the test, the smoothing's warm-up). Fine-tuning starts from a trained
+  head, so the loss is often flat until the rate becomes harmful: the edge
+  is what a short test with one noisy loss per batch shows reliably, while
+  the position of the lowest point in a flat curve is mostly noise (Smith
+  takes the rate where the loss starts to rise as the largest usable one).
 
 Both run under the recipe's `tf.distribute` strategy, through the same
 training loop as the recipes, so every worker sees the same losses and
@@ -122,10 +124,10 @@ class RangeTest:
     """The result of `find_learning_rate()`.
 
     Attributes:
-        learning_rate: the suggested rate: a tenth of `edge_rate`.
-        edge_rate: the first rate at which the smoothed loss exceeded 1.5
-            times its lowest value so far (the last rate tried if it never
-            did).
+        learning_rate: the suggested rate: `edge_rate / divisor`.
+        edge_rate: the first rate at which the smoothed loss exceeded `edge`
+            times its lowest value so far, after the first fifth of the
+            test (the last rate tried if it never did).
         rates: the rate of every recorded point.
         losses: the training loss of every recorded point.
         smoothed: the losses, exponentially smoothed (bias-corrected).
@@ -149,6 +151,7 @@ def find_learning_rate(
     max_lr: float = 1.0,
     smoothing: float = 0.9,
     edge: float = 1.5,
+    divisor: float = 5.0,
     divergence: float = 4.0,
 ) -> RangeTest:
     """Runs a learning-rate range test on `model`; leaves its weights as
@@ -173,6 +176,7 @@ def find_learning_rate(
         smoothing: the exponential smoothing factor of the losses.
         edge: the rise of the smoothed loss over its lowest value so far
             that marks the edge.
+        divisor: the suggestion is the edge's rate divided by this.
         divergence: stop once the smoothed loss exceeds this many times its
             minimum.
 
@@ -213,16 +217,19 @@ def find_learning_rate(
     smoothed = recorder.smoothed
     if not smoothed:  # The very first step diverged.
         return RangeTest(min_lr, min_lr, [], [], [])
-    lowest_so_far = np.minimum.accumulate(smoothed)
-    climbed = np.flatnonzero(np.asarray(smoothed) > edge * lowest_so_far)
+    # Before the smoothing has seen a few losses, one lucky batch would set
+    # the reference: the edge is looked for after the first fifth.
+    warm_up = min(len(smoothed), max(3, steps // 5)) - 1
+    settled = np.asarray(smoothed[warm_up:])
+    climbed = np.flatnonzero(settled > edge * np.minimum.accumulate(settled))
     # A loss that is not finite ends the test: that rate is the edge.
     edge_rate = (
-        recorder.rates[climbed[0]]
+        recorder.rates[warm_up + climbed[0]]
         if climbed.size
         else recorder.diverged_at or recorder.rates[-1]
     )
     return RangeTest(
-        learning_rate=max(min_lr, edge_rate / 10.0),
+        learning_rate=max(min_lr, edge_rate / divisor),
         edge_rate=edge_rate,
         rates=recorder.rates,
         losses=recorder.losses,

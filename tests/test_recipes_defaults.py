@@ -1,0 +1,290 @@
+"""Defaults that transfer: learning rates chosen from the data, early
+stopping to the best weights, never worse than frozen, one set of defaults."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftransfer import Backbone, config, data, defaults
+from tftransfer.cli import run as cli_run
+from tftransfer.recipes import FeatureExtraction, FineTuning, learning_rates
+from tftransfer.recipes.callbacks import TrainingState
+
+
+def _logistic_problem(seed=0, count=512, noise=0.1):
+    """Two classes split by a random hyperplane in 16-d, labels `noise`
+    flipped: cross-entropy falls from ln 2 under any fitting rate."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(count, 16)).astype("float32")
+    y = (x @ rng.normal(size=16) > 0).astype("int64")
+    flip = rng.random(count) < noise
+    y[flip] = 1 - y[flip]
+    return x, y
+
+
+def _linear_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(2)])
+    model.add(keras.layers.Activation("softmax"))
+    return model
+
+
+def test_range_test_picks_a_rate_where_the_loss_still_falls_and_restores_weights():
+    x, y = _logistic_problem()
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(512, seed=0).batch(32)
+    model = _linear_model()
+    before = [w.numpy().copy() for w in model.weights]
+
+    def compile_with(schedule):
+        model.compile(
+            keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy"
+        )
+
+    strategy = tf.distribute.get_strategy()
+    test = learning_rates.find_learning_rate(
+        model,
+        compile_with,
+        batches,
+        strategy=strategy,
+        steps=80,
+        min_lr=1e-6,
+        max_lr=10.0,
+    )
+    smoothed = np.asarray(test.smoothed)
+    rates = np.asarray(test.rates)
+    # It climbed before the end of the sweep (Adam at rate ~1 overshoots) ...
+    assert test.edge_rate < 10.0
+    assert test.learning_rate == pytest.approx(test.edge_rate / 5)
+    # ... and the chosen rate lies in the falling part of the curve: past
+    # the plateau of rates too small to train, before the loss turns up.
+    plateau = smoothed[rates < 1e-4].mean()
+    falling_from = rates[np.argmax(smoothed < 0.95 * plateau)]
+    lowest = np.argmin(smoothed)
+    turns_up = rates[lowest + np.argmax(smoothed[lowest:] > 1.1 * smoothed[lowest])]
+    assert falling_from <= test.learning_rate <= turns_up
+    assert 1e-4 < test.learning_rate < 1.0
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, new.numpy())
+
+
+def test_range_test_ends_at_a_loss_that_is_not_finite():
+    x, y = _logistic_problem()
+    batches = tf.data.Dataset.from_tensor_slices((x * 1e3, y)).batch(32)
+    model = _linear_model()
+
+    def compile_with(schedule):
+        model.compile(keras.optimizers.SGD(schedule), "sparse_categorical_crossentropy")
+
+    test = learning_rates.find_learning_rate(
+        model,
+        compile_with,
+        batches,
+        strategy=tf.distribute.get_strategy(),
+        steps=50,
+        min_lr=1e-3,
+        max_lr=1e6,
+    )
+    assert len(test.losses) < 50  # stopped early
+    assert test.learning_rate < 1e6 / 5
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+
+
+def test_head_search_tries_rates_then_decays_and_keeps_the_lowest_loss():
+    losses = {
+        (1e-3, 0.0): 0.9,
+        (1e-2, 0.0): 0.4,
+        (1e-1, 0.0): 0.7,
+        (1e-2, 1e-4): 0.3,
+        (1e-2, 1e-3): float("nan"),
+    }
+    tried = []
+
+    def train_candidate(rate, decay):
+        tried.append((rate, decay))
+        return losses[(rate, decay)]
+
+    choice = learning_rates.search_head(
+        train_candidate, (1e-3, 1e-2, 1e-1), (0.0, 1e-4, 1e-3)
+    )
+    assert (choice.learning_rate, choice.weight_decay) == (1e-2, 1e-4)
+    assert tried == list(losses)  # 3 + 3 - 1 trainings, none twice
+
+
+def test_early_stopping_ends_on_the_best_weights(tmp_path):
+    # Validation labels are the opposite of the training labels: the
+    # validation loss is lowest after the first epoch, then rises.
+    x, y = _logistic_problem(noise=0.0)
+    model = _linear_model()
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(
+            (logs["val_loss"], [w.numpy().copy() for w in model.weights])
+        )
+    )
+    state = TrainingState(tmp_path, patience=3)
+    history = model.fit(
+        x,
+        y,
+        validation_data=(x, 1 - y),
+        epochs=50,
+        batch_size=64,
+        callbacks=[record, state],
+        verbose=0,
+    )
+    assert len(history.epoch) < 50  # stopped early
+    best_loss, best_weights = min(seen, key=lambda item: item[0])
+    assert best_loss < seen[-1][0]
+    for expected, weight in zip(best_weights, model.weights, strict=True):
+        np.testing.assert_array_equal(expected, weight.numpy())
+
+
+def _tiny_backbone():
+    def build(trainable):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 3)),
+                keras.layers.Conv2D(8, 3, name="conv"),
+                keras.layers.GlobalAveragePooling2D(),
+            ],
+            name="tiny",
+        )
+
+    return Backbone(
+        name="tiny",
+        handle="test://tiny",
+        source="keras_application",
+        modality="image",
+        feature_dim=8,
+        builder=build,
+        image_size=(8, 8),
+    )
+
+
+def _colour_images(count, seed):
+    """Two classes that differ in their mean colour: easy for frozen features."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    pixels = rng.integers(0, 128, size=(count, 8, 8, 3)).astype("float32")
+    pixels[labels == 1, ..., 0] += 100
+    return data.from_arrays(pixels.astype("uint8"), labels, class_names=["a", "b"])
+
+
+def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
+    recipe = FeatureExtraction(
+        _tiny_backbone(),
+        run_dir=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        strategy="default",
+        epochs=30,
+        verbose=2,
+    )
+    recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
+    assert recipe.tuned["learning_rate"] in defaults.HEAD_LEARNING_RATES
+    assert recipe.tuned["head_weight_decay"] in defaults.HEAD_WEIGHT_DECAYS
+    assert "chosen by validation loss" in capsys.readouterr().out
+    assert recipe.evaluate(_colour_images(32, 2))["accuracy"] >= 0.9
+    # The choice is kept in the run folder: a rerun does not search again.
+    (saved,) = (tmp_path / "run" / "checkpoints").glob("head-search-*.json")
+    assert json.loads(saved.read_text())["chosen"] == [
+        recipe.tuned["learning_rate"],
+        recipe.tuned["head_weight_decay"],
+    ]
+
+
+def test_fit_without_validation_holds_out_part_of_the_training_data(tmp_path, capsys):
+    recipe = FeatureExtraction(
+        _tiny_backbone(),
+        run_dir=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        strategy="default",
+        epochs=3,
+        learning_rate=1e-2,
+        head_weight_decay=0.0,
+        verbose=2,
+    )
+    recipe.fit(_colour_images(60, 0))
+    assert "holding out 6 of the 60 training examples" in capsys.readouterr().out
+    assert "val_loss" in recipe.history.history
+    # 54 examples train: one full batch of 32 an epoch (the rest is dropped).
+    assert int(recipe.head.optimizer.iterations) == 3
+
+
+def test_fine_tuning_that_hurts_keeps_and_exports_the_frozen_model(tmp_path):
+    backbone = _tiny_backbone()
+    train, validation = _colour_images(64, 0), _colour_images(32, 1)
+    recipe = FineTuning(
+        backbone,
+        run_dir=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        strategy="default",
+        head_epochs=20,
+        epochs=2,
+        # A rate that wrecks the backbone: fine-tuning must not be kept.
+        fine_tune_learning_rate=50.0,
+        backbone_lr_scale=1.0,
+        clipnorm=None,
+        verbose=0,
+    )
+    recipe.fit(train, validation)
+    assert recipe.chosen == "frozen"
+    assert recipe.choices["chosen"] == "frozen"
+    # The kept model is the frozen one: pretrained backbone, phase-1 head.
+    pretrained = backbone.build(trainable=False)
+    test = _colour_images(16, 2)
+    features, _ = recipe.cached_features(test, "check").arrays()
+    expected = recipe.head.predict(features, verbose=0)
+    np.testing.assert_allclose(recipe.predict(test), expected, atol=1e-5)
+    for weight, original in zip(
+        recipe.backbone_layer.weights, pretrained.weights, strict=True
+    ):
+        np.testing.assert_array_equal(weight.numpy(), original.numpy())
+
+
+def test_fine_tuning_that_helps_is_kept(tmp_path):
+    recipe = FineTuning(
+        _tiny_backbone(),
+        run_dir=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        strategy="default",
+        head_epochs=2,
+        learning_rate=1e-3,
+        head_weight_decay=0.0,
+        epochs=4,
+        verbose=0,
+    )
+    recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
+    assert recipe.chosen == "fine_tuned"
+    assert 1e-6 <= recipe.tuned["fine_tune_learning_rate"] <= 1e-2
+
+
+def test_python_yaml_and_cli_share_one_set_of_defaults(tmp_path):
+    backbone = _tiny_backbone()
+    recipe_file = config.loads(
+        "name: t\nbackbone: {handle: tiny}\n"
+        "data: {format: csv, path: a.csv}\nrecipe: {kind: fine_tuning}\n"
+    )
+    from_yaml = cli_run.build_recipe(recipe_file, backbone)
+    from_python = FineTuning(backbone, run_dir=from_yaml.run_dir)
+    ignored = {"run_dir"}
+    yaml_settings = {k: v for k, v in from_yaml.settings.items() if k not in ignored}
+    python_settings = {
+        k: v for k, v in from_python.settings.items() if k not in ignored
+    }
+    assert yaml_settings == python_settings
+    assert python_settings["learning_rate"] == defaults.AUTO
+    assert python_settings["fine_tune_learning_rate"] == defaults.AUTO
+    assert python_settings["head_epochs"] == defaults.HEAD_EPOCHS
+    assert python_settings["epochs"] == defaults.FINE_TUNE_EPOCHS
+    assert python_settings["dropout"] == defaults.DROPOUT
+
+
+def test_learning_rates_refuse_words_other_than_auto():
+    with pytest.raises(ValueError, match="learning_rate='auto'"):
+        FeatureExtraction(_tiny_backbone(), learning_rate="fast")
+    with pytest.raises(ValueError, match="fine_tune_learning_rate='auto'"):
+        FineTuning(_tiny_backbone(), fine_tune_learning_rate=0)
