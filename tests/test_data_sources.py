@@ -172,5 +172,5 @@ def test_arrays_bad_inputs_are_errors():
         data.from_arrays(np.zeros((2, 4, 4, 2)), [0, 1])
     with pytest.raises(DataError, match=r"empty at indices \[1\]"):
         data.from_arrays(["a", " "], [0, 1])
-    with pytest.raises(DataError, match="negative label"):
+    with pytest.raises(DataError, match=r"index 1 has label -1; integer labels"):
         data.from_arrays(["a", "b"], [0, -1])

@@ -166,12 +166,16 @@ def test_text_folder_reads_one_class_per_sub_folder(tmp_path):
 
 
 def test_text_folder_bad_files_are_skipped_and_named(tmp_path):
-    root = _text_folder(tmp_path, {"a": ["fine", "  "], "b": [b"ok", b"\xff bad"]})
+    # 0x81 is valid neither in UTF-8 nor in the Windows-1252 fallback.
+    root = _text_folder(tmp_path, {"a": ["fine", "  "], "b": [b"ok", b"\x81 bad"]})
     with pytest.warns(data.SkippedInputWarning) as record:
         result = data.from_text_folder(root)
     messages = [str(w.message) for w in record]
     assert messages[0] == f"Skipped {root / 'a' / '1.txt'}: empty text"
-    assert messages[1].startswith(f"Skipped {root / 'b' / '1.txt'}: bytes that")
+    assert messages[1] == (
+        f"Skipped {root / 'b' / '1.txt'}: bytes that are neither valid utf-8 "
+        "(byte 0x81 at 0) nor cp1252; re-save the file as UTF-8"
+    )
     assert messages[2].startswith(f"Skipped 2 of 4 files in {root}")
     assert _examples(result) == [("fine", 0), ("ok", 1)]
     with pytest.raises(DataError, match="empty text"):

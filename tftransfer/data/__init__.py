@@ -11,7 +11,7 @@ from tftransfer.data.images import from_image_folder
 from tftransfer.data.labeled_data import LabeledData
 from tftransfer.data.pipeline import make_pipeline
 from tftransfer.data.prepare import RESIZE_MODES, prepare_fn
-from tftransfer.data.skips import SkippedInputWarning
+from tftransfer.data.skips import DecodingFallbackWarning, SkippedInputWarning
 from tftransfer.data.splits import Splits, split
 from tftransfer.data.text import from_csv, from_jsonl, from_text_folder
 from tftransfer.data.tfds import from_tfds
@@ -19,6 +19,7 @@ from tftransfer.data.tfrecord import from_tfrecord
 
 __all__ = [
     "AUGMENTATIONS",
+    "DecodingFallbackWarning",
     "LabeledData",
     "RESIZE_MODES",
     "SkippedInputWarning",

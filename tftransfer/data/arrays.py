@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +11,44 @@ import tensorflow as tf
 from tftransfer.data.labeled_data import LabeledData
 from tftransfer.data.labels import encode_labels
 from tftransfer.errors import DataError
+
+# Images checked at a time for NaN and infinity, which bounds the memory the
+# check takes beside the array.
+_CHECK_CHUNK = 1024
+
+
+def _check_pixels(images: np.ndarray, value_range: tuple[float, float]) -> None:
+    """Raises if float `images` hold NaN or infinity; warns if images in
+    `[0, 1]` come with the default `value_range=(0, 255)`."""
+    if images.dtype.kind != "f":
+        return
+    bad_values, bad_images, first = 0, 0, None
+    low, high = np.inf, -np.inf
+    for start in range(0, len(images), _CHECK_CHUNK):
+        chunk = images[start : start + _CHECK_CHUNK]
+        per_image = (~np.isfinite(chunk)).reshape(len(chunk), -1).sum(axis=1)
+        if per_image.any():
+            bad_values += int(per_image.sum())
+            bad_images += int(np.count_nonzero(per_image))
+            if first is None:
+                first = start + int(np.flatnonzero(per_image)[0])
+        elif first is None:
+            low, high = min(low, chunk.min()), max(high, chunk.max())
+    if bad_values:
+        raise DataError(
+            f"from_arrays() got {bad_values} NaN or infinite pixel values in "
+            f"{bad_images} of {len(images)} images (the first at index "
+            f"{first}). Replace them (for example with `np.nan_to_num`) or "
+            "drop those images."
+        )
+    if tuple(value_range) == (0, 255) and low >= 0 and 0 < high <= 1:
+        warnings.warn(
+            f"from_arrays() got float images with values in [{low:g}, "
+            f"{high:g}], but value_range=(0, 255) (the default) says they span "
+            "[0, 255], so they would be read as nearly black. Pass "
+            "value_range=(0, 1).",
+            stacklevel=3,
+        )
 
 
 def from_arrays(
@@ -37,7 +76,13 @@ def from_arrays(
 
     Raises:
         DataError: if `inputs` is neither images nor strings, is empty, or
-            its length differs from that of `labels`.
+            its length differs from that of `labels`; if float images hold
+            NaN or infinite values (the message counts them and names the
+            first image); or if a label is not a class (the message names
+            it and its index).
+
+    Float images with values in `[0, 1]` and the default `value_range` give
+    a `UserWarning`: pass `value_range=(0, 1)`.
 
     Example:
 
@@ -74,6 +119,7 @@ def from_arrays(
                 f"or 4 channels, or [n, height, width]. Received: "
                 f"shape={np.asarray(inputs).shape}."
             )
+        _check_pixels(array, value_range)
         dataset = tf.data.Dataset.from_tensor_slices((array, encoded))
         low, high = value_range
         if (low, high) != (0, 255):

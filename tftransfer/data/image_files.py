@@ -53,33 +53,40 @@ def _header_problem(path: str) -> str | None:
     return None if complete() else f"truncated {fmt.upper()} (its end is missing)"
 
 
+def _decode_shape(contents: tf.Tensor) -> tf.Tensor:
+    """Decodes image bytes as cheaply as catches damage; returns the shape.
+
+    JPEGs are decoded at 1/8 scale: libjpeg still reads every coded block,
+    which is where damage inside a file shows, but skips most of the inverse
+    DCT, which halves the cost. Other formats are decoded in full.
+    """
+    return tf.cond(
+        tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff"),
+        lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8)),
+        lambda: tf.shape(
+            tf.io.decode_image(contents, channels=3, expand_animations=False)
+        ),
+    )
+
+
 def _decode_problems(paths: list[str]) -> dict[int, str]:
     """Decodes every file in `paths` with TensorFlow; returns failures by index."""
     ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
     ds = ds.map(
-        lambda i, p: (
-            i,
-            tf.shape(
-                tf.io.decode_image(
-                    tf.io.read_file(p), channels=3, expand_animations=False
-                )
-            ),
-        ),
+        lambda i, p: (i, _decode_shape(tf.io.read_file(p))),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).ignore_errors()
     decoded = {int(i) for i, _ in ds.as_numpy_iterator()}
     problems = {}
     for i in sorted(set(range(len(paths))) - decoded):
         try:
-            tf.io.decode_image(
-                tf.io.read_file(paths[i]), channels=3, expand_animations=False
-            )
+            _decode_shape(tf.io.read_file(paths[i]))
         except tf.errors.OpError as e:
             problems[i] = f"could not be decoded ({e.message.strip()})"
     return problems
 
 
-def find_bad_images(paths: list[str], verify: str = "header") -> dict[int, str]:
+def find_bad_images(paths: list[str], verify: str = "decode") -> dict[int, str]:
     """Finds the files among `paths` that are not usable images.
 
     Args:
@@ -87,7 +94,8 @@ def find_bad_images(paths: list[str], verify: str = "header") -> dict[int, str]:
         verify: `"header"` reads each file's first bytes and its end: it
             catches non-images (`.txt`, `.DS_Store`), empty files and
             truncated files, cheaply. `"decode"` also decodes every image
-            with TensorFlow, which catches damage inside a file too.
+            with TensorFlow (JPEGs at 1/8 scale), which catches damage
+            inside a file too.
 
     Returns:
         `{index into paths: reason}` for each bad file.

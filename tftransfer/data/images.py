@@ -68,7 +68,7 @@ def from_image_folder(
     path: str | os.PathLike,
     *,
     split: str | None = None,
-    verify: str = "header",
+    verify: str = "decode",
     strict: bool = False,
 ) -> LabeledData:
     """Reads images stored one sub-folder per class.
@@ -80,9 +80,10 @@ def from_image_folder(
     with `.` and files directly in `path` are ignored. JPEG, PNG, BMP and GIF
     (first frame) images are read whatever their file extension.
 
-    Every file is checked when listed. Files that are not images (`.txt`,
-    `.DS_Store`), empty, truncated or (with `verify="decode"`) undecodable
-    are skipped with a `SkippedInputWarning` naming each file and a summary
+    Every file is checked when listed, so that one bad file among thousands
+    cannot stop training later. Files that are not images (`.txt`,
+    `.DS_Store`), empty, truncated or damaged inside (they do not decode) are
+    skipped with a `SkippedInputWarning` naming each file and a summary
     count, and listed in `LabeledData.skipped`; with `strict=True` the first
     one raises instead.
 
@@ -90,9 +91,13 @@ def from_image_folder(
         path: The folder (local, or any file system `tf.io.gfile` reads,
             such as `gs://`).
         split: The split folder to read, for the split layout.
-        verify: `"header"` (default) checks each file's format signature
-            and end marker, which is cheap and catches non-images and
-            truncated files. `"decode"` also decodes every image once.
+        verify: `"decode"` (default) checks each file's format signature
+            and end marker, then decodes every image once, in parallel
+            (JPEGs at 1/8 scale, about half the cost of the decoding in one
+            epoch). `"header"` only checks the signature and end marker:
+            much faster for very large or remote folders, but an image
+            damaged inside then stops training with TensorFlow's decode
+            error.
         strict: Raise `DataError` on the first bad file instead of skipping.
 
     Returns:

@@ -34,6 +34,9 @@ class LabeledData:
             values in `[0, 255]`) or `"text"` (a raw UTF-8 string).
         skipped: One `"<file or line>: <reason>"` entry per input that the
             reader left out (corrupt images, empty text, ...).
+        fallbacks: One `"<file>: <how it was read>"` entry per input that
+            the reader kept by a fallback (a text file that is not valid in
+            the reader's `encoding`, decoded with its `fallback_encoding`).
 
     Example:
 
@@ -49,6 +52,7 @@ class LabeledData:
     source: str
     input_format: str
     skipped: tuple[str, ...] = ()
+    fallbacks: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:

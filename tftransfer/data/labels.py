@@ -20,7 +20,10 @@ def _as_int(value) -> int | None:
 
 
 def encode_labels(
-    values: Sequence, class_names: Sequence[str] | None, source: str
+    values: Sequence,
+    class_names: Sequence[str] | None,
+    source: str,
+    where: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Maps label values to int64 class indices and returns the class names.
 
@@ -36,32 +39,42 @@ def encode_labels(
         class_names: Optional class names; label values must then be indices
             into it (integers) or members of it (strings).
         source: Named in error messages.
+        where: Optional name of each example for error messages (`"data.csv
+            line 4"`); by default `"<source> index <i>"`.
 
     Returns:
         `(labels, class_names)`: an int64 array and the list of names.
 
     Raises:
         DataError: if a label is negative, out of range or not in
-            `class_names`.
+            `class_names`; the message names the first such label and where
+            it is.
     """
     named = class_names is not None and {str(v) for v in values} <= set(class_names)
     ints = [_as_int(v) for v in values]
     if not named and values and all(i is not None for i in ints):
         labels = np.asarray(ints, dtype=np.int64)
-        if labels.min() < 0:
-            raise DataError(
-                f"{source} has a negative label ({labels.min()}); integer "
-                "labels must be class indices 0, 1, 2, ..."
-            )
         names = (
             list(class_names)
             if class_names is not None
-            else [str(i) for i in range(int(labels.max()) + 1)]
+            else [str(i) for i in range(max(int(labels.max()), 0) + 1)]
         )
-        if labels.max() >= len(names):
+        wrong = np.flatnonzero((labels < 0) | (labels >= len(names)))
+        if wrong.size:
+            at = int(wrong[0])
+            label = int(labels[at])
+            name = where[at] if where is not None else f"{source} index {at}"
+            if label < 0:
+                problem = "; integer labels are class indices 0, 1, 2, .... Fix it"
+            else:
+                problem = (
+                    f", but there are only {len(names)} class names ({names}); "
+                    f"integer labels are class indices 0 to {len(names) - 1}. "
+                    "Fix it, or give one name per class index"
+                )
             raise DataError(
-                f"{source} has label {labels.max()} but only {len(names)} class "
-                f"names ({names}); give one name per class index."
+                f"{name} has label {label}{problem} ({wrong.size} of "
+                f"{len(labels)} labels are out of range)."
             )
         return labels, names
     strings = [str(v) for v in values]

@@ -1,4 +1,5 @@
-"""Reporting inputs a reader leaves out: one warning each, then a summary."""
+"""Reporting inputs a reader leaves out (one warning each, then a summary) and
+inputs it reads by a fallback (one summary)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ MAX_NAMED_WARNINGS = 20
 
 class SkippedInputWarning(UserWarning):
     """A reader left out an input it could not use (corrupt image, empty text)."""
+
+
+class DecodingFallbackWarning(UserWarning):
+    """A reader decoded text files with its fallback encoding."""
 
 
 def report_skipped(
@@ -48,3 +53,35 @@ def report_skipped(
         stacklevel=3,
     )
     return tuple(skipped)
+
+
+def report_fallbacks(
+    fallbacks: list[tuple[str, str]],
+    total: int,
+    source: str,
+    encoding: str,
+    fallback_encoding: str | None,
+) -> tuple[str, ...]:
+    """Warns once about the files decoded with `fallback_encoding`.
+
+    Args:
+        fallbacks: One `(file, how it was read)` pair per such file.
+        total: Number of files read.
+        source: The folder read, named in the warning.
+        encoding: The encoding tried first.
+        fallback_encoding: The encoding those files were decoded with.
+
+    Returns:
+        `"<file>: <how it was read>"` per file, for `LabeledData.fallbacks`.
+    """
+    if fallbacks:
+        first = fallbacks[0][0]
+        warnings.warn(
+            f"Read {len(fallbacks)} of {total} files in {source} as "
+            f"{fallback_encoding}, as they are not valid {encoding} (first: "
+            f"{first}); `LabeledData.fallbacks` lists them. Re-save them as "
+            f"{encoding}, or pass `fallback_encoding=None` to skip them.",
+            DecodingFallbackWarning,
+            stacklevel=3,
+        )
+    return tuple(f"{file}: {note}" for file, note in fallbacks)

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
+import dataclasses
 import json
 import os
-from collections.abc import Iterator, Sequence
+import re
+import threading
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from tftransfer.data.labeled_data import LabeledData
 from tftransfer.data.labels import encode_labels
-from tftransfer.data.skips import report_skipped
+from tftransfer.data.skips import report_fallbacks, report_skipped
 from tftransfer.errors import DataError, DataNotFoundError
+
+# `csv.field_size_limit` is one setting for the whole process.
+_FIELD_LIMIT_LOCK = threading.Lock()
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _codec(encoding: str, argument: str = "encoding") -> str:
+    """Returns the canonical name of `encoding`, or raises `DataError`."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(
+            f"Unknown text encoding. Received: {argument}={encoding!r}. Pass a "
+            "Python codec name such as 'utf-8', 'cp1252' or 'latin-1'."
+        ) from None
+
+
+def _without_bom(raw: bytes, encoding: str) -> bytes:
+    """Drops a UTF-8 byte order mark when reading UTF-8."""
+    if _codec(encoding) == "utf-8" and raw.startswith(codecs.BOM_UTF8):
+        return raw[len(codecs.BOM_UTF8) :]
+    return raw
 
 
 def _read_lines(path: str, encoding: str) -> tuple[list[str], dict[int, str]]:
@@ -26,9 +53,7 @@ def _read_lines(path: str, encoding: str) -> tuple[list[str], dict[int, str]]:
     if not tf.io.gfile.exists(path):
         raise DataNotFoundError(f"Text file {path} does not exist.")
     with tf.io.gfile.GFile(path, "rb") as f:
-        raw = f.read()
-    if raw.startswith(b"\xef\xbb\xbf") and encoding.replace("-", "") == "utf8":
-        raw = raw[3:]
+        raw = _without_bom(f.read(), encoding)
     lines, bad = [], {}
     for number, line in enumerate(raw.splitlines(keepends=True), start=1):
         try:
@@ -57,7 +82,7 @@ def _check_example(text, label) -> str | None:
 
 
 def _build(
-    rows: Iterator[tuple[str, object, object, str | None]],
+    rows: Iterable[tuple[str, object, object, str | None]],
     path: str,
     class_names: Sequence[str] | None,
     strict: bool,
@@ -67,7 +92,7 @@ def _build(
 
     `where` names the example in messages (`"data.csv line 3"`).
     """
-    texts, values, skipped, total = [], [], [], 0
+    texts, values, kept, skipped, total = [], [], [], [], 0
     for where, text, label, problem in rows:
         total += 1
         problem = problem or _check_example(text, label)
@@ -76,10 +101,11 @@ def _build(
         else:
             texts.append(text)
             values.append(label.strip() if isinstance(label, str) else label)
+            kept.append(where)
     reported = report_skipped(skipped, total, path, what, strict)
     if not texts:
         raise DataError(f"{path} has no usable examples ({total} {what} read).")
-    labels, names = encode_labels(values, class_names, path)
+    labels, names = encode_labels(values, class_names, path, where=kept)
     return LabeledData(
         dataset=tf.data.Dataset.from_tensor_slices(
             (np.asarray(texts, dtype=object), labels)
@@ -91,6 +117,71 @@ def _build(
         input_format="text",
         skipped=reported,
     )
+
+
+@contextlib.contextmanager
+def _field_size_limit(size: int):
+    """Lets `csv` read fields of up to `size` characters within the block.
+
+    Python's csv module refuses fields over 128 KiB by default, a limit set
+    for the whole process; it is raised under a lock and restored after.
+    """
+    with _FIELD_LIMIT_LOCK:
+        before = csv.field_size_limit()
+        csv.field_size_limit(max(before, size))
+        try:
+            yield
+        finally:
+            csv.field_size_limit(before)
+
+
+def _ends_in_open_quote(lines: list[str], delimiter: str) -> bool:
+    """Whether the CSV record in `lines` ends inside a quoted field.
+
+    Python's csv reader takes a quote that is never closed as running to the
+    end of the file; only its strict mode says so.
+    """
+    try:
+        for _ in csv.reader(lines, delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
+
+
+def _csv_records(
+    lines: list[str], path: str, delimiter: str
+) -> list[tuple[int, int, list[str]]]:
+    """Parses CSV `lines` into `(first line, last line, fields)` per record.
+
+    A field may be as long as the file. An unparsable line and a quote that
+    is never closed are `DataError`s naming the line.
+    """
+    records, first = [], 1
+    with _field_size_limit(sum(len(line) for line in lines) + 1):
+        reader = csv.reader(lines, delimiter=delimiter)
+        try:
+            for fields in reader:
+                records.append((first, reader.line_num, fields))
+                first = reader.line_num + 1
+        except csv.Error as e:
+            raise DataError(
+                f"{path} line {reader.line_num}: the CSV cannot be parsed ({e}). "
+                "Fix that line, or pass the file's `delimiter`."
+            ) from None
+        if records and _ends_in_open_quote(lines[records[-1][0] - 1 :], delimiter):
+            # The open field is the record's last one and runs to the end of
+            # the file, so its line breaks count the lines after its quote.
+            breaks = len(_LINE_BREAK.findall(records[-1][2][-1]))
+            opened = len(lines) - breaks + bool(_LINE_BREAK.search(lines[-1]))
+            raise DataError(
+                f"{path} line {opened}: a quoted field opens here and is never "
+                "closed; everything from there to the end of the file "
+                f"({len(lines) - opened + 1} line(s)) would be read as one "
+                "field. Add the closing quote, and double each quote inside a "
+                'quoted field ("").'
+            )
+    return records
 
 
 def from_csv(
@@ -136,9 +227,14 @@ def from_csv(
     ...                                 label_column="sentiment")
     """
     path = os.fspath(path)
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise DataError(
+            "Expected `delimiter` to be one character, such as ',', ';' or "
+            f"'\\t'. Received: delimiter={delimiter!r}."
+        )
     lines, bad = _read_lines(path, encoding)
-    reader = csv.reader(lines, delimiter=delimiter)
-    header = next(reader, None)
+    records = _csv_records(lines, path, delimiter)
+    header = records[0][2] if records else None
     for column in (text_column, label_column):
         if header is None or column not in header:
             raise DataError(
@@ -148,13 +244,10 @@ def from_csv(
     text_at, label_at = header.index(text_column), header.index(label_column)
 
     def rows():
-        start = reader.line_num + 1
-        for row in reader:
-            end, first = reader.line_num, start
-            start = end + 1
+        for first, last, row in records[1:]:
             if not row:
                 continue
-            problem = next((bad[n] for n in range(first, end + 1) if n in bad), None)
+            problem = next((bad[n] for n in range(first, last + 1) if n in bad), None)
             yield (
                 f"{path} line {first}",
                 row[text_at] if text_at < len(row) else None,
@@ -237,40 +330,88 @@ def from_jsonl(
     return _build(rows, path, class_names, strict)
 
 
+def _decode_file(
+    raw: bytes, encoding: str, fallback_encoding: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """Decodes one file's bytes: `(text, problem, fallback note)`.
+
+    `text` is `None` when neither encoding fits; `problem` then says why. The
+    note says when `fallback_encoding` was used.
+    """
+    body = _without_bom(raw, encoding)
+    try:
+        return body.decode(encoding), None, None
+    except UnicodeDecodeError as e:
+        where = f"byte {body[e.start]:#04x} at {e.start + len(raw) - len(body)}"
+    if fallback_encoding is None:
+        problem = (
+            f"bytes that are not valid {encoding} ({where}); re-save the file "
+            f"as {encoding} or pass its `encoding`"
+        )
+        return None, problem, None
+    try:
+        text = raw.decode(fallback_encoding)
+    except UnicodeDecodeError:
+        problem = (
+            f"bytes that are neither valid {encoding} ({where}) nor "
+            f"{fallback_encoding}; re-save the file as UTF-8"
+        )
+        return None, problem, None
+    return text, None, f"not valid {encoding} ({where}); read as {fallback_encoding}"
+
+
 def from_text_folder(
     path: str | os.PathLike,
     *,
     suffix: str = ".txt",
     encoding: str = "utf-8",
+    fallback_encoding: str | None = "cp1252",
     strict: bool = False,
 ) -> LabeledData:
     """Reads text files stored one sub-folder per class (`path/<class>/*.txt`).
 
     Class names are the sorted sub-folder names (hidden ones are ignored);
-    files are read in sorted order, one example each. Empty files and files
-    with bytes that are not valid in `encoding` are skipped with a
-    `SkippedInputWarning` naming the file, and counted in a summary; with
-    `strict=True` the first one raises instead.
+    files are read in sorted order, one example each.
+
+    Each file is decoded as `encoding` (UTF-8 by default; a UTF-8 byte order
+    mark is dropped). A file that is not valid in it is decoded as
+    `fallback_encoding` instead (by default Windows-1252, the usual encoding
+    of older Western text, which agrees with Latin-1 on every printable
+    Latin-1 character); such files are listed in `LabeledData.fallbacks` and counted in a
+    `DecodingFallbackWarning`. Empty files and files valid in neither
+    encoding are skipped with a `SkippedInputWarning` naming the file, and
+    counted in a summary; with `strict=True` the first one raises instead.
 
     Args:
         path: The folder (local, or any file system `tf.io.gfile` reads).
         suffix: The ending of the text files to read.
-        encoding: The files' text encoding.
+        encoding: The encoding every file is decoded as first. Pass it
+            when the files are not UTF-8; with an encoding in which any
+            bytes are valid (Latin-1), no file falls back.
+        fallback_encoding: The encoding of files that are not valid in
+            `encoding`, or `None` to skip such files instead.
         strict: Raise `DataError` on the first bad file instead of skipping.
+            Files read with `fallback_encoding` are not bad files.
 
     Returns:
         A `LabeledData` of `(raw string, label)`.
 
     Raises:
         DataNotFoundError: if the folder does not exist.
-        DataError: if it holds fewer than two class folders, or a class
-            folder holds no usable file.
+        DataError: if it holds fewer than two class folders, a class folder
+            holds no usable file, an encoding is unknown, or
+            (`strict=True`) a file is bad.
 
     Example:
 
     >>> data = tftransfer.data.from_text_folder("bbc/")  # bbc/sport/001.txt, ...
+    >>> data.fallbacks  # files that are not UTF-8, read as Windows-1252
+    ('bbc/sport/199.txt: not valid utf-8 (byte 0xa3 at 257); read as cp1252',)
     """
     path = os.fspath(path)
+    _codec(encoding)
+    if fallback_encoding is not None:
+        _codec(fallback_encoding, "fallback_encoding")
     if not tf.io.gfile.isdir(path):
         raise DataNotFoundError(
             f"Text folder {path} does not exist; pass a folder holding one "
@@ -286,25 +427,26 @@ def from_text_folder(
             f"{path} holds {len(classes)} class folder(s); a classifier needs "
             f"at least two sub-folders of {suffix} files, one per class."
         )
-
-    def rows():
-        for name in classes:
-            files = sorted(tf.io.gfile.glob(os.path.join(path, name, f"*{suffix}")))
-            if not files:
-                raise DataError(
-                    f"Class folder {os.path.join(path, name)} holds no {suffix} "
-                    "files; add some or remove the folder."
+    rows, fallbacks = [], []
+    for name in classes:
+        files = sorted(tf.io.gfile.glob(os.path.join(path, name, f"*{suffix}")))
+        if not files:
+            raise DataError(
+                f"Class folder {os.path.join(path, name)} holds no {suffix} "
+                "files; add some or remove the folder."
+            )
+        for file in files:
+            with tf.io.gfile.GFile(file, "rb") as f:
+                text, problem, note = _decode_file(
+                    f.read(), encoding, fallback_encoding
                 )
-            for file in files:
-                with tf.io.gfile.GFile(file, "rb") as f:
-                    raw = f.read()
-                try:
-                    yield file, raw.decode(encoding), name, None
-                except UnicodeDecodeError as e:
-                    problem = (
-                        f"bytes that are not valid {encoding} at byte {e.start}; "
-                        f"re-save the file as {encoding} or pass its `encoding`"
-                    )
-                    yield file, None, name, problem
-
-    return _build(rows(), path, classes, strict, what="files")
+            rows.append((file, text, name, problem))
+            if note and text.strip():
+                fallbacks.append((file, note))
+    data = _build(rows, path, classes, strict, what="files")
+    return dataclasses.replace(
+        data,
+        fallbacks=report_fallbacks(
+            fallbacks, len(rows), path, encoding, fallback_encoding
+        ),
+    )
