@@ -268,10 +268,19 @@ def test_nan_loss_stops_with_error_naming_step_and_learning_rate(tmp_path):
     x[20] = np.nan
     labels = np.arange(32, dtype="int64") % 2
     data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
-    recipe = _recipe(FineTuning, tmp_path, head_epochs=1, epochs=1, patience=None)
+    recipe = _recipe(
+        FineTuning,
+        tmp_path,
+        head_epochs=1,
+        epochs=1,
+        patience=None,
+        learning_rate=1e-3,
+        head_weight_decay=0.0,
+    )
     with pytest.raises(
         TrainingError,
-        match=r"at epoch 1, step [1-4]\. Lower the learning rate \(currently 0\.001",
+        match=r"at epoch 1, step [1-4]\. Lower learning_rate \(it is 0\.001; try "
+        r"learning_rate=0\.0001\)",
     ):
         recipe.fit(data)
 

@@ -259,7 +259,8 @@ def test_fine_tuning_that_helps_is_kept(tmp_path):
     )
     recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
     assert recipe.chosen == "fine_tuned"
-    assert 1e-6 <= recipe.tuned["fine_tune_learning_rate"] <= 1e-2
+    # Within the range test: from 1e-6 to a fifth of its last rate, 0.1.
+    assert 1e-6 <= recipe.tuned["fine_tune_learning_rate"] <= 0.1 / 5
 
 
 def test_python_yaml_and_cli_share_one_set_of_defaults(tmp_path):

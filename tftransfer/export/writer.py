@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from tftransfer import atomic
 from tftransfer.errors import ExportError
 
 _TMP_PREFIX = ".tmp-"
@@ -62,19 +63,9 @@ def _remove_stale_temporaries(base: Path) -> None:
             continue
         parts = entry.name.split("-")
         pid = int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
-        if pid is not None and _process_alive(pid):
+        if pid is not None and atomic.process_alive(pid):
             continue
         shutil.rmtree(entry, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _os_error(error: OSError, base: Path, version: int) -> ExportError:

@@ -4,6 +4,8 @@ resumable training phases and evaluation."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -14,15 +16,35 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tftransfer import defaults, distribute
+from tftransfer import atomic, defaults, distribute
 from tftransfer.errors import ConfigError, DataError
-from tftransfer.recipes import atomic, heads, training_loop
+from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
 from tftransfer.recipes.metrics import classification_metrics
+from tftransfer.recipes.run_lock import RunLock
 
 # Settings that do not change what a phase trains, left out of its key.
 _NOT_TRAINING_SETTINGS = ("epochs", "run_dir", "steps_per_execution", "jit_compile")
+
+
+def holds_run_lock(fit: Callable) -> Callable:
+    """Decorates a recipe's `fit`: the chief holds the `RunLock` of
+    `run_dir` while it runs (re-entrant: `FineTuning.fit` calls
+    `FeatureExtraction.fit`)."""
+
+    @functools.wraps(fit)
+    def locked_fit(self, *args, **kwargs):
+        if self._run_lock is not None or not self.is_chief:
+            return fit(self, *args, **kwargs)
+        with RunLock(self.run_dir) as lock:
+            self._run_lock = lock
+            try:
+                return fit(self, *args, **kwargs)
+            finally:
+                self._run_lock = None
+
+    return locked_fit
 
 
 def _log_callbacks(log_dir: Path) -> list[keras.callbacks.Callback]:
@@ -110,6 +132,7 @@ class Recipe:
         self.tuned: dict[str, float] = {}
         # Which model fine-tuning kept: "fine_tuned" or "frozen".
         self.chosen: str | None = None
+        self._run_lock: RunLock | None = None
         self._policy = (
             distribute.mixed_precision_policy(self.strategy)
             if mixed_precision
@@ -251,6 +274,48 @@ class Recipe:
             seed=self.settings["seed"] if training else None,
         )
 
+    def _with_class_names(self, data, class_names: list[str] | None, split: str):
+        """`data` with its labels numbered as in `class_names` (matched by
+        name), so that another split's label 0 is the same class as the
+        training data's label 0.
+
+        Raises:
+            DataError: if `data` holds a class that `class_names` lacks.
+        """
+        names = getattr(data, "class_names", None)
+        if isinstance(data, tf.data.Dataset) or not names or not class_names:
+            return data
+        names, class_names = list(names), list(class_names)
+        if names == class_names:
+            return data
+        unknown = [name for name in names if name not in class_names]
+        if unknown:
+            raise DataError(
+                f"The {split} data has classes the training data does not: "
+                f"{_listed(unknown)}. Training classes: {_listed(class_names)}. "
+                "Give every split the same classes (or drop those examples)."
+            )
+        position = tf.constant([class_names.index(name) for name in names], tf.int64)
+        return dataclasses.replace(
+            data,
+            dataset=data.dataset.map(
+                lambda inputs, label: (inputs, tf.gather(position, label))
+            ),
+            class_names=class_names,
+        )
+
+    def _check_labels(self, labels: np.ndarray, split: str) -> None:
+        """Raises a `DataError` for labels outside `[0, len(class_names))`."""
+        count = len(self.class_names)
+        outside = np.flatnonzero((labels < 0) | (labels >= count))
+        if outside.size:
+            raise DataError(
+                f"The {split} data has {outside.size} labels outside 0..{count - 1} "
+                f"(the {count} classes {_listed(self.class_names)}): label "
+                f"{int(labels[outside[0]])} at example {int(outside[0])}. Labels "
+                "must be class indices; pass class_names= with every class."
+            )
+
     def _data_key(self, data) -> str:
         """Fingerprint of a split: raw data and preparation settings.
 
@@ -364,8 +429,12 @@ class Recipe:
         validation: tf.data.Dataset | None,
         epochs: int,
         data_key: str,
+        learning_rate: tuple[str, float],
     ) -> keras.callbacks.History:
         """Trains one phase, resuming from its checkpoint if there is one.
+
+        `learning_rate` names the setting that gave the phase's (peak)
+        learning rate and its value, for the advice of `NaNGuard`.
 
         Every worker restores the chief's checkpoint (so all resume at the
         same epoch: `run_dir` must be shared); only the chief writes it and
@@ -386,7 +455,7 @@ class Recipe:
         else:
             log_dir = self.run_dir / "logs" / phase
             logs = _log_callbacks(log_dir) if self.is_chief else []
-            callbacks = [NaNGuard(), state, *logs, *self.callbacks]
+            callbacks = [NaNGuard(learning_rate), state, *logs, *self.callbacks]
             training_loop.train(
                 model,
                 train,
@@ -455,3 +524,9 @@ def check_auto_or_number(name: str, value, *, positive: bool = False) -> None:
             f"Expected {name}='auto' (chosen from the data) or a number {bound}. "
             f"Received: {name}={value!r}"
         )
+
+
+def _listed(names: list[str], limit: int = 10) -> str:
+    """`names` for a message, at most `limit` of them."""
+    shown = ", ".join(repr(str(name)[:80]) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -11,8 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tftransfer import atomic
 from tftransfer.errors import TrainingError
-from tftransfer.recipes import atomic
 
 
 class NaNGuard(keras.callbacks.Callback):
@@ -21,13 +21,21 @@ class NaNGuard(keras.callbacks.Callback):
     Unlike `keras.callbacks.TerminateOnNaN`, which ends `fit()` quietly, this
     raises an error naming the epoch and step and suggesting a fix.
 
+    Args:
+        learning_rate: `(setting name, value)` of the (peak) learning rate
+            the advice names, e.g. `("fine_tune_learning_rate", 3e-3)`;
+            `None` names the optimizer's `learning_rate` (a schedule's
+            value at its first step beyond the warm-up is not known here,
+            so pass the peak when there is one).
+
     Example:
 
-    >>> model.fit(data, callbacks=[NaNGuard()])
+    >>> model.fit(data, callbacks=[NaNGuard(("learning_rate", 1e-3))])
     """
 
-    def __init__(self):
+    def __init__(self, learning_rate: tuple[str, float] | None = None):
         super().__init__()
+        self.learning_rate = learning_rate
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -37,19 +45,16 @@ class NaNGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
             return
-        learning_rate = _current_learning_rate(self.model)
+        name, value = self.learning_rate or (
+            "learning_rate",
+            float(np.asarray(self.model.optimizer.learning_rate)),
+        )
         raise TrainingError(
             f"The training loss became {float(loss)} at epoch {self._epoch + 1}, "
-            f"step {batch + 1}. Lower the learning rate (currently "
-            f"{learning_rate:.3g}; try {learning_rate / 10:.3g}), enable "
-            "gradient clipping, or check the inputs for NaN values."
+            f"step {batch + 1}. Lower {name} (it is {value:.3g}; try "
+            f"{name}={value / 10:.3g}), enable gradient clipping, or check the "
+            "inputs for NaN values."
         )
-
-
-def _current_learning_rate(model: keras.Model) -> float:
-    optimizer = model.optimizer
-    learning_rate = optimizer.learning_rate
-    return float(np.asarray(learning_rate))
 
 
 class TrainingState(keras.callbacks.Callback):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tftransfer.recipes import atomic
+from tftransfer import atomic
 
 DEFAULT_SHARD_BYTES = 64 * 2**20
 DEFAULT_MEMORY_BUDGET = 2**30
@@ -281,7 +281,9 @@ class FeatureCache:
             else Path(tempfile.mkdtemp(prefix="features-"))
         )
         parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=parent, prefix=f".{split}.partial-"))
+        # A feature pass killed mid-write left its partial folder behind.
+        atomic.remove_stale_temporaries(parent, f".{split}.partial-")
+        temporary = atomic.temporary_dir(parent, f".{split}.partial-")
         try:
             self._write(temporary, batches, data_digest)
             atomic.replace_dir(temporary, parent / split)

@@ -13,7 +13,7 @@ from tftransfer.backbones import Backbone
 from tftransfer.backbones.weights import cache
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import heads, learning_rates
-from tftransfer.recipes.base import Recipe
+from tftransfer.recipes.base import Recipe, holds_run_lock
 from tftransfer.recipes.feature_cache import (
     DEFAULT_MEMORY_BUDGET,
     CachedFeatures,
@@ -123,6 +123,7 @@ class FeatureExtraction(Recipe):
             self._model = self._join(self.head)
         return self._model
 
+    @holds_run_lock
     def fit(self, train, validation=None, *, class_names: list[str] | None = None):
         """Caches features (or reuses them) and trains the head.
 
@@ -137,8 +138,17 @@ class FeatureExtraction(Recipe):
         Returns:
             The `keras.callbacks.History` of the head training (all epochs,
             including those done before a resume).
+
+        Raises:
+            DataError: if `validation` has a class that `train` lacks (its
+                labels are otherwise matched to `train`'s by class name), or
+                a label is not a class index.
+            TrainingError: if another process is training into `run_dir`.
         """
         train, validation = self._with_validation(train, validation)
+        validation = self._with_class_names(
+            validation, class_names or getattr(train, "class_names", None), "validation"
+        )
         train_key = self._feature_key(train)
         train_features = self.cached_features(train, "train", key=train_key)
         validation_features = (
@@ -152,6 +162,9 @@ class FeatureExtraction(Recipe):
         # checkpoints.
         self._train_key = fingerprint(train_key, train_features.data_digest)
         self._set_class_names(train, class_names, train_features.labels())
+        self._check_labels(train_features.labels(), "training")
+        if validation_features is not None:
+            self._check_labels(validation_features.labels(), "validation")
         seed = self.settings["seed"]
         keras.utils.set_random_seed(seed)
         batch = self.global_batch_size
@@ -200,6 +213,7 @@ class FeatureExtraction(Recipe):
             validation_batches,
             self._head_epochs(),
             data_key=self._train_key,
+            learning_rate=("learning_rate", learning_rate),
         )
         return self.history
 
@@ -354,6 +368,7 @@ class FeatureExtraction(Recipe):
 
     def _labels_and_probabilities(self, data, split: str):
         self._require_fitted()
+        data = self._with_class_names(data, self.class_names, split)
         features = self.cached_features(data, split)
         batches = features.dataset(
             self._prediction_batch_size(), memory_budget=self.memory_budget

@@ -11,7 +11,7 @@ import numpy as np
 from tftransfer import defaults
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import learning_rates, training_loop
-from tftransfer.recipes.base import check_auto_or_number
+from tftransfer.recipes.base import check_auto_or_number, holds_run_lock
 from tftransfer.recipes.feature_extraction import FeatureExtraction
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
 
@@ -111,6 +111,7 @@ class FineTuning(FeatureExtraction):
         super().__init__(backbone, epochs=epochs, **kwargs)
         self.head_history: keras.callbacks.History | None = None
 
+    @holds_run_lock
     def fit(self, train, validation=None, *, class_names: list[str] | None = None):
         """Runs phase 1 (head on cached features) then phase 2 (fine-tuning).
 
@@ -124,6 +125,9 @@ class FineTuning(FeatureExtraction):
             The `History` of phase 2; phase 1's is in `head_history`.
         """
         train, validation = self._with_validation(train, validation)
+        validation = self._with_class_names(
+            validation, class_names or getattr(train, "class_names", None), "validation"
+        )
         self.head_history = super().fit(train, validation, class_names=class_names)
         train_batches = self._batches(train, training=True)
         validation_batches = (
@@ -155,6 +159,7 @@ class FineTuning(FeatureExtraction):
             validation_batches,
             self.settings["epochs"],
             data_key=self._train_key,
+            learning_rate=("fine_tune_learning_rate", peak),
         )
         self._keep_the_better(frozen_scores, frozen_weights, validation_batches)
         return self.history
@@ -280,9 +285,9 @@ class FineTuning(FeatureExtraction):
     def _labels_and_probabilities(self, data, split: str):
         """`predict()` and `evaluate()` run the fine-tuned model on the
         prepared inputs (the cached features are those of the frozen
-        backbone); `split` is unused."""
-        del split
+        backbone); `split` names `data` in errors."""
         self._require_fitted()
+        data = self._with_class_names(data, self.class_names, split)
         return self._predict("model", self.model, self._batches(data))
 
     def _recipe_settings(self) -> dict:

@@ -1,7 +1,10 @@
 """Atomic writes: a temporary sibling renamed into place.
 
 A reader (or a run restarted after SIGKILL) sees either the previous file or
-the complete new one, never a partial write.
+the complete new one, never a partial write. Temporary folders carry the
+writer's process id (`temporary_dir`), so that a later run removes those a
+killed process left behind (`remove_stale_temporaries`) without touching
+those of a writer still at work.
 """
 
 from __future__ import annotations
@@ -63,3 +66,39 @@ class _temporary_sibling:
             if os.path.exists(self.temporary):
                 os.unlink(self.temporary)
         return False
+
+
+def temporary_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """Creates `<parent>/<prefix><pid>-<random>`, a temporary folder that
+    `remove_stale_temporaries(parent, prefix)` removes once this process
+    has died."""
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{os.getpid()}-"))
+
+
+def remove_stale_temporaries(parent: str | os.PathLike, prefix: str) -> list[Path]:
+    """Removes the `temporary_dir(parent, prefix)` folders of processes that
+    are no longer running; returns them.
+
+    Example:
+
+    >>> remove_stale_temporaries(cache / key, ".train.partial-")
+    """
+    removed = []
+    for entry in Path(parent).glob(f"{prefix}*"):
+        pid = entry.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and process_alive(int(pid)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with id `pid` is running (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

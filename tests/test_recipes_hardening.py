@@ -1,0 +1,204 @@
+"""Recipes under careless or hostile use: mismatched classes, bad labels,
+leftovers of killed runs, two processes on one run folder, NaN advice."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tftransfer import Backbone, DataError, TrainingError, data
+from tftransfer.recipes import FeatureExtraction, FineTuning
+from tftransfer.recipes.feature_cache import FeatureCache
+from tftransfer.recipes.run_lock import RunLock
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _backbone():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(6, name="features")], name="tiny"
+    )
+
+
+def _recipe(tmp_path, cls=FeatureExtraction, backbone=None, **kwargs):
+    settings = dict(
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        strategy="default",
+        epochs=20,
+        learning_rate=3e-2,
+        head_weight_decay=0.0,
+        verbose=0,
+    )
+    return cls(backbone or _backbone(), **{**settings, **kwargs})
+
+
+def _image_backbone():
+    def build(trainable):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()],
+            name="mean_colour",
+        )
+
+    return Backbone(
+        name="mean_colour",
+        handle="test://mean_colour",
+        source="keras_application",
+        modality="image",
+        feature_dim=3,
+        builder=build,
+        image_size=(8, 8),
+    )
+
+
+def _coloured(count, seed, names=("a", "b", "c")):
+    """`count` 8x8 images of three classes (red, green or blue ones),
+    labelled in the order `names`: the class of an image is fixed, only its
+    label number follows `names`."""
+    rng = np.random.default_rng(seed)
+    classes = np.arange(count) % 3
+    pixels = rng.integers(0, 100, size=(count, 8, 8, 3))
+    pixels[np.arange(count), :, :, classes] += 150
+    labels = np.array([list(names).index("abc"[c]) for c in classes])
+    return data.from_arrays(pixels.astype("uint8"), labels, class_names=list(names))
+
+
+def _labeled_batches(x, y, batch=8):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def test_splits_with_other_class_orders_are_matched_by_name(tmp_path):
+    recipe = _recipe(tmp_path, backbone=_image_backbone())
+    recipe.fit(_coloured(60, 0), _coloured(30, 1, names=("c", "a", "b")))
+    same = recipe.evaluate(_coloured(30, 2))
+    reordered = recipe.evaluate(_coloured(30, 2, names=("b", "c", "a")), split="other")
+    assert same["accuracy"] == reordered["accuracy"] >= 0.9
+    assert reordered["confusion_matrix"] == same["confusion_matrix"]
+
+
+def test_a_split_with_an_unknown_class_is_refused(tmp_path):
+    recipe = _recipe(tmp_path, backbone=_image_backbone())
+    with pytest.raises(DataError, match=r"validation data has classes .*'d'"):
+        # The blue images named "d".
+        unknown = dataclasses.replace(_coloured(30, 1), class_names=["a", "b", "d"])
+        recipe.fit(_coloured(60, 0), unknown)
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 2
+    y[5] = 7
+    recipe = _recipe(tmp_path)
+    with pytest.raises(
+        DataError, match=r"labels outside 0\.\.1 .*label 7 at example 5"
+    ):
+        recipe.fit(
+            _labeled_batches(x, y),
+            _labeled_batches(x, np.arange(32) % 2),
+            class_names=["a", "b"],
+        )
+
+
+def test_partial_features_of_a_killed_process_are_removed_and_live_ones_kept(
+    tmp_path,
+):
+    cache = FeatureCache(tmp_path)
+    key_dir = tmp_path / "key"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = key_dir / f".train.partial-{dead.pid}-x1"
+    live = key_dir / f".train.partial-{os.getpid()}-x2"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "features-00000.npy").write_bytes(b"partial")
+    batches = [(np.ones((4, 3), "float32"), np.zeros(4, "int64"))]
+    cache.store("key", "train", batches)
+    assert not stale.exists()
+    assert live.exists()
+    assert cache.lookup("key", "train").num_examples == 4
+
+
+def test_second_process_on_a_run_folder_is_refused_naming_the_first(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    batches = _labeled_batches(x, np.arange(32) % 2)
+    with (
+        RunLock(tmp_path / "run"),
+        pytest.raises(
+            TrainingError,
+            match=rf"in use by process {os.getpid()} on .*another run_dir",
+        ),
+    ):
+        _recipe(tmp_path).fit(batches, batches)
+    # Released: the same folder trains now.
+    _recipe(tmp_path, epochs=1).fit(batches, batches)
+
+
+def test_lock_of_a_killed_process_is_released(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tftransfer.recipes.run_lock import RunLock; "
+            "lock = RunLock(sys.argv[1]); lock.__enter__(); "
+            "print('locked', flush=True); "
+            "time.sleep(120)",
+            str(tmp_path / "run"),
+        ],
+        env={**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"locked"
+        with pytest.raises(TrainingError, match=f"process {holder.pid} "):
+            RunLock(tmp_path / "run").__enter__()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.time() + 10
+    while True:
+        try:
+            with RunLock(tmp_path / "run"):
+                break
+        except TrainingError:
+            assert time.time() < deadline
+            time.sleep(0.1)
+
+
+def test_unwritable_run_folder_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    recipe = _recipe(tmp_path, run_dir=blocker / "run")
+    x = np.zeros((16, 4), "float32")
+    with pytest.raises(TrainingError, match="Cannot write to the run folder"):
+        recipe.fit(_labeled_batches(x, np.arange(16) % 2))
+    assert not (tmp_path / "cache").exists()  # no feature pass ran
+
+
+def test_nan_advice_names_the_fine_tuning_rate_in_use(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    batches = _labeled_batches(x, np.arange(64) % 2, batch=16)
+    recipe = _recipe(
+        tmp_path,
+        FineTuning,
+        head_epochs=1,
+        epochs=1,
+        fine_tune_learning_rate=1e30,
+        backbone_lr_scale=1.0,
+        clipnorm=None,
+        warmup_fraction=0.0,
+    )
+    with pytest.raises(
+        TrainingError,
+        match=r"Lower fine_tune_learning_rate \(it is 1e\+30; try "
+        r"fine_tune_learning_rate=1e\+29\)",
+    ):
+        recipe.fit(batches, batches)
