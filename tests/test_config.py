@@ -1,9 +1,14 @@
 """Recipe files: safe YAML loading, typed settings, overrides and messages."""
 
 import inspect
+import json
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import pytest
+import yaml
 
 from tftransfer import config
 from tftransfer.errors import ConfigError
@@ -171,3 +176,164 @@ def test_colab_notebook_cells_are_valid_python():
     ]
     recipe = ast.literal_eval(assignments[0].value)
     assert config.loads(recipe).distribute.strategy == "tpu"
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A recipe of about 2.7 KB whose aliases stand for 10**levels strings."""
+    lines = [MINIMAL.strip(), "recipe:", "  options:"]
+    lines.append(
+        "    billion_laughs_level_0: &billion_laughs_level_0 ["
+        + ", ".join(['"lol"'] * 10)
+        + "]"
+    )
+    for level in range(1, levels):
+        refs = ", ".join([f"*billion_laughs_level_{level - 1}"] * 10)
+        lines.append(
+            f"    billion_laughs_level_{level}: &billion_laughs_level_{level} [{refs}]"
+        )
+    lines.append(f"  epochs: *billion_laughs_level_{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_is_refused_in_milliseconds_and_megabytes():
+    # In a child process with 1 GiB of address space: before aliases were
+    # bounded this took a minute and gigabytes, then died of MemoryError.
+    text = billion_laughs()
+    assert 2000 < len(text) < 3000
+    script = textwrap.dedent(
+        """
+        import json, resource, sys, time, tracemalloc
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+        from tftransfer import config
+        tracemalloc.start()
+        start = time.perf_counter()
+        try:
+            config.loads(sys.stdin.read(), source="bomb.yaml")
+            message = None
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+        seconds = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        print(json.dumps({"seconds": seconds, "peak": peak, "error": message}))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout)
+    assert outcome["error"].startswith("ConfigError: bomb.yaml is refused at line")
+    assert "more than 100,000 values" in outcome["error"]
+    assert "aliases" in outcome["error"]
+    assert outcome["seconds"] < 0.5
+    assert outcome["peak"] < 10 * 2**20
+
+
+def test_an_alias_inside_the_value_it_names_is_refused():
+    with pytest.raises(ConfigError, match=r"alias \*loop is inside the value it names"):
+        config.loads(MINIMAL + "recipe: {options: {x: &loop [1, *loop]}}\n")
+
+
+def test_values_nested_too_deeply_are_refused_not_a_recursion_error():
+    text = MINIMAL + "recipe: {options: {x: " + "[" * 5000 + "]" * 5000 + "}}\n"
+    with pytest.raises(ConfigError, match="nest more than 50 levels deep"):
+        config.loads(text)
+
+
+def test_a_recipe_file_larger_than_a_mebibyte_is_refused_unread(tmp_path):
+    path = write(tmp_path, MINIMAL + "#" * 2**20 + "\n")
+    with pytest.raises(ConfigError, match="is larger than 1 MiB"):
+        config.load(path)
+
+
+def test_an_integer_too_long_to_read_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot be read"):
+        config.loads(MINIMAL + "recipe: {epochs: " + "9" * 5000 + "}\n")
+
+
+def test_an_alias_bomb_in_an_override_is_refused():
+    bomb = (
+        "{a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol], "
+        + ", ".join(
+            f"{c}: &{c} [" + ", ".join([f"*{p}"] * 10) + "]"
+            for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+        )
+        + "}"
+    )
+    with pytest.raises(ConfigError, match=r"--set 'recipe.options' is refused"):
+        config.loads(MINIMAL, [f"recipe.options={bomb}"])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "x" * 100_000,
+        list(range(50_000)),
+        {f"k{i}": [i] * 10 for i in range(5_000)},
+    ],
+    ids=["string", "list", "mapping"],
+)
+def test_error_messages_show_at_most_a_short_repr_of_a_value(value):
+    text = yaml.safe_dump(
+        {
+            "name": "demo",
+            "backbone": {"handle": "h"},
+            "data": {"format": "csv", "path": "a.csv"},
+            "recipe": {"epochs": value},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        config.loads(text)
+    message = str(info.value)
+    assert "'recipe.epochs' must be an integer. Received: recipe.epochs=" in message
+    assert len(message) < 300
+    assert "..." in message
+
+
+def test_unknown_keys_and_overrides_are_shown_shortened():
+    with pytest.raises(ConfigError) as info:
+        config.loads(MINIMAL + "x" * 10_000 + ": 1\n")
+    assert len(str(info.value)) < 400
+    with pytest.raises(ConfigError) as info:
+        config.loads(MINIMAL, ["recipe" + ".x" * 10_000])
+    assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../escape",
+        "../../etc",
+        "/tmp/abs",
+        "a/b",
+        "a\\b",
+        "..",
+        ".",
+        ".hidden",
+        "x" * 101,
+        "a b",
+        "",
+    ],
+)
+def test_names_that_leave_their_folder_are_refused(name):
+    with pytest.raises(ConfigError) as info:
+        config.loads(MINIMAL, [f"name={name}"] if name else ["name=''"])
+    message = str(info.value)
+    if name:
+        assert (
+            "'name' must be one folder name: letters, digits, '_', '-' and '.'"
+            in message
+        )
+        assert f"Received: name={config.short_repr(name)}" in message
+
+
+@pytest.mark.parametrize(
+    "name", ["bbc-news-topics", "flowers_v2", "run.2024-01-01", "A1"]
+)
+def test_ordinary_names_are_accepted(name):
+    assert config.loads(MINIMAL, [f"name={name}"]).name == name

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
+import reprlib
 import types
 import typing
 from typing import Any, Literal
@@ -168,7 +170,9 @@ class RunConfig:
 
     Args:
         name: The run's name: used for the run folder and the exported
-            model.
+            model. One folder name: letters, digits, `_`, `-` and `.`, not
+            starting with `.`, at most 100 characters (so the run stays
+            inside `runs_dir` and the export inside `saved_models/`).
         backbone: See `BackboneConfig`.
         data: See `DataConfig`.
         recipe: See `RecipeConfig`.
@@ -211,6 +215,111 @@ _FRACTIONS = {"recipe.dropout"}
 _OPEN_FRACTIONS = {"data.validation", "data.test"}
 _NON_NEGATIVE = {"data.seed"}
 
+# A run's name is one folder name, inside `runs_dir` and `saved_models/`.
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+_NAME_RULE = (
+    "one folder name: letters, digits, '_', '-' and '.', not starting "
+    "with '.', at most 100 characters"
+)
+
+# Bounds on what a recipe file may make tftransfer hold. A recipe has a few
+# hundred values; a YAML alias (`*name`) repeats a value without copying
+# it, so a file of a few lines could otherwise stand for billions of values
+# ("billion laughs").
+MAX_RECIPE_BYTES = 2**20
+MAX_VALUES = 100_000
+MAX_DEPTH = 50
+# Longest value shown in an error message.
+MAX_REPR = 80
+
+
+class _Refused(yaml.YAMLError):
+    """Valid YAML that a recipe file may not hold (too large or too deep)."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None):
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """A `yaml.SafeLoader` that refuses documents of more than `MAX_VALUES`
+    values, counting each alias as the values it repeats, or nested more
+    than `MAX_DEPTH` levels deep, and aliases inside the value they name.
+
+    It counts while it composes the document, before any Python object is
+    built, so refusing a "billion laughs" file costs as little as reading it.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        # id(node) -> how many values the node stands for, aliases expanded.
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._sizes:
+                raise _Refused(
+                    f"the alias *{_clip(event.anchor)} is inside the value it names, "
+                    "so that value would never end",
+                    event.start_mark,
+                )
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                f"values nest more than {MAX_DEPTH} levels deep",
+                self.peek_event().start_mark,
+            )
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        children = node.value if isinstance(node, yaml.CollectionNode) else ()
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in children for child in pair]
+        size = 1 + sum(self._sizes[id(child)] for child in children)
+        if size > MAX_VALUES:
+            raise _Refused(
+                f"it holds more than {MAX_VALUES:,} values, counting each "
+                "alias (*name) as the values it repeats",
+                node.start_mark,
+            )
+        self._sizes[id(node)] = size
+        return node
+
+
+def _safe_load(text: str) -> Any:
+    """`yaml.safe_load` within `_BoundedLoader`'s bounds."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+
+
+def short_repr(value: Any) -> str:
+    """`repr(value)` in at most `MAX_REPR` characters, for error messages.
+
+    Long strings, lists and mappings are elided with `...` without building
+    their whole `repr`, however large they are.
+
+    Example:
+
+    >>> short_repr(list(range(10**6)))
+    '[0, 1, 2, 3, 4, 5, ...]'
+    """
+    return _clip(_REPR.repr(value))
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = MAX_REPR
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+
 
 def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunConfig:
     """Reads, overrides and validates a recipe file.
@@ -239,8 +348,21 @@ def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunCo
             f"Recipe file {path} does not exist. Pass the path of a YAML "
             "recipe file, for example recipes/default.yaml."
         )
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        data = f.read(MAX_RECIPE_BYTES + 1)
+    if len(data) > MAX_RECIPE_BYTES:
+        raise ConfigError(
+            f"Recipe file {path} is larger than {MAX_RECIPE_BYTES // 2**20} MiB; "
+            "recipe files hold a few hundred settings. Pass a recipe file, "
+            "not a data file (data files go in `data.path`)."
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"Recipe file {path} is not UTF-8 text (byte {error.start} is "
+            f"not valid UTF-8). Save it as UTF-8."
+        ) from None
     return loads(text, overrides, source=path)
 
 
@@ -264,14 +386,24 @@ def loads(
     'feature_extraction'
     """
     try:
-        raw = yaml.safe_load(text)
+        raw = _safe_load(text)
+    except _Refused as error:
+        raise ConfigError(
+            f"{source} is refused{_where(error)}: {error.problem}. A recipe "
+            f"file holds at most {MAX_VALUES:,} values, nested at most "
+            f"{MAX_DEPTH} levels deep; write the values out instead of "
+            "repeating large parts through aliases (&name ... *name)."
+        ) from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(
-            f"{source} is not valid YAML{where}: {problem}. Check the "
-            "indentation and quoting there."
+            f"{source} is not valid YAML{_where(error)}: {_clip(problem)}. Check "
+            "the indentation and quoting there."
+        ) from None
+    except ValueError as error:  # An integer too long for int().
+        raise ConfigError(
+            f"{source} holds a value that cannot be read: {_clip(str(error))}. "
+            "Write it shorter, or quote it to make it a string."
         ) from None
     if raw is None:
         raw = {}
@@ -306,10 +438,15 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not all(parts):
         raise ConfigError(
             f"Expected `--set` as KEY=VALUE with a dotted KEY such as "
-            f"recipe.epochs=5. Received: {override!r}."
+            f"recipe.epochs=5. Received: {short_repr(override)}."
         )
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = _safe_load(value) if value.strip() else ""
+    except _Refused as error:
+        raise ConfigError(
+            f"--set {short_repr(key.strip())} is refused: {error.problem}. "
+            "Give a smaller value."
+        ) from None
     except yaml.YAMLError:
         parsed = value
     target = raw
@@ -317,7 +454,8 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         child = target.setdefault(part, {})
         if not isinstance(child, dict):
             raise ConfigError(
-                f"Cannot set {key.strip()!r}: {'.'.join(parts[: depth + 1])!r} "
+                f"Cannot set {short_repr(key.strip())}: "
+                f"{short_repr('.'.join(parts[: depth + 1]))} "
                 f"is a {_describe(child)}, not a section."
             )
         target = child
@@ -349,7 +487,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
     if not isinstance(raw, dict):
         raise ConfigError(
             f"{source}: {section!r} must be a mapping of settings. Received: "
-            f"{raw!r} (a {_describe(raw)})."
+            f"{short_repr(raw)} (a {_describe(raw)})."
         )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -380,7 +518,7 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
 
 
 def _unknown_key_message(key: str, prefix: str, allowed: list[str], source: str):
-    full = f"{prefix}{key}"
+    full = short_repr(f"{prefix}{key}")
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if not close:
         # Maybe the key belongs to another section ("epochs" at the top).
@@ -392,7 +530,7 @@ def _unknown_key_message(key: str, prefix: str, allowed: list[str], source: str)
         hint = f" Did you mean {(prefix + close[0])!r}?"
     where = f"under {prefix.rstrip('.')!r}" if prefix else "at the top level"
     return (
-        f"{source}: unknown key {full!r}.{hint} Keys allowed {where}: "
+        f"{source}: unknown key {full}.{hint} Keys allowed {where}: "
         f"{', '.join(allowed)}."
     )
 
@@ -402,18 +540,30 @@ def _check_value(key: str, value: Any, hint: Any, source: str) -> Any:
     checked = _coerce(value, hint)
     if checked is _INVALID:
         choices = [a for a in typing.get_args(hint) if isinstance(a, str)]
-        close = difflib.get_close_matches(str(value), choices, n=1)
+        close = (
+            difflib.get_close_matches(value, choices, n=1)
+            if isinstance(value, str)
+            else []
+        )
         suggestion = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(
             f"{source}: {key!r} must be {_allowed(hint)}. Received: "
-            f"{key}={value!r} (a {_describe(value)}).{suggestion}"
+            f"{key}={short_repr(value)} (a {_describe(value)}).{suggestion}"
         )
     if checked is not None and not isinstance(checked, (bool, str, dict)):
         bound = _bound_problem(key, checked)
         if bound:
             raise ConfigError(
-                f"{source}: {key!r} must be {bound}. Received: {key}={value!r}."
+                f"{source}: {key!r} must be {bound}. Received: "
+                f"{key}={short_repr(value)}."
             )
+    if key == "name" and not _NAME.fullmatch(checked):
+        raise ConfigError(
+            f"{source}: 'name' must be {_NAME_RULE}: it names the run folder "
+            f"<runs_dir>/<name> and the export saved_models/<name>, which must "
+            f"stay inside those folders. Received: name={short_repr(value)}. "
+            "Use, for example, name: flowers-v2."
+        )
     return checked
 
 
@@ -450,6 +600,12 @@ def _coerce(value: Any, hint: Any) -> Any:
     if hint is str:
         return value if isinstance(value, str) and value.strip() else _INVALID
     return _INVALID
+
+
+def _where(error: yaml.YAMLError) -> str:
+    """` at line L, column C` of a YAML error, where it has a position."""
+    mark = getattr(error, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def _bound_problem(key: str, value: float) -> str | None:
