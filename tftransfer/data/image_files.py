@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import tensorflow as tf
@@ -20,6 +21,9 @@ _SIGNATURES = {
 # Bytes read from the end of a file to find its format's end marker. Cameras
 # and editors sometimes pad files after the marker.
 _TAIL_BYTES = 1024
+# What TensorFlow wraps an eager op's error message in: the function node
+# before it, the op's name after it.
+_OP_CONTEXT = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]( name:.*)?")
 
 
 def _ends(path: str) -> tuple[int, bytes, bytes]:
@@ -82,7 +86,8 @@ def _decode_problems(paths: list[str]) -> dict[int, str]:
         try:
             _decode_shape(tf.io.read_file(paths[i]))
         except tf.errors.OpError as e:
-            problems[i] = f"could not be decoded ({e.message.strip()})"
+            reason = _OP_CONTEXT.sub("", e.message).strip()
+            problems[i] = f"could not be decoded ({reason})"
     return problems
 
 

@@ -65,7 +65,7 @@ def encode_labels(
             label = int(labels[at])
             name = where[at] if where is not None else f"{source} index {at}"
             if label < 0:
-                problem = "; integer labels are class indices 0, 1, 2, .... Fix it"
+                problem = "; integer labels are class indices (0, 1, 2, ...). Fix it"
             else:
                 problem = (
                     f", but there are only {len(names)} class names ({names}); "
