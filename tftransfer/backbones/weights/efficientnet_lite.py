@@ -6,7 +6,8 @@ PyTorch `.pth` file with `efficientnet_pytorch`-style names. `preset_dir()`
 checks and reads it without PyTorch (see `torch_checkpoint`), renames its
 tensors to timm's `efficientnet_lite0` names and writes a timm-format folder
 (`config.json` + `model.safetensors`) that KerasHub converts on load. The
-folder is written once into the cache and reused.
+folder is written once into the cache, with the digest of each file, and
+reused while its files match those digests.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
@@ -64,31 +63,30 @@ def preset_dir() -> str:
     """Returns a timm-format folder of EfficientNet-Lite0 that KerasHub loads.
 
     Converts the checkpoint on first use into
-    `<cache>/efficientnet_lite0_imagenet/`, written to a temporary sibling
-    and renamed into place.
+    `<cache>/efficientnet_lite0_imagenet/`, with the sha256 of each file it
+    writes recorded beside them, and checks those files on every later use: a
+    changed or truncated file is rebuilt from the pinned checkpoint (see
+    `cache.cached_folder`).
+
+    Raises:
+        HandleNotFoundError: if the folder must be (re)built and the package
+            that ships the checkpoint is not installed.
+        HandleError: if the checkpoint is not the pinned file.
 
     Example:
 
     >>> classifier = keras_hub.models.ImageClassifier.from_preset(preset_dir())
     """
-    target = os.path.join(cache.cache_dir(), "efficientnet_lite0_imagenet")
-    if os.path.exists(os.path.join(target, "model.safetensors")):
-        return target
-    weights = timm_state_dict(load_state_dict(checkpoint_path(), CHECKPOINT_SHA256))
+    return cache.cached_folder("efficientnet_lite0_imagenet", _write_preset)
+
+
+def _write_preset(folder: str) -> None:
     from safetensors.numpy import save_file
 
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    staging = tempfile.mkdtemp(
-        prefix=".efficientnet_lite0.", dir=os.path.dirname(target)
-    )
-    try:
-        save_file(weights, os.path.join(staging, "model.safetensors"))
-        with open(os.path.join(staging, "config.json"), "w") as f:
-            json.dump(_TIMM_CONFIG, f, indent=2)
-        cache.move_into_place(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    weights = timm_state_dict(load_state_dict(checkpoint_path(), CHECKPOINT_SHA256))
+    save_file(weights, os.path.join(folder, "model.safetensors"))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(_TIMM_CONFIG, f, indent=2)
 
 
 def timm_state_dict(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

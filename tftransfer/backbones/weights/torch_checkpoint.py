@@ -157,7 +157,6 @@ class _StorageType(_Unpicklable):
     kind = "storage type"
 
     def __init__(self, name: str):
-        self.name = name
         self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
@@ -215,19 +214,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ):
             raise HandleError(
                 f"The checkpoint {self._path!r} holds an unexpected persistent "
-                f"object {saved_id!r}; only the tensor storages of its state "
+                f"object {reprlib.repr(saved_id)}; only the tensor storages of its state "
                 f"dict are admitted. {_RESAVE}"
             )
         kind, storage_type, key, _location, numel = saved_id[:5]
         if kind != "storage" or not isinstance(storage_type, _StorageType):
             raise HandleError(
                 f"The checkpoint {self._path!r} holds an unexpected persistent "
-                f"object {kind!r}; only tensor storages are admitted."
+                f"object {reprlib.repr(kind)}; only tensor storages are admitted."
             )
         if not isinstance(key, str) or type(numel) is not int or numel < 0:
             raise HandleError(
                 f"The checkpoint {self._path!r} declares a storage with key "
-                f"{key!r} and {numel!r} elements; expected a string key and a "
+                f"{reprlib.repr(key)} and {reprlib.repr(numel)} elements; expected a string key and a "
                 f"count of at least 0. {_RESAVE}"
             )
         if len(saved_id) == 6 and saved_id[5] is not None:
