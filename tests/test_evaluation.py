@@ -97,3 +97,31 @@ def test_image_report_writes_thumbnails_of_mistakes(tmp_path):
     embedded = base64.b64encode(thumbnail.read_bytes()).decode()
     assert f'src="data:image/png;base64,{embedded}"' in text
     assert re.findall(r'<img[^>]* src="(?!data:)', text) == []
+
+
+def test_report_counts_and_names_skipped_and_fallback_inputs(tmp_path):
+    labels = np.array([0, 1])
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8]])
+    metrics = {
+        **classification_metrics(labels, probabilities, ["a", "b"]),
+        "chosen": "frozen",
+    }
+    skipped = [f"img/{i}.jpg: could not be decoded" for i in range(25)]
+    page = evaluation.write_report(
+        tmp_path,
+        metrics=metrics,
+        history=HISTORY,
+        labels=labels,
+        probabilities=probabilities,
+        inputs=["x", "y"],
+        input_format="text",
+        title="t",
+        skipped=skipped,
+        fallbacks=["sports/199.txt: read as cp1252"],
+    ).read_text()
+    assert "<b>25 inputs skipped</b>" in page
+    assert "img/19.jpg: could not be decoded" in page
+    assert "img/20.jpg" not in page and "and 5 more" in page
+    assert "<b>1 inputs read by a fallback</b>" in page
+    assert "sports/199.txt: read as cp1252" in page
+    assert "model kept<b>frozen</b>" in page

@@ -202,3 +202,48 @@ def test_nan_advice_names_the_fine_tuning_rate_in_use(tmp_path):
         r"fine_tune_learning_rate=1e\+29\)",
     ):
         recipe.fit(batches, batches)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Stops the process's training (as a kill would) after `epoch` of the
+    phase whose model is `model_name`, once its checkpoint is written."""
+
+    def __init__(self, model_name, epoch):
+        super().__init__()
+        self.model_name, self.epoch = model_name, epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.name == self.model_name and epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("phase", ["head", "fine_tuning"])
+def test_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(tmp_path, phase):
+    """Shuffled LabeledData, dropout, "auto" rates: kill-and-resume equals
+    no kill."""
+
+    def fit(run, callbacks=()):
+        recipe = FineTuning(
+            _image_backbone(),
+            cache_dir=tmp_path / "cache",
+            run_dir=tmp_path / run,
+            strategy="default",
+            head_epochs=4,
+            epochs=3,
+            patience=None,
+            batch_size=8,
+            callbacks=list(callbacks),
+            verbose=0,
+        )
+        recipe.fit(_coloured(48, 0), _coloured(24, 1))
+        return recipe
+
+    expected = fit("uninterrupted")
+    with pytest.raises(KeyboardInterrupt):
+        fit("resumed", [_Interrupt("head" if phase == "head" else "fine_tuning", 1)])
+    resumed = fit("resumed")
+    assert resumed.tuned == expected.tuned
+    for ours, theirs in zip(
+        resumed.model.variables, expected.model.variables, strict=True
+    ):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)

@@ -144,6 +144,8 @@ def write_report(
     title: str,
     settings: Mapping[str, Any] | None = None,
     confidently_wrong_count: int = 12,
+    skipped: Sequence[str] = (),
+    fallbacks: Sequence[str] = (),
 ) -> Path:
     """Writes the run report files into `run_dir`; returns `report.html`.
 
@@ -160,6 +162,10 @@ def write_report(
         title: The page title (the run's name).
         settings: The run's settings, shown at the end of the page.
         confidently_wrong_count: How many confident mistakes to show.
+        skipped: The inputs the reader left out, with the reason
+            (`LabeledData.skipped`): counted and listed in the report.
+        fallbacks: The inputs read by a fallback (`LabeledData.fallbacks`,
+            e.g. text files that are not UTF-8): counted and listed.
 
     Returns:
         The path of `report.html`.
@@ -189,7 +195,10 @@ def write_report(
         input_format,
         metrics["class_names"],
     )
-    page = _page(run_dir, title, metrics, curves, confusion, mistakes, settings or {})
+    data_notes = _data_notes(skipped, fallbacks)
+    page = _page(
+        run_dir, title, metrics, curves, confusion, mistakes, settings or {}, data_notes
+    )
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -280,7 +289,29 @@ pre{background:#f6f6f6;padding:1em;overflow:auto}
 """
 
 
-def _page(run_dir, title, metrics, curves, confusion, mistakes, settings) -> str:
+def _data_notes(skipped: Sequence[str], fallbacks: Sequence[str], shown: int = 20):
+    """The report's section on inputs skipped or read by a fallback."""
+    e = html.escape
+    parts = []
+    for heading, entries in (
+        ("inputs skipped", skipped),
+        ("inputs read by a fallback", fallbacks),
+    ):
+        if not entries:
+            continue
+        more = (
+            f"<li>... and {len(entries) - shown} more</li>"
+            if len(entries) > shown
+            else ""
+        )
+        items = "".join(f"<li>{e(str(entry))}</li>" for entry in entries[:shown])
+        parts.append(f"<p><b>{len(entries)} {heading}</b></p><ul>{items}{more}</ul>")
+    return f"<h2>Data</h2>{''.join(parts)}" if parts else ""
+
+
+def _page(
+    run_dir, title, metrics, curves, confusion, mistakes, settings, data_notes
+) -> str:
     e = html.escape
     cards = "".join(
         f'<div class="card">{e(label)}<b>{value}</b></div>'
@@ -322,6 +353,7 @@ def _page(run_dir, title, metrics, curves, confusion, mistakes, settings) -> str
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
 {per_class}</table>
 <h2>Most confidently wrong</h2>{mistakes_html}
+{data_notes}
 <h2>Settings</h2><pre>{e(json.dumps(settings, indent=2, default=str))}</pre>
 <p>TensorBoard logs: <code>tensorboard --logdir logs</code> in this folder.</p>
 </body></html>

@@ -456,14 +456,19 @@ class Recipe:
             log_dir = self.run_dir / "logs" / phase
             logs = _log_callbacks(log_dir) if self.is_chief else []
             callbacks = [NaNGuard(learning_rate), state, *logs, *self.callbacks]
+            # One iterator through all epochs: epoch e gets the e-th shuffle
+            # of the data, and a resumed run skips the epochs it has done,
+            # so it sees the data in the order an uninterrupted run would.
+            steps = training_loop.steps_per_epoch(train)
             training_loop.train(
                 model,
-                train,
+                train.repeat().skip(initial_epoch * steps),
                 strategy=self.strategy,
                 epochs=epochs,
                 validation_data=validation,
                 callbacks=callbacks,
                 initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
                 verbose=self.verbose,
             )
         history = keras.callbacks.History()

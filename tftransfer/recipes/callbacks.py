@@ -60,13 +60,15 @@ class NaNGuard(keras.callbacks.Callback):
 class TrainingState(keras.callbacks.Callback):
     """Checkpoints everything a killed run needs to resume, and stops early.
 
-    At the end of every epoch the model weights, the optimizer state, the
-    epoch number, the history so far and the early-stopping state are
+    At the end of every epoch the model's variables (weights and the states
+    of its random seeds), the optimizer state, the epoch number, the history
+    so far and the early-stopping state are
     written to one file, `<directory>/state.npz`, through a temporary
     sibling renamed into place: a run killed at any moment (even SIGKILL)
     leaves the previous complete checkpoint. `restore()` loads it before
     training resumes, so the run ends after the same number of epochs, none
-    lost or repeated. The best weights seen so far (by `monitor`) are kept
+    lost or repeated (and, with the data order resumed too, on the same
+    weights as an uninterrupted run). The best weights seen so far (by `monitor`) are kept
     in `best-<epoch>.weights.npz` and restored at the end of training.
 
     Under a multi-worker strategy every worker restores the same checkpoint,
@@ -135,7 +137,7 @@ class TrainingState(keras.callbacks.Callback):
             return 0
         with np.load(self.path) as arrays:
             meta = json.loads(str(arrays["meta"]))
-            _assign(model.weights, arrays, "w")
+            _assign(model.variables, arrays, "w")
             _assign(_optimizer_variables(model), arrays, "o")
         self.history = meta["history"]
         self.finished = meta["finished"]
@@ -194,7 +196,9 @@ class TrainingState(keras.callbacks.Callback):
     def _save(self, epochs_done: int) -> None:
         self._epochs_done = epochs_done
         if self.write:
-            arrays = _arrays(self.model.weights, "w")
+            # Variables, not only weights: the random seeds' states too, so
+            # that dropout continues as in an uninterrupted run.
+            arrays = _arrays(self.model.variables, "w")
             arrays.update(_arrays(_optimizer_variables(self.model), "o"))
             arrays["meta"] = np.array(json.dumps(self._meta()))
             atomic.save_npz(self.path, arrays)

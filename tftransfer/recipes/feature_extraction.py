@@ -168,20 +168,26 @@ class FeatureExtraction(Recipe):
         seed = self.settings["seed"]
         keras.utils.set_random_seed(seed)
         batch = self.global_batch_size
-        train_batches = train_features.dataset(
-            batch,
-            shuffle=True,
-            seed=seed,
-            memory_budget=self.memory_budget,
-            drop_remainder=self._drop_remainder(train_features.num_examples),
-        )
+
+        def train_batches() -> tf.data.Dataset:
+            # A new dataset for each use: a seeded shuffle's orders advance
+            # with every pass over one dataset object, and the head search
+            # must not change the orders the head's own training sees.
+            return train_features.dataset(
+                batch,
+                shuffle=True,
+                seed=seed,
+                memory_budget=self.memory_budget,
+                drop_remainder=self._drop_remainder(train_features.num_examples),
+            )
+
         validation_batches = (
             validation_features.dataset(batch, memory_budget=self.memory_budget)
             if validation_features
             else None
         )
         steps_per_execution = self._head_steps_per_execution(
-            train_features, train_batches
+            train_features, train_batches()
         )
 
         def new_head(learning_rate: float, weight_decay: float) -> keras.Model:
@@ -209,7 +215,7 @@ class FeatureExtraction(Recipe):
         self.history = self._train_phase(
             "head",
             self.head,
-            train_batches,
+            train_batches(),
             validation_batches,
             self._head_epochs(),
             data_key=self._train_key,
@@ -258,7 +264,7 @@ class FeatureExtraction(Recipe):
             def train_candidate(learning_rate: float, weight_decay: float) -> float:
                 return learning_rates.best_validation_loss(
                     new_head(learning_rate, weight_decay),
-                    train_batches,
+                    train_batches(),
                     validation_batches,
                     strategy=self.strategy,
                     epochs=self._head_epochs(),

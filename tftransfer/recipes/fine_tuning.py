@@ -142,8 +142,10 @@ class FineTuning(FeatureExtraction):
         with self._building():
             backbone_variables = self.unfreeze()
         frozen_weights = [np.array(v.numpy()) for v in self.model.weights]
+        # The range test reads its own copy of the data, so that the
+        # shuffles phase 2 sees do not depend on whether it ran.
         peak = self._fine_tune_learning_rate(
-            backbone_variables, train_batches, steps_per_epoch
+            backbone_variables, self._batches(train, training=True), steps_per_epoch
         )
         with self._building():
             self._compile(

@@ -160,8 +160,9 @@ def find_learning_rate(
     The learning rate grows exponentially from `min_lr` to `max_lr` over
     `steps` training steps (on `train`, repeated as needed); the test stops
     early once the smoothed loss exceeds `divergence` times its minimum or
-    is not finite. Every weight (BatchNorm statistics included) is put back
-    afterwards; the optimizer used for the test is thrown away.
+    is not finite. Every variable (BatchNorm statistics and the states of
+    random seeds included) is put back afterwards; the optimizer used for
+    the test is thrown away.
 
     Args:
         model: the model to fine-tune, built in `strategy.scope()`.
@@ -195,7 +196,7 @@ def find_learning_rate(
     schedule = keras.optimizers.schedules.ExponentialDecay(
         min_lr, decay_steps=1, decay_rate=growth
     )
-    saved = [np.array(v.numpy()) for v in model.weights]
+    saved = [np.array(v.numpy()) for v in model.variables]
     compile_with(schedule)
     recorder = _LossRecorder(lambda step: min_lr * growth**step, smoothing, divergence)
     try:
@@ -212,7 +213,7 @@ def find_learning_rate(
             verbose=0,
         )
     finally:
-        for variable, value in zip(model.weights, saved, strict=True):
+        for variable, value in zip(model.variables, saved, strict=True):
             variable.assign(value)
     smoothed = recorder.smoothed
     if not smoothed:  # The very first step diverged.

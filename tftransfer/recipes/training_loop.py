@@ -28,6 +28,7 @@ def train(
     validation_data: tf.data.Dataset | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
     initial_epoch: int = 0,
+    steps_per_epoch: int | None = None,
     verbose: int | str = "auto",
 ) -> keras.callbacks.History:
     """Trains a compiled `model` under `strategy`.
@@ -42,6 +43,9 @@ def train(
         validation_data: batches evaluated after each epoch, or `None`.
         callbacks: Keras callbacks.
         initial_epoch: the epoch to start from (when resuming).
+        steps_per_epoch: steps of one epoch, for `train_data` that repeats:
+            one iterator then runs through all epochs (as in `fit`);
+            `None`: one pass over `train_data` per epoch.
         verbose: as in `fit`: 0 silent, 1 progress bar, 2 one line per epoch.
 
     Returns:
@@ -62,6 +66,7 @@ def train(
             validation_data=validation_data,
             epochs=epochs,
             initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
             callbacks=callbacks,
             verbose=verbose,
             shuffle=False,  # The dataset shuffles; fit cannot shuffle a Dataset.
@@ -71,6 +76,7 @@ def train(
         validation_data=validation_data,
         epochs=epochs,
         initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
     )
@@ -107,10 +113,12 @@ class OwnedLoop:
         validation_data: tf.data.Dataset | None = None,
         callbacks: list[keras.callbacks.Callback] | None = None,
         initial_epoch: int = 0,
+        steps_per_epoch: int | None = None,
         verbose: int | str = "auto",
     ) -> keras.callbacks.History:
         """Trains like `keras.Model.fit` (same arguments, same `History`)."""
-        steps = steps_per_epoch(train_data)
+        repeats = steps_per_epoch is not None
+        steps = steps_per_epoch if repeats else self._steps_of(train_data)
         verbose = 1 if verbose == "auto" else verbose
         callback_list = keras.callbacks.CallbackList(
             callbacks,
@@ -130,7 +138,8 @@ class OwnedLoop:
         for epoch in range(initial_epoch, epochs):
             callback_list.on_epoch_begin(epoch)
             totals = np.zeros(3)
-            iterator = iter(train_batches)
+            if not repeats or epoch == initial_epoch:
+                iterator = iter(train_batches)
             for step in range(steps):
                 callback_list.on_train_batch_begin(step)
                 totals += [float(t) for t in self._train_step(iterator)]
@@ -150,9 +159,14 @@ class OwnedLoop:
     def _evaluate(self, batches, dataset: tf.data.Dataset) -> dict[str, float]:
         totals = np.zeros(3)
         iterator = iter(batches)
-        for _ in range(steps_per_epoch(dataset)):
+        for _ in range(self._steps_of(dataset)):
             totals += [float(t) for t in self._test_step(iterator)]
         return _logs(totals)
+
+    @staticmethod
+    def _steps_of(dataset: tf.data.Dataset) -> int:
+        # `fit`'s argument `steps_per_epoch` shadows the function there.
+        return steps_per_epoch(dataset)
 
     def _distribute(self, dataset: tf.data.Dataset):
         options = tf.data.Options()
