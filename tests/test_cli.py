@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from tftransfer import cli
 from tftransfer.cli import sources
 from tftransfer.config import DataConfig
 from tftransfer.errors import ConfigError, DataNotFoundError
-from tftransfer.recipes import FeatureExtraction
+from tftransfer.recipes import FeatureExtraction, training_loop
 
 GOOD = """
 name: demo
@@ -158,6 +159,28 @@ def test_predict_prints_top_classes_of_each_file(exported, tmp_path, capsys):
     assert out == f"{article}  {recipe.class_names[best]} {expected[best]:.3f}"
 
 
+def test_predict_takes_a_folder_and_names_each_bad_file(exported, tmp_path, capsys):
+    base, recipe = exported
+    folder = tmp_path / "articles"
+    (folder / "more").mkdir(parents=True)
+    (folder / "a.txt").write_text("a late goal")
+    (folder / "more" / "b.txt").write_text("new phone software")
+    (folder / "notes.md").write_text("not a .txt file: left out")
+    (folder / ".hidden.txt").write_text("hidden: left out")
+    (folder / "broken.txt").symlink_to(tmp_path / "gone.txt")
+    missing = tmp_path / "missing.txt"
+    assert cli.main(["predict", str(base), str(folder), str(missing)]) == 1
+    out, err = capsys.readouterr()
+    classified = [line.split("  ")[0] for line in out.splitlines()]
+    assert classified == [str(folder / "a.txt"), str(folder / "more" / "b.txt")]
+    assert err.splitlines() == [
+        f"error: {folder / 'broken.txt'}: does not exist",
+        f"error: {missing}: does not exist",
+        "error: 2 of 4 files could not be classified (each is named above); the "
+        "others were.",
+    ]
+
+
 def test_evaluate_reports_accuracy_on_a_text_folder(exported, tmp_path, capsys):
     base, recipe = exported
     data = text_folder(tmp_path / "data")
@@ -291,3 +314,162 @@ def test_python_dash_m_runs_the_command():
     )
     assert result.returncode == 2
     assert "error: Recipe file missing.yaml does not exist" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(bert_paths, tmp_path_factory):
+    """A finished run folder of a tiny text run (export off), and its data."""
+    root = tmp_path_factory.mktemp("finished_run")
+    path = run_recipe(
+        root,
+        bert_paths,
+        export={"enabled": False, "base_path": str(root / "saved_models" / "topics")},
+    )
+    assert cli.main(["run", path]) == 0
+    return root / "runs" / "topics", root / "data"
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of the finished run folder, to change; its export base folder."""
+    folder = tmp_path / "topics"
+    shutil.copytree(finished_run[0], folder)
+    settings = yaml.safe_load((folder / "recipe.yaml").read_text())
+    return folder, pathlib.Path(settings["export"]["base_path"])
+
+
+@pytest.fixture
+def training(monkeypatch):
+    """Counts training calls and feature passes."""
+    calls = {"train": 0, "features": 0}
+    train = training_loop.train
+    feature_batches = FeatureExtraction._feature_batches
+
+    def counted_train(*args, **kwargs):
+        calls["train"] += 1
+        return train(*args, **kwargs)
+
+    def counted_features(self, *args, **kwargs):
+        calls["features"] += 1
+        return feature_batches(self, *args, **kwargs)
+
+    monkeypatch.setattr(training_loop, "train", counted_train)
+    monkeypatch.setattr(FeatureExtraction, "_feature_batches", counted_features)
+    return calls
+
+
+def versions(base: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir()) if base.exists() else []
+
+
+@pytest.mark.slow
+def test_export_repeats_the_trained_model_without_training(run_copy, training, capsys):
+    folder, base = run_copy
+    before = versions(base)
+    assert cli.main(["export", str(folder)]) == 0
+    assert "Restoring: feature extraction" in capsys.readouterr().out
+    assert training == {"train": 0, "features": 0}
+    assert len(versions(base)) == len(before) + 1
+
+
+@pytest.mark.slow
+def test_export_refuses_changed_data_until_retrain(
+    run_copy, finished_run, training, capsys
+):
+    folder, base = run_copy
+    data = finished_run[1]
+    before = versions(base)
+    added = data / "sport" / "added.txt"
+    added.write_text("a new match report")
+    try:
+        assert cli.main(["export", str(folder)]) == 1
+        err = stderr(capsys)
+        assert (
+            f"error: The data at data.path='{data}' changed since the run in {folder}"
+            in err
+        )
+        assert "Nothing was exported. Restore the data, or pass --retrain" in err
+        assert training == {"train": 0, "features": 0}
+        assert versions(base) == before
+
+        assert cli.main(["export", str(folder), "--retrain"]) == 0
+        assert training["train"] > 0
+        assert len(versions(base)) == len(before) + 1
+        trained = dict(training)
+        assert cli.main(["export", str(folder)]) == 0  # What --retrain trained.
+        assert training == trained
+    finally:
+        added.unlink()
+
+
+@pytest.mark.slow
+def test_export_refuses_missing_or_changed_checkpoints(run_copy, training, capsys):
+    folder, base = run_copy
+    before = versions(base)
+    state = next((folder / "checkpoints").glob("head-*/state.npz"))
+    state.unlink()
+    assert cli.main(["export", str(folder)]) == 1
+    err = stderr(capsys)
+    assert "Checkpoints of the trained model in" in err
+    assert (
+        f"missing or changed since its training: {state.parent.name}/state.npz" in err
+    )
+    assert "Pass --retrain" in err
+    assert training == {"train": 0, "features": 0}
+    assert versions(base) == before
+
+
+@pytest.mark.slow
+def test_export_refuses_a_recipe_edited_since_training(run_copy, training, capsys):
+    folder, base = run_copy
+    settings = yaml.safe_load((folder / "recipe.yaml").read_text())
+    settings["recipe"]["dropout"] = 0.5
+    settings["evaluation"]["confidently_wrong"] = 3  # Not a training setting.
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(settings))
+    assert cli.main(["export", str(folder)]) == 1
+    err = stderr(capsys)
+    assert "is not the recipe the model in" in err
+    assert "trained with: recipe.dropout changed" in err
+    assert training == {"train": 0, "features": 0}
+
+
+@pytest.mark.slow
+def test_export_refuses_a_run_without_a_training_record(run_copy, training, capsys):
+    folder, _ = run_copy
+    (folder / "trained.json").unlink()
+    assert cli.main(["export", str(folder)]) == 1
+    assert "has no record of a finished training (trained.json)" in stderr(capsys)
+    assert training == {"train": 0, "features": 0}
+
+
+@pytest.mark.slow
+def test_export_stops_before_the_first_training_step_it_did_not_foresee(
+    run_copy, training, capsys
+):
+    # A phase without its checkpoint, which the record does not list either:
+    # the recipe would train; the command stops it before the first step.
+    folder, base = run_copy
+    before = versions(base)
+    head = next((folder / "checkpoints").glob("head-*/"))
+    shutil.rmtree(head)
+    record = json.loads((folder / "trained.json").read_text())
+    record["checkpoints"] = {
+        name: digest
+        for name, digest in record["checkpoints"].items()
+        if not name.startswith(head.name + "/")
+    }
+    (folder / "trained.json").write_text(json.dumps(record))
+    assert cli.main(["export", str(folder)]) == 1
+    err = stderr(capsys)
+    assert f"error: Exporting {folder} would retrain" in err
+    assert "Nothing was trained or exported. Pass --retrain" in err
+    assert training["train"] == 1
+    assert not (head / "state.npz").exists()
+    assert versions(base) == before
+
+
+def test_export_of_a_folder_that_is_not_a_run_folder_exits_2(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path)]) == 2
+    assert f"error: {tmp_path} is not a run folder: it has no recipe.yaml" in stderr(
+        capsys
+    )

@@ -4,8 +4,9 @@ Subcommands: `run` (a whole job from a recipe file), `inspect` (what a
 SavedModel or backbone holds), `backbones` (the catalogue), `predict` and
 `evaluate` (use an exported model), `export` (repeat a run's export from its
 checkpoint). Exit codes: 0 success, 2 bad usage or bad recipe file, 1 any
-other failure. Errors are one readable paragraph; `--debug` shows the
-traceback instead.
+other failure. Errors are one readable paragraph, alone on stderr (the lines
+TensorFlow's runtime writes while it starts are hidden); `--debug` shows the
+traceback and TensorFlow's logs instead.
 
 Example:
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import textwrap
 from collections.abc import Sequence
 
@@ -24,6 +26,8 @@ from tftransfer.errors import ConfigError, TFTransferError
 
 USAGE_ERROR = 2
 FAILURE = 1
+# Longest error message shown (`--debug` shows all of it).
+MAX_MESSAGE = 2000
 
 
 class _UsageError(Exception):
@@ -82,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
         "model_dir", help="exported version folder, or its base folder"
     )
     predict.add_argument(
-        "files", nargs="+", help="image files, or text files for a text model"
+        "files",
+        nargs="+",
+        help="image files, or text files for a text model; a folder stands for "
+        "those in it and its sub-folders",
     )
     predict.add_argument("--top-k", type=int, default=3, help="classes shown per file")
 
@@ -101,6 +108,12 @@ def _parser() -> argparse.ArgumentParser:
         "export", help="repeat a run's export from its checkpoint"
     )
     export.add_argument("run_dir", help="the run folder (runs/<name>)")
+    export.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train what the checkpoints do not hold (the data, recipe or "
+        "checkpoints changed since the run) instead of refusing, then export",
+    )
     return parser
 
 
@@ -122,42 +135,99 @@ def _read_data(path: str):
     return sources.read(DataConfig(format=kind, path=path))
 
 
-def _dispatch(args: argparse.Namespace) -> None:
+def _start_tensorflow(debug: bool) -> None:
+    """Imports TensorFlow, hiding what its runtime writes to stderr while it
+    starts (oneDNN, CUDA stubs, absl's "All log messages before
+    absl::InitializeLog()"): TF_CPP_MIN_LOG_LEVEL does not silence those.
+    They are shown with `debug`, and when the import fails."""
+    if debug or "tensorflow" in sys.modules:
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    stderr = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401
+            except BaseException:
+                sys.stderr.flush()
+                os.dup2(stderr, 2)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
+                raise
+            sys.stderr.flush()
+    finally:
+        os.dup2(stderr, 2)
+        os.close(stderr)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Runs the command; returns its exit code (errors raise).
+
+    What can be checked without TensorFlow is checked before it starts.
+    """
     if args.command == "run":
         from tftransfer import config
 
         settings = config.load(args.recipe, args.overrides)
         if args.check:
             print(f"{args.recipe}: valid")
-            return
-        from tftransfer.cli.run import run
+            return 0
+        from tftransfer.cli import run
 
-        run(settings)
-    elif args.command == "inspect":
-        from tftransfer.cli.inspection import inspect
-
-        inspect(args.handle)
-    elif args.command == "backbones":
-        from tftransfer.cli.inspection import backbones
-
-        backbones()
-    elif args.command == "predict":
-        from tftransfer.cli.serving import predict
-
-        predict(args.model_dir, args.files, top_k=args.top_k)
-    elif args.command == "evaluate":
-        from tftransfer.cli.serving import evaluate
-
-        evaluate(args.model_dir, _read_data(args.data))
+        run.check_run(settings)
+        _start_tensorflow(args.debug)
+        run.run(settings)
     elif args.command == "export":
-        from tftransfer.cli.run import export_run
+        from tftransfer.cli import run
 
-        export_run(args.run_dir)
+        settings, record = run.check_export(args.run_dir, retrain=args.retrain)
+        _start_tensorflow(args.debug)
+        run.export_run(settings, args.run_dir, record)
+    elif args.command == "predict":
+        from tftransfer.cli import serving
+
+        serving.find_export(args.model_dir)
+        _start_tensorflow(args.debug)
+        results = serving.predict(args.model_dir, args.files, top_k=args.top_k)
+        failed = sum("error" in result for result in results)
+        if failed:
+            print(
+                f"error: {failed} of {len(results)} files could not be classified "
+                "(each is named above); the others were.",
+                file=sys.stderr,
+            )
+            return FAILURE
+    else:
+        _start_tensorflow(args.debug)
+        if args.command == "inspect":
+            from tftransfer.cli.inspection import inspect
+
+            inspect(args.handle)
+        elif args.command == "backbones":
+            from tftransfer.cli.inspection import backbones
+
+            backbones()
+        elif args.command == "evaluate":
+            from tftransfer.cli.serving import evaluate
+
+            evaluate(args.model_dir, _read_data(args.data))
+    return 0
 
 
 def _paragraph(error: BaseException | str) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    return textwrap.fill(f"error: {text}", width=100, subsequent_indent="  ")
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[:MAX_MESSAGE]}... ({len(text) - MAX_MESSAGE:,} more characters; --debug shows them)"
+    return textwrap.fill(
+        f"error: {text}",
+        width=100,
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         args = _parser().parse_args(argv)
-        _dispatch(args)
+        code = _dispatch(args)
     except (_UsageError, ConfigError) as error:
         if debug:
             raise
@@ -192,4 +262,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code

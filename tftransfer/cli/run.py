@@ -1,15 +1,26 @@
 """`tftransfer run` and `tftransfer export`: a whole job from a recipe file.
 
-The job: build the backbone, read and split the data, train with the chosen
+The job: read and split the data, build the backbone, train with the chosen
 recipe under the chosen strategy, evaluate on the held-out split, write the
-run folder (report, metrics, plots, TensorBoard logs, the recipe as run) and
-export. Each step prints what it does and how long it took.
+run folder (report, metrics, plots, TensorBoard logs, the recipe as run, a
+record of what was trained) and export. Each step prints what it does and
+how long it took.
+
+`check_run()` and `check_export()` check what can be checked before anything
+runs (paths, writable folders, the run folder's record) without importing
+TensorFlow; the command calls them first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +29,17 @@ import yaml
 
 from tftransfer import config as config_lib
 from tftransfer.cli import sources
-from tftransfer.config import RunConfig
+from tftransfer.config import RunConfig, short_repr
+from tftransfer.errors import ConfigError, ExportError
 
 RECIPE_FILE = "recipe.yaml"
+# What the last finished training used: settings, data digest, checkpoints.
+TRAINED_FILE = "trained.json"
+_RECORD_KEYS = {"settings", "data", "checkpoints"}
+# The recipe file's sections that change what is trained.
+_TRAINING_SECTIONS = ("backbone.", "data.", "recipe.")
+# Free space a run folder or an export needs at the least.
+MIN_FREE_BYTES = 64 * 2**20
 
 
 @contextlib.contextmanager
@@ -35,6 +54,67 @@ def step(message: str):
 def run_dir(config: RunConfig) -> Path:
     """The run folder: `<runs_dir>/<name>`."""
     return Path(config.runs_dir) / config.name
+
+
+def export_base(config: RunConfig) -> Path:
+    """The folder of the exported versions: `export.base_path`, or
+    `saved_models/<name>`."""
+    return Path(config.export.base_path or Path("saved_models") / config.name)
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Checks that `folder` is, or can be created as, a folder this process
+    can write to, on a disk with at least `MIN_FREE_BYTES` free. Creates
+    nothing (the test file has no name).
+
+    Args:
+        folder: The folder to write to.
+        key: The recipe setting that chose it, for the message.
+
+    Raises:
+        ConfigError: naming `key`, the folder and why it cannot be written.
+    """
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    fix = f"Set {key} to a folder you can write to."
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{key}: cannot create {folder}: {existing} is a file, not a folder. {fix}"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(
+            f"{key}: cannot write to {existing} ({error.strerror or error}), "
+            f"where {folder} goes. {fix}"
+        ) from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"{key}: the disk holding {existing}, where {folder} goes, has "
+            f"{free / 2**20:.1f} MiB free; at least {MIN_FREE_BYTES // 2**20} MiB "
+            "are needed (checkpoints, logs, report, export). Free some space, "
+            f"or set {key} to a folder on another disk."
+        )
+
+
+def check_run(config: RunConfig) -> None:
+    """Checks, before anything runs, that the job can read its data and
+    write its outputs: `data.path` exists and the run folder, the export
+    folder (where the run exports) and `cache_dir` (where set) can be
+    written. Imports no TensorFlow and creates nothing.
+
+    Raises:
+        ConfigError: naming the setting and what is wrong with it.
+    """
+    sources.check_path(config.data)
+    check_writable(run_dir(config), "runs_dir")
+    if config.export.enabled:
+        check_writable(export_base(config), "export.base_path")
+    if config.cache_dir is not None:
+        check_writable(Path(config.cache_dir), "cache_dir")
 
 
 def build_backbone(config: RunConfig):
@@ -61,8 +141,9 @@ def read_splits(config: RunConfig):
     return data, parts
 
 
-def build_recipe(config: RunConfig, backbone):
-    """The `FeatureExtraction` or `FineTuning` recipe the file describes."""
+def build_recipe(config: RunConfig, backbone, folder: Path, callbacks: Sequence = ()):
+    """The `FeatureExtraction` or `FineTuning` recipe the file describes,
+    training into the run folder `folder` with Keras `callbacks`."""
     from tftransfer.recipes import FeatureExtraction, FineTuning
 
     settings = config.recipe
@@ -71,12 +152,13 @@ def build_recipe(config: RunConfig, backbone):
         "patience": settings.patience,
         "batch_size": config.data.batch_size,
         "learning_rate": settings.learning_rate,
-        "run_dir": run_dir(config),
+        "run_dir": folder,
         "strategy": config.distribute.strategy,
         "tpu": config.distribute.tpu,
         "seed": config.data.seed,
         "cache_dir": config.cache_dir,
         "verbose": 2,
+        "callbacks": list(callbacks),
         **settings.options,
     }
     if settings.kind == "fine_tuning":
@@ -112,10 +194,15 @@ def predictions(recipe, data) -> tuple[np.ndarray, np.ndarray]:
     return labels, recipe.predict(data)
 
 
-def _train(config: RunConfig):
-    """Steps shared by `run` and `export`: backbone, data, recipe, fit."""
-    with step(f"Backbone {config.backbone.handle}"):
-        backbone = build_backbone(config)
+def _train(config: RunConfig, folder: Path, trained: dict | None = None):
+    """Steps shared by `run` and `export`: data, backbone, recipe, fit.
+
+    Without `trained`, trains (resuming from the checkpoints in `folder`)
+    and records what it trained in `folder`'s `TRAINED_FILE`. With the
+    record `trained`, only restores: the data must be the data it names, and
+    the recipe must resume every phase from its checkpoints; the first
+    training step would raise `ExportError` instead.
+    """
     with step(f"Reading {config.data.format} data from {config.data.path}"):
         data, parts = read_splits(config)
         sizes = ", ".join(
@@ -124,11 +211,89 @@ def _train(config: RunConfig):
             if part
         )
         print(f"    {data.num_examples} examples, {data.num_classes} classes ({sizes})")
-    recipe = build_recipe(config, backbone)
+        digest = data_digest(data)
+    if trained is not None and digest != trained["data"]:
+        raise ExportError(
+            f"The data at data.path={short_repr(config.data.path)} changed since "
+            f"the run in {folder} trained on it, so its checkpoints do not hold "
+            "a model of this data and exporting would retrain. Nothing was "
+            "exported. Restore the data, or pass --retrain to train on the data "
+            "as it is now and export that."
+        )
+    with step(f"Backbone {config.backbone.handle}"):
+        backbone = build_backbone(config)
+    callbacks = [] if trained is None else [_refuse_training(folder)]
+    recipe = build_recipe(config, backbone, folder, callbacks)
     print(f"    strategy: {type(recipe.strategy).__name__}")
-    with step(f"Training: {config.recipe.kind.replace('_', ' ')}"):
+    kind = config.recipe.kind.replace("_", " ")
+    message = f"Training: {kind}" if trained is None else f"Restoring: {kind}"
+    with step(message):
         recipe.fit(parts.train, parts.validation)
+    if trained is None:
+        _write_record(folder, config, digest)
     return data, parts, recipe
+
+
+def data_digest(data) -> str:
+    """A digest of a `LabeledData`'s examples, in order (and, for image
+    files, their sizes and modification times)."""
+    from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
+
+    parts = [DataDigest.of(data.dataset.batch(1024)), data.class_names]
+    if data.input_format == "file_path":
+        paths = data.dataset.map(lambda path, label: path).batch(4096)
+        parts.append(
+            paths_digest(p.decode() for b in paths.as_numpy_iterator() for p in b)
+        )
+    return fingerprint(*parts)
+
+
+def _checkpoint_digests(folder: Path) -> dict[str, str]:
+    """`{path: content digest}` of every file under `folder/checkpoints`."""
+    root = folder / "checkpoints"
+    digests = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            while block := f.read(2**20):
+                digest.update(block)
+        digests[path.relative_to(root).as_posix()] = digest.hexdigest()
+    return digests
+
+
+def _settings(config: RunConfig) -> dict:
+    """The settings as JSON reads them back (lists, not tuples)."""
+    return json.loads(json.dumps(config.to_dict()))
+
+
+def _write_record(folder: Path, config: RunConfig, digest: str) -> None:
+    """Writes `TRAINED_FILE`: the settings, data digest and checkpoints of
+    the training just finished (through a temporary sibling)."""
+    record = {
+        "settings": _settings(config),
+        "data": digest,
+        "checkpoints": _checkpoint_digests(folder),
+    }
+    temporary = folder / f".{TRAINED_FILE}.tmp"
+    temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
+    os.replace(temporary, folder / TRAINED_FILE)
+
+
+def _refuse_training(folder: Path):
+    """A Keras callback that raises `ExportError` before the first step."""
+    import keras
+
+    class RefuseTraining(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            raise ExportError(
+                f"Exporting {folder} would retrain: the recipe found no "
+                "finished checkpoint for its settings in "
+                f"{folder / 'checkpoints'} (tftransfer, the backbone or its "
+                "weights changed since the run). Nothing was trained or "
+                "exported. Pass --retrain to train again and export."
+            )
+
+    return RefuseTraining()
 
 
 def _serving_examples(data, count: int = 4) -> list:
@@ -159,7 +324,7 @@ def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:
     import tftransfer
     from tftransfer.data import make_pipeline
 
-    base = config.export.base_path or str(Path("saved_models") / config.name)
+    base = str(export_base(config))
     validation_data = None
     if config.export.format == "tflite":
         validation_data = make_pipeline(
@@ -189,6 +354,9 @@ def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:
 def run(config: RunConfig) -> Path:
     """Runs the whole job; returns the run folder.
 
+    Call `check_run(config)` first (the `tftransfer run` command does,
+    before TensorFlow starts).
+
     Example:
 
     >>> run(tftransfer.config.load("recipes/default.yaml"))
@@ -200,7 +368,7 @@ def run(config: RunConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RECIPE_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     started = time.perf_counter()
-    data, parts, recipe = _train(config)
+    data, parts, recipe = _train(config, folder)
     split_name, held_out = held_out_split(config, parts)
     if split_name != config.evaluation.split:
         print("    (the data has no test part: data.test is null)")
@@ -234,17 +402,109 @@ def run(config: RunConfig) -> Path:
     return folder
 
 
-def export_run(folder: str | Path) -> Path:
-    """Repeats a run's export from its checkpoint (no retraining).
+def check_export(folder: str | Path, *, retrain: bool = False):
+    """Checks, before anything runs, that `tftransfer export` can export
+    the model the run in `folder` trained without training again.
 
-    Reads the recipe the run saved in its folder, rebuilds the recipe, which
-    restores its trained weights from the run's checkpoint and its features
-    from the cache, evaluates it on the split that `evaluation.split` names
-    (for the model card) and exports again as the next version, in the
-    recipe's `export.format`.
+    The folder must hold the recipe the run saved and, unless `retrain`,
+    the record of its finished training (`TRAINED_FILE`), with the same
+    settings and every checkpoint file unchanged. `data.path` must exist
+    and the export folder must be writable. Imports no TensorFlow.
+
+    Args:
+        folder: The run folder (`runs/<name>`).
+        retrain: Whether training again is allowed (`--retrain`).
+
+    Returns:
+        `(config, record)`: the recipe as run, and the training record
+        (`None` with `retrain`).
+
+    Raises:
+        ConfigError: if `folder` is not a run folder, its recipe is invalid,
+            `data.path` does not exist or a folder cannot be written.
+        ExportError: if the model cannot be exported without training:
+            the run did not finish (or an older tftransfer ran it), the
+            recipe was edited, or checkpoints are missing or changed.
     """
-    config = config_lib.load(Path(folder) / RECIPE_FILE)
-    data, parts, recipe = _train(config)
+    folder = Path(folder)
+    if not (folder / RECIPE_FILE).is_file():
+        raise ConfigError(
+            f"{folder} is not a run folder: it has no {RECIPE_FILE}. Pass a "
+            "folder that `tftransfer run` wrote, such as runs/<name>."
+        )
+    config = config_lib.load(folder / RECIPE_FILE)
+    sources.check_path(config.data)
+    check_writable(folder, "RUN_DIR")
+    check_writable(export_base(config), "export.base_path")
+    if retrain:
+        return config, None
+    fix = (
+        "Nothing was exported. Pass --retrain to train (resuming from the "
+        "checkpoints that still fit) and export."
+    )
+    try:
+        record = json.loads((folder / TRAINED_FILE).read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or set(record) != _RECORD_KEYS:
+        raise ExportError(
+            f"{folder} has no record of a finished training ({TRAINED_FILE}): "
+            f"its run did not finish, or an older tftransfer ran it. {fix}"
+        )
+    settings = _settings(config)
+    edited = [
+        key
+        for key in config_lib.known_keys()
+        if key.startswith(_TRAINING_SECTIONS)
+        and _lookup(settings, key) != _lookup(record["settings"], key)
+    ]
+    if edited:
+        raise ExportError(
+            f"{folder / RECIPE_FILE} is not the recipe the model in {folder} was "
+            f"trained with: {', '.join(edited[:5])} changed (a later run, or an "
+            f"edit, that did not finish training). {fix}"
+        )
+    current = _checkpoint_digests(folder)
+    changed = [
+        name
+        for name, digest in record["checkpoints"].items()
+        if current.get(name) != digest
+    ]
+    if changed:
+        raise ExportError(
+            f"Checkpoints of the trained model in {folder / 'checkpoints'} are "
+            f"missing or changed since its training: {', '.join(changed[:3])}"
+            f"{' ...' if len(changed) > 3 else ''}. {fix}"
+        )
+    return config, record
+
+
+def _lookup(settings: dict, key: str) -> Any:
+    """The value of dotted `key` in nested `settings` (`None` if absent)."""
+    for part in key.split("."):
+        settings = settings.get(part) if isinstance(settings, dict) else None
+    return settings
+
+
+def export_run(config: RunConfig, folder: str | Path, record: dict | None) -> Path:
+    """Repeats a run's export from its checkpoints; returns the new version.
+
+    Rebuilds the recipe, which restores its trained weights from the run's
+    checkpoints and its features from the cache, evaluates it on the split
+    that `evaluation.split` names (for the model card) and exports again as
+    the next version, in the recipe's `export.format`.
+
+    Call `check_export()` first: it returns `config` and `record`.
+
+    Args:
+        config: The recipe as run.
+        folder: The run folder.
+        record: The record of the run's training: then nothing is trained
+            (`ExportError` if the data changed, or if a phase finds no
+            finished checkpoint). `None` (`--retrain`) trains what the
+            checkpoints do not hold, then records that training.
+    """
+    data, parts, recipe = _train(config, Path(folder), record)
     split_name, held_out = held_out_split(config, parts)
     _, _, metrics = _evaluate(recipe, split_name, held_out)
     path = _export(config, recipe, data, metrics, held_out)

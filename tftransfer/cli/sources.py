@@ -8,15 +8,24 @@ suggests the closest argument.
 from __future__ import annotations
 
 import difflib
+import glob
 import importlib.util
 import inspect
 import os
 from pathlib import Path
 
-from tftransfer.config import DataConfig
+from tftransfer.config import DataConfig, short_repr
 from tftransfer.errors import ConfigError, DataNotFoundError
 
 PACKAGE_SCHEME = "package://"
+# What each format reads at `data.path` (TFDS reads a dataset name).
+_EXPECTED = {
+    "image_folder": "a folder holding one sub-folder of images per class",
+    "text_folder": "a folder holding one sub-folder of .txt files per class",
+    "csv": "a .csv file",
+    "jsonl": "a .jsonl file",
+    "tfrecord": "TFRecord files (a path or a glob pattern such as data/train-*.tfrecord)",
+}
 
 
 def resolve_path(path: str) -> str:
@@ -43,6 +52,48 @@ def resolve_path(path: str) -> str:
             f"{package}`) or give a local path."
         )
     return str(Path(next(iter(spec.submodule_search_locations))) / inner)
+
+
+def check_path(config: DataConfig) -> None:
+    """Checks that `data.path` exists, before anything runs.
+
+    A `package://` path is resolved first. TFDS names and paths on other file
+    systems (`gs://...`) are left to the reader; every local path must be
+    what the format reads: a folder, a file, or a pattern that matches files.
+
+    Raises:
+        ConfigError: naming `data.path` and what the format reads there.
+
+    Example:
+
+    >>> check_path(DataConfig(format="text_folder", path="no/such/folder"))
+    Traceback (most recent call last):
+    ConfigError: data.path='no/such/folder' does not exist. ...
+    """
+    if config.format == "tfds":
+        return
+    try:
+        path = resolve_path(config.path)
+    except DataNotFoundError as error:
+        raise ConfigError(f"data.path: {error}") from None
+    if "://" in path:
+        return
+    if config.format == "tfrecord":
+        found = any(os.path.isfile(match) for match in glob.glob(path))
+        problem = "matches no file"
+    elif config.format in ("image_folder", "text_folder"):
+        found = os.path.isdir(path)
+        problem = "is not a folder" if os.path.exists(path) else "does not exist"
+    else:
+        found = os.path.isfile(path)
+        problem = "is not a file" if os.path.exists(path) else "does not exist"
+    if not found:
+        where = f" ({short_repr(path)})" if path != config.path else ""
+        raise ConfigError(
+            f"data.path={short_repr(config.path)}{where} {problem}. "
+            f"data.format {config.format!r} reads {_EXPECTED[config.format]}: "
+            "set data.path (or --set data.path=...) to it."
+        )
 
 
 def _readers() -> dict:
@@ -84,7 +135,8 @@ def read(config: DataConfig):
             close = difflib.get_close_matches(key, parameters, n=1)
             hint = f" Did you mean 'data.options.{close[0]}'?" if close else ""
             raise ConfigError(
-                f"unknown key 'data.options.{key}' for format {config.format!r}.{hint} "
+                f"unknown key {short_repr(f'data.options.{key}')} for format "
+                f"{config.format!r}.{hint} "
                 f"Options of {config.format!r}: {', '.join(parameters)}."
             )
     path = config.path if config.format == "tfds" else resolve_path(config.path)
