@@ -324,3 +324,11 @@ def test_tensorflow_start_up_logs_are_shown_when_the_import_fails(tmp_path):
         )
     assert result.stderr.startswith("runtime says why\n")
     assert "ImportError: broken" in result.stderr
+
+
+def test_an_error_paragraph_is_capped_and_keeps_paths_whole():
+    long_path = "/tmp/pytest-of-root/" + "a-b-" * 40 + "run"
+    text = cli._paragraph(f"cannot write to {long_path}: " + "x " * 10_000)
+    assert len(text) < 2200
+    assert f"{long_path}:" in text.split()  # Not broken at its hyphens.
+    assert text.endswith("(18,200 more characters; --debug shows them)")
