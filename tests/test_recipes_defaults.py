@@ -269,7 +269,7 @@ def test_python_yaml_and_cli_share_one_set_of_defaults(tmp_path):
         "name: t\nbackbone: {handle: tiny}\n"
         "data: {format: csv, path: a.csv}\nrecipe: {kind: fine_tuning}\n"
     )
-    from_yaml = cli_run.build_recipe(recipe_file, backbone)
+    from_yaml = cli_run.build_recipe(recipe_file, backbone, tmp_path / "run")
     from_python = FineTuning(backbone, run_dir=from_yaml.run_dir)
     ignored = {"run_dir"}
     yaml_settings = {k: v for k, v in from_yaml.settings.items() if k not in ignored}

@@ -211,6 +211,12 @@ def _train(config: RunConfig, folder: Path, trained: dict | None = None):
             if part
         )
         print(f"    {data.num_examples} examples, {data.num_classes} classes ({sizes})")
+        for count, what in (
+            (len(data.skipped), "skipped"),
+            (len(data.fallbacks), "read by a fallback"),
+        ):
+            if count:
+                print(f"    {count} inputs {what} (listed in the report)")
         digest = data_digest(data)
     if trained is not None and digest != trained["data"]:
         raise ExportError(
@@ -386,6 +392,8 @@ def run(config: RunConfig) -> Path:
             title=config.name,
             settings=config.to_dict(),
             confidently_wrong_count=config.evaluation.confidently_wrong,
+            skipped=data.skipped,
+            fallbacks=data.fallbacks,
         )
     print(
         f"\n{split_name} accuracy: {metrics['accuracy']:.4f} "

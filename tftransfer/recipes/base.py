@@ -527,11 +527,17 @@ def check_auto_or_number(name: str, value, *, positive: bool = False) -> None:
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(
             f"Expected {name}='auto' (chosen from the data) or a number {bound}. "
-            f"Received: {name}={value!r}"
+            f"Received: {name}={_short(value)}"
         )
+
+
+def _short(value, limit: int = 80) -> str:
+    """`repr(value)` for a message, cut to `limit` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _listed(names: list[str], limit: int = 10) -> str:
     """`names` for a message, at most `limit` of them."""
-    shown = ", ".join(repr(str(name)[:80]) for name in names[:limit])
+    shown = ", ".join(_short(str(name)) for name in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
