@@ -4,6 +4,7 @@ leftovers of killed runs, two processes on one run folder, NaN advice."""
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,15 +116,17 @@ def test_partial_features_of_a_killed_process_are_removed_and_live_ones_kept(
     key_dir = tmp_path / "key"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = key_dir / f".train.partial-{dead.pid}-x1"
-    live = key_dir / f".train.partial-{os.getpid()}-x2"
-    for folder in (stale, live):
+    host = socket.gethostname()
+    stale = key_dir / f".train.partial-{dead.pid}@{host}@x1"
+    live = key_dir / f".train.partial-{os.getpid()}@{host}@x2"
+    elsewhere = key_dir / f".train.partial-{dead.pid}@another-host@x3"
+    for folder in (stale, live, elsewhere):
         folder.mkdir(parents=True)
         (folder / "features-00000.npy").write_bytes(b"partial")
     batches = [(np.ones((4, 3), "float32"), np.zeros(4, "int64"))]
     cache.store("key", "train", batches)
     assert not stale.exists()
-    assert live.exists()
+    assert live.exists() and elsewhere.exists()
     assert cache.lookup("key", "train").num_examples == 4
 
 
@@ -183,7 +186,7 @@ def test_unwritable_run_folder_fails_before_any_work(tmp_path):
     assert not (tmp_path / "cache").exists()  # no feature pass ran
 
 
-def test_nan_advice_names_the_fine_tuning_rate_in_use(tmp_path):
+def test_diverging_fine_tuning_keeps_the_frozen_model_and_advises(tmp_path, capsys):
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
     batches = _labeled_batches(x, np.arange(64) % 2, batch=16)
     recipe = _recipe(
@@ -195,13 +198,14 @@ def test_nan_advice_names_the_fine_tuning_rate_in_use(tmp_path):
         backbone_lr_scale=1.0,
         clipnorm=None,
         warmup_fraction=0.0,
+        verbose=2,
     )
-    with pytest.raises(
-        TrainingError,
-        match=r"Lower fine_tune_learning_rate \(it is 1e\+30; try "
-        r"fine_tune_learning_rate=1e\+29\)",
-    ):
-        recipe.fit(batches, batches)
+    recipe.fit(batches, batches)
+    assert recipe.chosen == "frozen"
+    assert (
+        "Lower fine_tune_learning_rate (it is 1e+30; try "
+        "fine_tune_learning_rate=1e+29)" in capsys.readouterr().out
+    )
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -217,14 +221,60 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("phase", ["head", "fine_tuning"])
-def test_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(tmp_path, phase):
-    """Shuffled LabeledData, dropout, "auto" rates: kill-and-resume equals
-    no kill."""
+def _weighted_backbone():
+    def build(trainable):
+        keras.utils.set_random_seed(0)
+        return keras.Sequential(
+            [
+                keras.Input((8, 8, 3)),
+                keras.layers.Conv2D(4, 3, name="conv"),
+                keras.layers.GlobalAveragePooling2D(),
+            ],
+            name="conv_features",
+        )
+
+    return Backbone(
+        name="conv_features",
+        handle="test://conv_features",
+        source="keras_application",
+        modality="image",
+        feature_dim=4,
+        builder=build,
+        image_size=(8, 8),
+    )
+
+
+def _shuffled_batches(count, seed, batch=8):
+    """Prepared batches that reshuffle on every pass, as users write them."""
+    pixels = _coloured(count, seed)
+    x = np.stack([x for x, _ in pixels.dataset.as_numpy_iterator()]) / 255.0
+    y = np.array([y for _, y in pixels.dataset.as_numpy_iterator()])
+    return (
+        tf.data.Dataset.from_tensor_slices((x.astype("float32"), y))
+        .shuffle(count, seed=seed)
+        .batch(batch)
+    )
+
+
+@pytest.mark.parametrize(
+    "phase, inputs, steps_per_execution",
+    [
+        ("head", "labeled", 1),
+        ("fine_tuning", "labeled", 1),
+        ("fine_tuning", "batches", 1),
+        ("fine_tuning", "labeled", 4),
+    ],
+)
+def test_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(
+    tmp_path, phase, inputs, steps_per_execution
+):
+    """Shuffled data, dropout, "auto" rates, a backbone with weights:
+    kill-and-resume equals no kill, also when an execution runs several
+    steps (6 steps an epoch: 3 run per execution)."""
 
     def fit(run, callbacks=()):
         recipe = FineTuning(
-            _image_backbone(),
+            _weighted_backbone(),
             cache_dir=tmp_path / "cache",
             run_dir=tmp_path / run,
             strategy="default",
@@ -232,10 +282,18 @@ def test_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(tmp_path, phase
             epochs=3,
             patience=None,
             batch_size=8,
+            steps_per_execution=steps_per_execution,
             callbacks=list(callbacks),
             verbose=0,
         )
-        recipe.fit(_coloured(48, 0), _coloured(24, 1))
+        if inputs == "labeled":
+            recipe.fit(_coloured(48, 0), _coloured(24, 1))
+        else:
+            recipe.fit(
+                _shuffled_batches(48, 0),
+                _shuffled_batches(24, 1),
+                class_names=["a", "b", "c"],
+            )
         return recipe
 
     expected = fit("uninterrupted")
@@ -243,7 +301,51 @@ def test_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(tmp_path, phase
         fit("resumed", [_Interrupt("head" if phase == "head" else "fine_tuning", 1)])
     resumed = fit("resumed")
     assert resumed.tuned == expected.tuned
+    assert resumed.chosen == expected.chosen
+    if expected.chosen == "fine_tuned":
+        assert int(resumed.model.optimizer.iterations) == 3 * 6  # epochs x steps
     for ours, theirs in zip(
         resumed.model.variables, expected.model.variables, strict=True
     ):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_held_out_batches_are_the_same_examples_on_every_pass(tmp_path):
+    recipe = _recipe(tmp_path)
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype("float32")
+    batches = tf.data.Dataset.from_tensor_slices((x, np.arange(200) % 2))
+    train, held_out = recipe._hold_out(batches.shuffle(200, seed=1).batch(16))
+
+    def rows(dataset):
+        return {tuple(r) for b, _ in dataset.as_numpy_iterator() for r in b.round(5)}
+
+    assert rows(held_out) == rows(held_out)  # a reshuffled second pass
+    assert not rows(held_out) & rows(train)
+    assert len(rows(held_out)) + len(rows(train)) == 200
+    assert 5 <= len(rows(held_out)) <= 40  # about a tenth
+
+
+def test_head_search_where_every_rate_fails_blames_the_inputs(tmp_path):
+    x = np.full((64, 4), 1e30, "float32")
+    batches = _labeled_batches(x, np.arange(64) % 2, batch=16)
+    recipe = _recipe(tmp_path, learning_rate="auto", epochs=2)
+    with pytest.raises(TrainingError, match="Every head learning rate tried"):
+        recipe.fit(batches, batches)
+
+
+def test_evaluate_refuses_labels_outside_the_classes(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = np.arange(32) % 2
+    recipe = _recipe(tmp_path, epochs=1)
+    recipe.fit(_labeled_batches(x, y), _labeled_batches(x, y), class_names=["a", "b"])
+    with pytest.raises(DataError, match=r"test data has 1 labels outside 0\.\.1"):
+        recipe.evaluate(_labeled_batches(x, np.where(np.arange(32) == 3, 9, y)))
+
+
+def test_second_fit_of_a_fine_tuned_plain_layer_is_refused(tmp_path):
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    batches = _labeled_batches(x, np.arange(32) % 2)
+    recipe = _recipe(tmp_path, FineTuning, head_epochs=1, epochs=1)
+    recipe.fit(batches, batches)
+    with pytest.raises(ValueError, match="cannot reload its pretrained weights"):
+        recipe.fit(batches, batches)

@@ -2,9 +2,10 @@
 
 A reader (or a run restarted after SIGKILL) sees either the previous file or
 the complete new one, never a partial write. Temporary folders carry the
-writer's process id (`temporary_dir`), so that a later run removes those a
-killed process left behind (`remove_stale_temporaries`) without touching
-those of a writer still at work.
+writer's process id and host name (`temporary_dir`), so that a later run on
+the same host removes those a killed process left behind
+(`remove_stale_temporaries`) without touching those of a writer still at
+work, on this host or on another one sharing the folder.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -69,24 +71,28 @@ class _temporary_sibling:
 
 
 def temporary_dir(parent: str | os.PathLike, prefix: str) -> Path:
-    """Creates `<parent>/<prefix><pid>-<random>`, a temporary folder that
-    `remove_stale_temporaries(parent, prefix)` removes once this process
-    has died."""
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{os.getpid()}-"))
+    """Creates `<parent>/<prefix><pid>@<host>@<random>`, a temporary folder
+    that `remove_stale_temporaries(parent, prefix)` removes once this
+    process has died."""
+    owner = f"{os.getpid()}@{socket.gethostname()}@"
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f"{prefix}{owner}"))
 
 
 def remove_stale_temporaries(parent: str | os.PathLike, prefix: str) -> list[Path]:
-    """Removes the `temporary_dir(parent, prefix)` folders of processes that
-    are no longer running; returns them.
+    """Removes the `temporary_dir(parent, prefix)` folders of processes of
+    this host that are no longer running; returns them. Folders of other
+    hosts are left alone: whether their writer runs cannot be seen here.
 
     Example:
 
     >>> remove_stale_temporaries(cache / key, ".train.partial-")
     """
     removed = []
+    host = socket.gethostname()
     for entry in Path(parent).glob(f"{prefix}*"):
-        pid = entry.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and process_alive(int(pid)):
+        pid, _, rest = entry.name[len(prefix) :].partition("@")
+        owner_host = rest.partition("@")[0]
+        if owner_host != host or not pid.isdigit() or process_alive(int(pid)):
             continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
@@ -94,7 +100,12 @@ def remove_stale_temporaries(parent: str | os.PathLike, prefix: str) -> list[Pat
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with id `pid` is running (on this machine)."""
+    """Whether a process with id `pid` is running (on this machine).
+
+    Always `True` on Windows, where `os.kill` would end the process.
+    """
+    if os.name == "nt":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

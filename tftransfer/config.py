@@ -103,7 +103,7 @@ class RecipeConfig:
             early, or `null` to never stop early.
         options: More keyword arguments for the recipe class.
 
-    The defaults are those of the Python API (`tftransfer.recipes.defaults`).
+    The defaults are those of the Python API (`tftransfer.defaults`).
     """
 
     kind: Literal["feature_extraction", "fine_tuning"] = "feature_extraction"

@@ -7,7 +7,8 @@ when a setting is left out.
 
 `"auto"` learning rates and weight decay are chosen from the data (see
 `tftransfer.recipes.learning_rates`); `epochs` are maxima: every phase stops
-early when its validation loss stops improving and keeps its best weights.
+early when its validation loss (the training loss, where no validation data
+can be held out) stops improving and keeps its best weights.
 """
 
 AUTO = "auto"

@@ -8,6 +8,8 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import math
+import numbers
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer import atomic, defaults, distribute
+from tftransfer.config import short_repr
 from tftransfer.errors import ConfigError, DataError
 from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
@@ -87,6 +90,11 @@ class Recipe:
     ):
         if epochs < 1:
             raise ConfigError(f"Expected epochs >= 1. Received: epochs={epochs}")
+        if patience is not None and patience < 1:
+            raise ConfigError(
+                "Expected patience >= 1 (or None: never stop early). "
+                f"Received: patience={patience}"
+            )
         check_auto_or_number("learning_rate", learning_rate, positive=True)
         check_auto_or_number("head_weight_decay", head_weight_decay)
         self.backbone = backbone
@@ -181,44 +189,36 @@ class Recipe:
 
     # Data ---------------------------------------------------------------
 
-    def _with_validation(self, train, validation):
-        """`(train, validation)`, holding a validation part out of `train`
-        when none is given (early stopping and the "auto" learning rates
-        need one).
+    def _prepare_splits(self, train, validation, class_names):
+        """Starts a `fit`: forgets what an earlier `fit` chose, holds a
+        validation part out of `train` when none is given, and numbers the
+        validation labels as the training data's (see `_with_class_names`).
+
+        Returns:
+            `(train, validation)`; `validation` is `None` where none could be
+            held out.
+        """
+        self.tuned = {}
+        self.chosen = None
+        if validation is None:
+            train, validation = self._hold_out(train)
+        validation = self._with_class_names(
+            validation, class_names or getattr(train, "class_names", None), "validation"
+        )
+        return train, validation
+
+    def _hold_out(self, train):
+        """`(train, validation)` split out of `train`, for early stopping and
+        the "auto" learning rates; `(train, None)` for data too small.
 
         A `LabeledData` gives `defaults.HOLD_OUT` of each class (stratified,
-        by `seed`); a dataset of batches gives every tenth batch. Data too
-        small to split trains without validation.
+        by `seed`). A dataset of batches gives the examples whose content
+        hashes to one bucket in `round(1 / defaults.HOLD_OUT)`: chosen by
+        content, not position, so a dataset that reshuffles every pass holds
+        out the same examples every time.
         """
-        if validation is not None:
-            return train, validation
         if isinstance(train, tf.data.Dataset):
-            every = round(1 / defaults.HOLD_OUT)
-            batches = int(train.cardinality())
-            if 0 <= batches < 2:
-                self.say("No validation data, and too few batches to hold one out.")
-                return train, None
-
-            numbered = train.enumerate()
-
-            def part(held_out: bool) -> tf.data.Dataset:
-                def predicate(index, _):
-                    is_held_out = tf.equal(index % every, 0)
-                    return is_held_out if held_out else tf.logical_not(is_held_out)
-
-                part = numbered.filter(predicate).map(lambda _, batch: batch)
-                if batches < 0:  # Unknown size.
-                    return part
-                held_out_batches = -(-batches // every)
-                size = held_out_batches if held_out else batches - held_out_batches
-                return part.apply(tf.data.experimental.assert_cardinality(size))
-
-            self.say(
-                "No validation data: holding out every "
-                f"{every}th training batch for early stopping and learning "
-                "rate selection."
-            )
-            return part(held_out=False), part(held_out=True)
+            return self._hold_out_batches(train)
         from tftransfer.data import split
 
         try:
@@ -235,6 +235,43 @@ class Recipe:
             "learning rate selection."
         )
         return parts.train, parts.validation
+
+    def _hold_out_batches(self, train: tf.data.Dataset):
+        buckets = round(1 / defaults.HOLD_OUT)
+        batch_size = train.element_spec[1].shape[0] or self.global_batch_size
+
+        def part(held_out: bool) -> tf.data.Dataset:
+            def select(inputs, labels):
+                fingerprints = DataDigest.example_fingerprints(inputs, labels)
+                bucket = tf.math.floormod(fingerprints, buckets)
+                keep = tf.equal(bucket, 0) if held_out else tf.not_equal(bucket, 0)
+                return tf.nest.map_structure(
+                    lambda tensor: tf.boolean_mask(tensor, keep), (inputs, labels)
+                )
+
+            return train.map(select).unbatch().batch(batch_size)
+
+        training, held_out = part(held_out=False), part(held_out=True)
+        if not (
+            training_loop.steps_per_epoch(training)
+            and training_loop.steps_per_epoch(held_out)
+        ):
+            self.say("No validation data, and too few examples to hold some out.")
+            return train, None
+        self.say(
+            "No validation data: holding out the training examples whose "
+            f"content hashes to one bucket in {buckets} (about "
+            f"{defaults.HOLD_OUT:.0%}) for early stopping and learning rate "
+            "selection."
+        )
+        return training, held_out
+
+    def _steps_per_execution(self, steps: int) -> int:
+        """The recipe's steps per execution, lowered to a divisor of the
+        `steps` of an epoch: an execution never runs into the next epoch's
+        batches (the phases read one iterator through all epochs)."""
+        configured = min(self.settings["steps_per_execution"], max(1, steps))
+        return next(n for n in range(configured, 0, -1) if steps % n == 0)
 
     @property
     def global_batch_size(self) -> int:
@@ -429,12 +466,12 @@ class Recipe:
         validation: tf.data.Dataset | None,
         epochs: int,
         data_key: str,
-        learning_rate: tuple[str, float],
+        learning_rate_setting: tuple[str, float],
     ) -> keras.callbacks.History:
         """Trains one phase, resuming from its checkpoint if there is one.
 
-        `learning_rate` names the setting that gave the phase's (peak)
-        learning rate and its value, for the advice of `NaNGuard`.
+        `learning_rate_setting` names the setting that gave the phase's
+        (peak) learning rate and its value, for the advice of `NaNGuard`.
 
         Every worker restores the chief's checkpoint (so all resume at the
         same epoch: `run_dir` must be shared); only the chief writes it and
@@ -455,7 +492,12 @@ class Recipe:
         else:
             log_dir = self.run_dir / "logs" / phase
             logs = _log_callbacks(log_dir) if self.is_chief else []
-            callbacks = [NaNGuard(learning_rate), state, *logs, *self.callbacks]
+            callbacks = [
+                NaNGuard(learning_rate_setting),
+                state,
+                *logs,
+                *self.callbacks,
+            ]
             # One iterator through all epochs: epoch e gets the e-th shuffle
             # of the data, and a resumed run skips the epochs it has done,
             # so it sees the data in the order an uninterrupted run would.
@@ -520,24 +562,23 @@ class Recipe:
 def check_auto_or_number(name: str, value, *, positive: bool = False) -> None:
     """Raises a `ConfigError` unless `value` is `"auto"` or a number (> 0
     where `positive`, else >= 0)."""
-    if value == defaults.AUTO:
+    if isinstance(value, str) and value == defaults.AUTO:
         return
-    is_number = isinstance(value, int | float) and not isinstance(value, bool)
-    if not is_number or value < 0 or (positive and value == 0):
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if (
+        not is_number
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
         bound = "> 0" if positive else ">= 0"
         raise ConfigError(
             f"Expected {name}='auto' (chosen from the data) or a number {bound}. "
-            f"Received: {name}={_short(value)}"
+            f"Received: {name}={short_repr(value)}"
         )
-
-
-def _short(value, limit: int = 80) -> str:
-    """`repr(value)` for a message, cut to `limit` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _listed(names: list[str], limit: int = 10) -> str:
     """`names` for a message, at most `limit` of them."""
-    shown = ", ".join(_short(str(name)) for name in names[:limit])
+    shown = ", ".join(short_repr(str(name)) for name in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -15,11 +15,16 @@ from tftransfer import atomic
 from tftransfer.errors import TrainingError
 
 
+class LossNotFiniteError(TrainingError):
+    """The training loss became NaN or infinite (raised by `NaNGuard`)."""
+
+
 class NaNGuard(keras.callbacks.Callback):
     """Stops training with a `TrainingError` as soon as the loss is NaN or inf.
 
     Unlike `keras.callbacks.TerminateOnNaN`, which ends `fit()` quietly, this
-    raises an error naming the epoch and step and suggesting a fix.
+    raises a `LossNotFiniteError` (a `TrainingError`) naming the epoch and
+    step and suggesting a fix.
 
     Args:
         learning_rate: `(setting name, value)` of the (peak) learning rate
@@ -49,7 +54,7 @@ class NaNGuard(keras.callbacks.Callback):
             "learning_rate",
             float(np.asarray(self.model.optimizer.learning_rate)),
         )
-        raise TrainingError(
+        raise LossNotFiniteError(
             f"The training loss became {float(loss)} at epoch {self._epoch + 1}, "
             f"step {batch + 1}. Lower {name} (it is {value:.3g}; try "
             f"{name}={value / 10:.3g}), enable gradient clipping, or check the "

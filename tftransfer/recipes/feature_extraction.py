@@ -23,6 +23,7 @@ from tftransfer.recipes.feature_cache import (
     fingerprint,
     weights_digest,
 )
+from tftransfer.recipes.metrics import accuracy_and_crossentropy
 
 PREDICTION_BATCH_SIZE = 1024
 
@@ -132,7 +133,8 @@ class FeatureExtraction(Recipe):
                 of batched `(prepared inputs, int labels)`.
             validation: the same kind of data, or `None`: then a part of
                 `train` is held out for validation (10% of each class, or
-                every tenth batch of a dataset), and the log says so.
+                one example in ten of a dataset, by a hash of its content),
+                and the log says so.
             class_names: class names, where `train` does not carry them.
 
         Returns:
@@ -145,22 +147,32 @@ class FeatureExtraction(Recipe):
                 a label is not a class index.
             TrainingError: if another process is training into `run_dir`.
         """
-        train, validation = self._with_validation(train, validation)
-        validation = self._with_class_names(
-            validation, class_names or getattr(train, "class_names", None), "validation"
-        )
+        train, validation = self._prepare_splits(train, validation, class_names)
+        return self._fit_head(train, validation, class_names)
+
+    def _fit_head(self, train, validation, class_names: list[str] | None):
+        """Caches the features of the prepared splits and trains the head."""
         train_key = self._feature_key(train)
         train_features = self.cached_features(train, "train", key=train_key)
+        validation_key = (
+            self._feature_key(validation) if validation is not None else None
+        )
         validation_features = (
-            self.cached_features(validation, "validation")
+            self.cached_features(validation, "validation", key=validation_key)
             if validation is not None
             else None
         )
         self._input_spec = self._batches(train).element_spec[0]
-        # From the key, not the folder: a non-chief worker's features may sit
-        # in a private temporary folder, yet it must find the chief's
-        # checkpoints.
-        self._train_key = fingerprint(train_key, train_features.data_digest)
+        # From the keys, not the folders: a non-chief worker's features may
+        # sit in a private temporary folder, yet it must find the chief's
+        # checkpoints. The validation data belongs to the key too: early
+        # stopping and the learning-rate choice depend on it.
+        self._train_key = fingerprint(
+            train_key,
+            train_features.data_digest,
+            validation_key,
+            validation_features.data_digest if validation_features else None,
+        )
         self._set_class_names(train, class_names, train_features.labels())
         self._check_labels(train_features.labels(), "training")
         if validation_features is not None:
@@ -187,7 +199,7 @@ class FeatureExtraction(Recipe):
             else None
         )
         steps_per_execution = self._head_steps_per_execution(
-            train_features, train_batches()
+            train_features, int(train_batches().cardinality())
         )
 
         def new_head(learning_rate: float, weight_decay: float) -> keras.Model:
@@ -219,7 +231,7 @@ class FeatureExtraction(Recipe):
             validation_batches,
             self._head_epochs(),
             data_key=self._train_key,
-            learning_rate=("learning_rate", learning_rate),
+            learning_rate_setting=("learning_rate", learning_rate),
         )
         return self.history
 
@@ -259,40 +271,42 @@ class FeatureExtraction(Recipe):
                 f"using learning_rate={chosen[0]:g}, "
                 f"head_weight_decay={chosen[1]:g}."
             )
-        else:
+            return chosen[0], chosen[1]
 
-            def train_candidate(learning_rate: float, weight_decay: float) -> float:
-                return learning_rates.best_validation_loss(
-                    new_head(learning_rate, weight_decay),
-                    train_batches(),
-                    validation_batches,
-                    strategy=self.strategy,
-                    epochs=self._head_epochs(),
-                    patience=self.settings["patience"],
-                )
-
-            def search() -> dict:
-                choice = learning_rates.search_head(
-                    train_candidate,
-                    candidates["learning_rate"],
-                    candidates["head_weight_decay"],
-                )
-                tried = ", ".join(
-                    f"lr {rate:g} / wd {decay:g}: {loss:.4f}"
-                    for (rate, decay), loss in choice.trials.items()
-                )
-                return {
-                    "chosen": [choice.learning_rate, choice.weight_decay],
-                    "tried": tried,
-                }
-
-            search_result = self._remembered("head-search", self._train_key, search)
-            chosen = search_result["chosen"]
-            self.say(
-                f"Head: learning_rate={chosen[0]:g}, head_weight_decay="
-                f"{chosen[1]:g}, chosen by validation loss "
-                f"({search_result['tried']})."
+        def train_candidate(learning_rate: float, weight_decay: float) -> float:
+            head = new_head(learning_rate, weight_decay)
+            learning_rates.train_to_best_epoch(
+                head,
+                train_batches(),
+                validation_batches,
+                strategy=self.strategy,
+                epochs=self._head_epochs(),
+                patience=self.settings["patience"],
             )
+            probabilities = self._predict("search", head, validation_batches)
+            return accuracy_and_crossentropy(*probabilities)[1]
+
+        def search() -> dict:
+            choice = learning_rates.search_head(
+                train_candidate,
+                candidates["learning_rate"],
+                candidates["head_weight_decay"],
+            )
+            tried = ", ".join(
+                f"lr {rate:g} / wd {decay:g}: {loss:.4f}"
+                for (rate, decay), loss in choice.trials.items()
+            )
+            return {
+                "chosen": [choice.learning_rate, choice.weight_decay],
+                "tried": tried,
+            }
+
+        search_result = self._remembered("head-search", self._train_key, search)
+        chosen = search_result["chosen"]
+        self.say(
+            f"Head: learning_rate={chosen[0]:g}, head_weight_decay={chosen[1]:g}, "
+            f"chosen by validation cross-entropy ({search_result['tried']})."
+        )
         for name, value in zip(candidates, chosen, strict=True):
             if name in searched:
                 self.tuned[name] = value
@@ -376,6 +390,7 @@ class FeatureExtraction(Recipe):
         self._require_fitted()
         data = self._with_class_names(data, self.class_names, split)
         features = self.cached_features(data, split)
+        self._check_labels(features.labels(), split)
         batches = features.dataset(
             self._prediction_batch_size(), memory_budget=self.memory_budget
         )
@@ -435,14 +450,14 @@ class FeatureExtraction(Recipe):
             )
         return self._backbone_fingerprint
 
-    def _head_steps_per_execution(self, features: CachedFeatures, batches) -> int:
-        """Steps per execution of the head: a whole epoch per call when the
-        features are in memory (the steps are tiny, so per-call overhead
-        would dominate), the recipe's setting when they are streamed."""
-        configured = self.settings["steps_per_execution"]
+    def _head_steps_per_execution(self, features: CachedFeatures, steps: int) -> int:
+        """Steps per execution of the head: a whole epoch (`steps`) per
+        call when the features are in memory (the steps are tiny, so
+        per-call overhead would dominate), the recipe's setting (a divisor
+        of `steps`) when they are streamed."""
         if features.nbytes > self.memory_budget:
-            return configured
-        return max(configured, int(batches.cardinality()))
+            return self._steps_per_execution(steps)
+        return steps
 
     def _prediction_batch_size(self) -> int:
         return max(self.global_batch_size, PREDICTION_BATCH_SIZE)

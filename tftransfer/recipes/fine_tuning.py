@@ -9,10 +9,13 @@ import keras
 import numpy as np
 
 from tftransfer import defaults
+from tftransfer.backbones import Backbone
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import learning_rates, training_loop
 from tftransfer.recipes.base import check_auto_or_number, holds_run_lock
+from tftransfer.recipes.callbacks import LossNotFiniteError
 from tftransfer.recipes.feature_extraction import FeatureExtraction
+from tftransfer.recipes.metrics import accuracy_and_crossentropy
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
 
 
@@ -52,7 +55,7 @@ class FineTuning(FeatureExtraction):
         fine_tune_learning_rate: peak head learning rate in phase 2, or
             `"auto"`: a fifth of the rate at which the training loss starts
             to climb in a learning-rate range test (the rate grows from 1e-6
-            to 0.1 over one epoch of steps, at least 20 and at most 100; see
+            to 0.1 over one epoch of steps, at least 50 and at most 100; see
             `learning_rates.find_learning_rate`).
         backbone_lr_scale: backbone learning rate / head learning rate in
             phase 2 (the range test keeps this ratio).
@@ -123,12 +126,15 @@ class FineTuning(FeatureExtraction):
 
         Returns:
             The `History` of phase 2; phase 1's is in `head_history`.
+
+        Raises:
+            ConfigError: on a second `fit` of a recipe whose backbone is a
+                plain Keras layer (fine-tuned by the first: it cannot be
+                reloaded; a `Backbone` is rebuilt from its weights).
         """
-        train, validation = self._with_validation(train, validation)
-        validation = self._with_class_names(
-            validation, class_names or getattr(train, "class_names", None), "validation"
-        )
-        self.head_history = super().fit(train, validation, class_names=class_names)
+        self._start_from_the_pretrained_backbone()
+        train, validation = self._prepare_splits(train, validation, class_names)
+        self.head_history = self._fit_head(train, validation, class_names)
         train_batches = self._batches(train, training=True)
         validation_batches = (
             self._batches(validation) if validation is not None else None
@@ -142,8 +148,10 @@ class FineTuning(FeatureExtraction):
         with self._building():
             backbone_variables = self.unfreeze()
         frozen_weights = [np.array(v.numpy()) for v in self.model.weights]
-        # The range test reads its own copy of the data, so that the
-        # shuffles phase 2 sees do not depend on whether it ran.
+        # The range test reads its own copy of a LabeledData's batches, so
+        # that the shuffles phase 2 sees do not depend on it. It runs again
+        # on a resumed run (it is short, and deterministic from the same
+        # state), so that both runs read a dataset of batches as often.
         peak = self._fine_tune_learning_rate(
             backbone_variables, self._batches(train, training=True), steps_per_epoch
         )
@@ -153,18 +161,40 @@ class FineTuning(FeatureExtraction):
                 self._optimizer(
                     backbone_variables, self._schedule(steps_per_epoch, peak)
                 ),
+                steps_per_execution=self._steps_per_execution(steps_per_epoch),
             )
-        self.history = self._train_phase(
-            "fine_tune",
-            self.model,
-            train_batches,
-            validation_batches,
-            self.settings["epochs"],
-            data_key=self._train_key,
-            learning_rate=("fine_tune_learning_rate", peak),
-        )
+        try:
+            self.history = self._train_phase(
+                "fine_tune",
+                self.model,
+                train_batches,
+                validation_batches,
+                self.settings["epochs"],
+                data_key=self._train_key,
+                learning_rate_setting=("fine_tune_learning_rate", peak),
+            )
+        except LossNotFiniteError as error:
+            if frozen_scores is None:
+                raise
+            self._keep_frozen(frozen_weights, f"fine-tuning diverged: {error}")
+            return self.head_history
         self._keep_the_better(frozen_scores, frozen_weights, validation_batches)
         return self.history
+
+    def _start_from_the_pretrained_backbone(self) -> None:
+        """Before a second `fit`: the backbone the first one fine-tuned is
+        rebuilt from its pretrained weights."""
+        if self.history is None:
+            return
+        if not isinstance(self.backbone, Backbone):
+            raise ConfigError(
+                "This FineTuning recipe has fine-tuned its backbone layer "
+                "already and cannot reload its pretrained weights. Create a "
+                "new recipe (with a fresh backbone layer) for another fit()."
+            )
+        self.backbone_layer = None
+        self.head = self._model = None
+        self._predictors = {}
 
     def _fine_tune_learning_rate(
         self, backbone_variables, train_batches, steps_per_epoch: int
@@ -176,35 +206,36 @@ class FineTuning(FeatureExtraction):
         steps = min(100, max(50, steps_per_epoch))
 
         def compile_with(schedule) -> None:
+            # One step per execution: the test reads the loss of every step.
             with self._building():
-                self._compile(self.model, self._optimizer(backbone_variables, schedule))
+                self._compile(
+                    self.model,
+                    self._optimizer(backbone_variables, schedule),
+                    steps_per_execution=1,
+                )
 
-        def range_test() -> dict:
-            test = learning_rates.find_learning_rate(
-                self.model,
-                compile_with,
-                train_batches,
-                strategy=self.strategy,
-                steps=steps,
-                min_lr=1e-6,
-                max_lr=0.1,
-            )
-            return {
-                "learning_rate": test.learning_rate,
-                "edge_rate": test.edge_rate,
-                "steps": len(test.losses),
-            }
-
-        test = self._remembered("lr-range-test", self._train_key, range_test)
-        learning_rate = test["learning_rate"]
-        self.tuned["fine_tune_learning_rate"] = learning_rate
-        self.say(
-            f"Fine-tuning: fine_tune_learning_rate={learning_rate:.3g} (backbone "
-            f"{learning_rate * self.settings['backbone_lr_scale']:.3g}), a fifth "
-            f"of {test['edge_rate']:.3g}, where the training loss started to climb "
-            f"in a {test['steps']}-step learning-rate range test."
+        test = learning_rates.find_learning_rate(
+            self.model,
+            compile_with,
+            train_batches,
+            strategy=self.strategy,
+            steps=steps,
+            min_lr=1e-6,
+            max_lr=0.1,
         )
-        return learning_rate
+        self.tuned["fine_tune_learning_rate"] = test.learning_rate
+        where = (
+            "where the training loss started to climb"
+            if test.found
+            else "the highest rate tried: the loss never climbed"
+        )
+        self.say(
+            f"Fine-tuning: fine_tune_learning_rate={test.learning_rate:.3g} "
+            f"(backbone {test.learning_rate * self.settings['backbone_lr_scale']:.3g}"
+            f"), a fifth of {test.edge_rate:.3g}, {where} in a "
+            f"{len(test.losses)}-step learning-rate range test."
+        )
+        return test.learning_rate
 
     def _frozen_validation_scores(self, validation) -> tuple[float, float]:
         """`(accuracy, loss)` of the phase-1 model (frozen backbone, best
@@ -230,15 +261,19 @@ class FineTuning(FeatureExtraction):
                 f"{frozen_scores[0]:.4f} -> {tuned_scores[0]:.4f}."
             )
             return
+        self._keep_frozen(
+            frozen_weights,
+            "fine-tuning did not help (validation accuracy "
+            f"{frozen_scores[0]:.4f} frozen vs {tuned_scores[0]:.4f} fine-tuned, "
+            f"cross-entropy {-frozen_scores[1]:.4f} vs {-tuned_scores[1]:.4f})",
+        )
+
+    def _keep_frozen(self, frozen_weights: list, reason: str) -> None:
+        """Puts the frozen model's weights back; `chosen` becomes "frozen"."""
         self.chosen = "frozen"
         for variable, value in zip(self.model.weights, frozen_weights, strict=True):
             variable.assign(value)
-        self.say(
-            "Fine-tuning did not help (validation accuracy "
-            f"{frozen_scores[0]:.4f} frozen vs {tuned_scores[0]:.4f} fine-tuned, "
-            f"loss {-frozen_scores[1]:.4f} vs {-tuned_scores[1]:.4f}): keeping "
-            "the frozen model."
-        )
+        self.say(f"Keeping the frozen model: {reason}.")
 
     def unfreeze(self) -> list:
         """Makes the chosen backbone variables trainable; returns them."""
@@ -290,7 +325,9 @@ class FineTuning(FeatureExtraction):
         backbone); `split` names `data` in errors."""
         self._require_fitted()
         data = self._with_class_names(data, self.class_names, split)
-        return self._predict("model", self.model, self._batches(data))
+        labels, probabilities = self._predict("model", self.model, self._batches(data))
+        self._check_labels(labels, split)
+        return labels, probabilities
 
     def _recipe_settings(self) -> dict:
         return dict(self._phase2)
@@ -407,8 +444,5 @@ def _path(variable) -> str:
 
 def _scores(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
     """`(accuracy, -cross-entropy)`: compared as a tuple, higher is better."""
-    labels = labels.astype("int64")
-    accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
-    picked = probabilities[np.arange(len(labels)), labels]
-    loss = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
-    return accuracy, -loss
+    accuracy, crossentropy = accuracy_and_crossentropy(labels, probabilities)
+    return accuracy, -crossentropy

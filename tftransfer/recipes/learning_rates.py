@@ -4,8 +4,9 @@ Two methods, one per phase, each picked for what a step costs there:
 
 - `search_head()`: the head trains on cached features, where an epoch costs
   milliseconds, so the candidates are simply trained to convergence (early
-  stopping on the validation loss) and the one with the lowest validation
-  loss wins. Learning rate first, then weight decay at that rate: a
+  stopping on the validation loss, best epoch restored) and the one with the
+  lowest plain validation cross-entropy wins (without the weight penalty,
+  which would otherwise count against every candidate that has one). Learning rate first, then weight decay at that rate: a
   coordinate search, `len(rates) + len(decays) - 1` short trainings.
 - `find_learning_rate()`: fine-tuning steps run the whole backbone, so one
   short run decides (a learning-rate range test, as fastai's `lr_find` and
@@ -34,17 +35,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tftransfer.errors import TrainingError
 from tftransfer.recipes import training_loop
 
 
 @dataclasses.dataclass
 class HeadChoice:
-    """What `search_head()` chose, and the validation loss of every try.
+    """What `search_head()` chose, and the score of every try.
 
     Attributes:
         learning_rate: the chosen learning rate.
         weight_decay: the chosen L2 weight decay of the head's kernels.
-        trials: `{(learning_rate, weight_decay): best validation loss}`.
+        trials: `{(learning_rate, weight_decay): validation cross-entropy}`.
     """
 
     learning_rate: float
@@ -60,9 +62,10 @@ def search_head(
     """Chooses the head's learning rate, then its weight decay.
 
     Each candidate `(learning_rate, weight_decay)` is trained by
-    `train_candidate`, which returns its best validation loss. Rates are
-    tried at the first weight decay; the decays at the best rate. A single
-    value in either list is not searched.
+    `train_candidate`, which returns its validation loss (lower is better;
+    not finite: the candidate failed). Rates are tried at the first weight
+    decay; the decays at the best rate. A single value in either list is
+    not searched.
 
     Args:
         train_candidate: `(learning_rate, weight_decay) -> validation loss`.
@@ -71,6 +74,9 @@ def search_head(
 
     Returns:
         The `HeadChoice`.
+
+    Raises:
+        TrainingError: if no candidate gave a finite validation loss.
 
     Example:
 
@@ -87,11 +93,19 @@ def search_head(
         return min(candidates, key=lambda c: _finite(trials[c]))
 
     learning_rate, _ = best([(rate, weight_decays[0]) for rate in learning_rates])
+    if not any(math.isfinite(loss) for loss in trials.values()):
+        raise TrainingError(
+            "Every head learning rate tried "
+            f"({', '.join(f'{rate:g}' for rate in learning_rates)}) gave a "
+            "validation loss that is not finite: the features or labels are "
+            "likely the problem, not the rate. Check the inputs for NaN or "
+            "huge values (and the backbone's expected value range)."
+        )
     _, weight_decay = best([(learning_rate, decay) for decay in weight_decays])
     return HeadChoice(learning_rate, weight_decay, trials)
 
 
-def best_validation_loss(
+def train_to_best_epoch(
     model: keras.Model,
     train: tf.data.Dataset,
     validation: tf.data.Dataset,
@@ -99,10 +113,11 @@ def best_validation_loss(
     strategy: tf.distribute.Strategy,
     epochs: int,
     patience: int | None,
-) -> float:
-    """Trains a compiled `model` with early stopping; returns its lowest
-    validation loss (`inf` if it never was finite)."""
-    history = training_loop.train(
+) -> None:
+    """Trains a compiled `model` for at most `epochs`, stopping once the
+    validation loss has not improved for `patience` epochs (`None`: never),
+    and leaves it on the weights of its best epoch."""
+    training_loop.train(
         model,
         train,
         strategy=strategy,
@@ -110,13 +125,13 @@ def best_validation_loss(
         validation_data=validation,
         callbacks=[
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience or epochs
+                monitor="val_loss",
+                patience=epochs if patience is None else patience,
+                restore_best_weights=True,
             )
         ],
         verbose=0,
     )
-    losses = [_finite(v) for v in history.history.get("val_loss", [])]
-    return min(losses, default=math.inf)
 
 
 @dataclasses.dataclass
@@ -127,7 +142,9 @@ class RangeTest:
         learning_rate: the suggested rate: `edge_rate / divisor`.
         edge_rate: the first rate at which the smoothed loss exceeded `edge`
             times its lowest value so far, after the first fifth of the
-            test (the last rate tried if it never did).
+            test, or at which the loss stopped being finite; the last rate
+            tried if neither happened (`found` is then `False`).
+        found: whether the loss climbed (or diverged) within the test.
         rates: the rate of every recorded point.
         losses: the training loss of every recorded point.
         smoothed: the losses, exponentially smoothed (bias-corrected).
@@ -135,6 +152,7 @@ class RangeTest:
 
     learning_rate: float
     edge_rate: float
+    found: bool
     rates: list[float]
     losses: list[float]
     smoothed: list[float]
@@ -217,21 +235,21 @@ def find_learning_rate(
             variable.assign(value)
     smoothed = recorder.smoothed
     if not smoothed:  # The very first step diverged.
-        return RangeTest(min_lr, min_lr, [], [], [])
+        return RangeTest(min_lr / divisor, min_lr, True, [], [], [])
     # Before the smoothing has seen a few losses, one lucky batch would set
     # the reference: the edge is looked for after the first fifth.
     warm_up = min(len(smoothed), max(3, steps // 5)) - 1
     settled = np.asarray(smoothed[warm_up:])
     climbed = np.flatnonzero(settled > edge * np.minimum.accumulate(settled))
     # A loss that is not finite ends the test: that rate is the edge.
-    edge_rate = (
-        recorder.rates[warm_up + climbed[0]]
-        if climbed.size
-        else recorder.diverged_at or recorder.rates[-1]
-    )
+    if climbed.size:
+        edge_rate = recorder.rates[warm_up + climbed[0]]
+    else:
+        edge_rate = recorder.diverged_at or recorder.rates[-1]
     return RangeTest(
         learning_rate=max(min_lr, edge_rate / divisor),
         edge_rate=edge_rate,
+        found=bool(climbed.size) or recorder.diverged_at is not None,
         rates=recorder.rates,
         losses=recorder.losses,
         smoothed=smoothed,

@@ -7,6 +7,25 @@ import numpy as np
 from tftransfer.errors import DataError
 
 
+def accuracy_and_crossentropy(labels, probabilities) -> tuple[float, float]:
+    """Returns `(accuracy, mean cross-entropy)` of class probabilities.
+
+    The cross-entropy is the plain one (no label smoothing, no weight
+    penalty), so that models trained with different settings compare fairly.
+
+    Example:
+
+    >>> accuracy_and_crossentropy([0, 1], [[.9, .1], [.4, .6]])
+    (1.0, 0.3081...)
+    """
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    accuracy = float(np.mean(probabilities.argmax(axis=1) == labels))
+    picked = probabilities[np.arange(len(labels)), labels]
+    crossentropy = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+    return accuracy, crossentropy
+
+
 def classification_metrics(
     labels,
     probabilities,

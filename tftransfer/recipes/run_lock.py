@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the run folder is not locked.
+    fcntl = None
 
 from tftransfer.errors import TrainingError
 
@@ -18,7 +22,8 @@ class RunLock:
     operating-system lock (`flock`) on `<run_dir>/.lock`, so it is released
     when the process exits, however it exits: a crashed or killed run never
     leaves the folder locked. The file records who holds it, for the message
-    the next process shows.
+    the next process shows. Where the OS has no `flock` (Windows), the folder
+    is not locked.
 
     Args:
         run_dir: the run folder (created if needed).
@@ -45,7 +50,8 @@ class RunLock:
                 "write to (checkpoints and logs go there)."
             ) from None
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
