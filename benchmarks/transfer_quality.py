@@ -464,12 +464,14 @@ def main() -> None:
         prefix="transfer-quality-"
     )
     seeds = [int(s) for s in arguments.seeds.split(",")]
-    table = []
-    for dataset, recipe in arguments.runs:
-        accuracies, seconds = [], []
-        for seed in seeds:
+    results = {run: ([], []) for run in arguments.runs}
+    # Seed by seed, every recipe in turn: ours and the baselines take turns,
+    # so a change in the machine's load touches both sides alike.
+    for seed in seeds:
+        for dataset, recipe in arguments.runs:
             start = time.perf_counter()
             result = run(dataset, recipe, seed, arguments)
+            accuracies, seconds = results[(dataset, recipe)]
             seconds.append(time.perf_counter() - start)
             accuracies.append(result.accuracy)
             print(
@@ -479,7 +481,7 @@ def main() -> None:
                 + ")",
                 flush=True,
             )
-        table.append((dataset, recipe, accuracies, seconds))
+    table = [(d, r, *results[(d, r)]) for d, r in arguments.runs]
     print(
         f"\n| dataset | recipe | test accuracy (seeds {arguments.seeds}) | s per run |"
     )

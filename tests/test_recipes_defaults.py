@@ -186,7 +186,7 @@ def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
     recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
     assert recipe.tuned["learning_rate"] in defaults.HEAD_LEARNING_RATES
     assert recipe.tuned["head_weight_decay"] in defaults.HEAD_WEIGHT_DECAYS
-    assert "chosen by validation loss" in capsys.readouterr().out
+    assert "chosen by validation cross-entropy" in capsys.readouterr().out
     assert recipe.evaluate(_colour_images(32, 2))["accuracy"] >= 0.9
     # The choice is kept in the run folder: a rerun does not search again.
     (saved,) = (tmp_path / "run" / "checkpoints").glob("head-search-*.json")

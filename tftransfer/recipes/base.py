@@ -251,13 +251,16 @@ class Recipe:
 
             return train.map(select).unbatch().batch(batch_size)
 
-        training, held_out = part(held_out=False), part(held_out=True)
-        if not (
-            training_loop.steps_per_epoch(training)
-            and training_loop.steps_per_epoch(held_out)
-        ):
+        parts = [part(held_out=False), part(held_out=True)]
+        sizes = [training_loop.steps_per_epoch(p) for p in parts]
+        if not all(sizes):
             self.say("No validation data, and too few examples to hold some out.")
             return train, None
+        # Counted once: said, so that no pass needs to count them again.
+        training, held_out = (
+            p.apply(tf.data.experimental.assert_cardinality(n))
+            for p, n in zip(parts, sizes, strict=True)
+        )
         self.say(
             "No validation data: holding out the training examples whose "
             f"content hashes to one bucket in {buckets} (about "

@@ -27,7 +27,9 @@ picks the same rate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Sequence
 
@@ -89,7 +91,8 @@ def search_head(
     def best(candidates):
         for candidate in candidates:
             if candidate not in trials:
-                trials[candidate] = train_candidate(*candidate)
+                with _quiet_tracing():
+                    trials[candidate] = train_candidate(*candidate)
         return min(candidates, key=lambda c: _finite(trials[c]))
 
     learning_rate, _ = best([(rate, weight_decays[0]) for rate in learning_rates])
@@ -296,6 +299,19 @@ class _LossRecorder(keras.callbacks.Callback):
         self.smoothed.append(smoothed)
         if smoothed > self.divergence * min(self.smoothed):
             self.model.stop_training = True
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    """Silences TensorFlow's "retracing" warning: every candidate is a new
+    model with its own training function, traced once on purpose."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _finite(value: float) -> float:
