@@ -523,9 +523,9 @@ class Recipe:
         return history
 
     def _remembered(self, phase: str, data_key: str, choose: Callable[[], dict]):
-        """The values `choose()` picks for `phase` (learning rates), kept in
-        the run folder beside the checkpoints: a resumed run reuses them
-        rather than choosing again, so it continues with the same rates."""
+        """The values `choose()` picks for `phase` (the head's learning rate
+        and weight decay), kept in the run folder beside the checkpoints: a
+        resumed run reuses them rather than searching again."""
         key = fingerprint(data_key, self._phase_settings(phase))
         path = self.run_dir / "checkpoints" / f"{phase}-{key}.json"
         if path.exists():

@@ -88,7 +88,7 @@ class FineTuning(FeatureExtraction):
         fine_tune_learning_rate: float | str = defaults.FINE_TUNE_LEARNING_RATE,
         backbone_lr_scale: float = defaults.BACKBONE_LR_SCALE,
         warmup_fraction: float = defaults.WARMUP_FRACTION,
-        weight_decay: float = defaults.WEIGHT_DECAY,
+        weight_decay: float = defaults.FINE_TUNE_WEIGHT_DECAY,
         clipnorm: float | None = defaults.CLIPNORM,
         train_batchnorm: bool = False,
         **kwargs,
