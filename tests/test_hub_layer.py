@@ -400,3 +400,16 @@ def test_resolved_object_is_the_loaded_saved_model(image_model_path):
     np.testing.assert_array_equal(
         from_path(IMAGES, training=False).numpy(), loaded(IMAGES, training=False)
     )
+
+
+def test_compute_output_shape_of_a_live_object_asks_for_output_shape():
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def __call__(self, x):
+            return 2.0 * x
+
+    layer = tftransfer.HubLayer(Doubler())
+    with pytest.raises(tftransfer.InputSpecError, match="Pass output_shape="):
+        layer.compute_output_shape((None, 3))
+    shaped = tftransfer.HubLayer(Doubler(), output_shape=[3])
+    assert shaped.compute_output_shape((None, 3)) == (None, 3)

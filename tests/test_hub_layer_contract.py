@@ -457,22 +457,34 @@ def test_output_key_on_a_non_dict_output_is_refused(plus_one_path):
         layer(TEN)
 
 
+class _Pair(keras.layers.Layer):
+    """A layer holding two sublayers, in order (as a model holds its layers)."""
+
+    def __init__(self, first, second):
+        super().__init__()
+        self.first, self.second = first, second
+
+
 def test_trainable_signature_is_refused(plus_one_path):
     """hub: KerasLayerTest.test_keras_layer_fails_if_signature_trainable.
 
-    Refused when the layer is made, and when it is made trainable later
-    (directly or through its model), so no signature variable is trained.
+    Refused when the layer is made. Made trainable later (directly or
+    through its model), it warns and stays frozen, so no signature variable
+    is trained, while the rest of the model is unfrozen as asked.
     """
     kwargs = {"signature": "serving_default", "signature_outputs_as_dict": True}
     with pytest.raises(ArgumentError, match=r"trainable=True"):
         tftransfer.HubLayer(plus_one_path, trainable=True, **kwargs)
     layer = tftransfer.HubLayer(plus_one_path, **kwargs)
-    with pytest.raises(ArgumentError, match=r"signature 'serving_default'"):
+    with pytest.warns(UserWarning, match=r"signature 'serving_default' stays frozen"):
         layer.trainable = True
-    model = keras.Sequential([keras.Input(()), layer])
-    model.trainable = False
-    with pytest.raises(ArgumentError, match=r"trainable=True"):
-        model.trainable = True
+    assert not layer.trainable
+    dense = keras.layers.Dense(1)
+    holder = _Pair(layer, dense)  # the hub layer first, then another layer
+    holder.trainable = False
+    with pytest.warns(UserWarning, match="stays frozen"):
+        holder.trainable = True
+    assert dense.trainable  # unfreezing went on past the hub layer
     assert not layer.trainable
     assert layer.trainable_weights == []
 

@@ -350,7 +350,7 @@ def _decode_file(
         )
         return None, problem, None
     try:
-        text = raw.decode(fallback_encoding)
+        text = body.decode(fallback_encoding)
     except UnicodeDecodeError:
         problem = (
             f"bytes that are neither valid {encoding} ({where}) nor "

@@ -162,15 +162,26 @@ class HubLayer(keras.Layer):
     def trainable(self) -> bool:
         """Whether the SavedModel's trainable variables are trained.
 
-        Setting it to `True` raises `ArgumentError` for a layer that calls a
-        signature, and warns (once) if the model has no trainable variables.
+        A layer that calls a signature stays frozen: setting `True` warns
+        and leaves it `False` (the constructor refuses `trainable=True` with
+        an `ArgumentError`, as `hub.KerasLayer` does; the setter does not
+        raise, so that `model.trainable = True` still unfreezes the rest of
+        a model). Setting `True` warns (once) if the model has no trainable
+        variables.
         """
         return keras.Layer.trainable.fget(self)
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        if value:
-            self._refuse_trainable_signature()
+        if value and self.signature is not None:
+            warnings.warn(
+                f"The HubLayer calling the signature {self.signature!r} stays "
+                "frozen: signatures cannot be trained (no training mode, no "
+                "update ops). Load the model's `__call__` (no signature=) to "
+                "fine-tune it.",
+                stacklevel=2,
+            )
+            value = False
         keras.Layer.trainable.fset(self, value)
         if value:
             self._warn_if_nothing_to_train()
@@ -352,10 +363,15 @@ class HubLayer(keras.Layer):
         else:
             specs = [
                 function.structured_input_signature
-                for function in self._function.concrete_functions
+                for function in self._traced_functions()
             ]
         described = {_describe_structure(args[0] if args else kw) for args, kw in specs}
-        return " or ".join(sorted(described))
+        return " or ".join(sorted(described)) or "the inputs the model was traced for"
+
+    def _traced_functions(self) -> list:
+        """The concrete functions of a restored `__call__`; none for a live
+        `tf.function` given as handle (its traces are not listed)."""
+        return list(getattr(self._function, "concrete_functions", ()))
 
     def _input_specs(self) -> list[Any]:
         """The input structures (nests of `tf.TensorSpec`) the model was traced for."""
@@ -364,7 +380,7 @@ class HubLayer(keras.Layer):
                 args[0]
                 for args, _ in (
                     function.structured_input_signature
-                    for function in self._function.concrete_functions
+                    for function in self._traced_functions()
                 )
                 if args
             ]
