@@ -111,6 +111,8 @@ class FeatureExtraction(Recipe):
         self.head: keras.Model | None = None
         self._input_spec = None
         self._train_key: str | None = None
+        # The last fit's cached validation features (None without any).
+        self._validation_features: CachedFeatures | None = None
         self._backbone_fingerprint: str | None = None
 
     @property
@@ -162,6 +164,7 @@ class FeatureExtraction(Recipe):
             if validation is not None
             else None
         )
+        self._validation_features = validation_features
         self._input_spec = self._batches(train).element_spec[0]
         # From the keys, not the folders: a non-chief worker's features may
         # sit in a private temporary folder, yet it must find the chief's

@@ -140,9 +140,7 @@ class FineTuning(FeatureExtraction):
             self._batches(validation) if validation is not None else None
         )
         frozen_scores = (
-            self._frozen_validation_scores(validation)
-            if validation is not None
-            else None
+            self._frozen_validation_scores() if validation is not None else None
         )
         steps_per_epoch = self._steps_per_epoch(train_batches)
         with self._building():
@@ -237,11 +235,11 @@ class FineTuning(FeatureExtraction):
         )
         return test.learning_rate
 
-    def _frozen_validation_scores(self, validation) -> tuple[float, float]:
-        """`(accuracy, loss)` of the phase-1 model (frozen backbone, best
-        head) on `validation`, from its cached features."""
-        features = self.cached_features(validation, "validation")
-        batches = features.dataset(
+    def _frozen_validation_scores(self) -> tuple[float, float]:
+        """`(accuracy, -loss)` of the phase-1 model (frozen backbone, best
+        head) on the validation features phase 1 cached (not looked up
+        again: that would hash every validation example once more)."""
+        batches = self._validation_features.dataset(
             self._prediction_batch_size(), memory_budget=self.memory_budget
         )
         return _scores(*self._predict("head", self.head, batches))
