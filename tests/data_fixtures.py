@@ -53,3 +53,28 @@ def image_backbone(size=(16, 16), value_range=(0.0, 1.0)) -> Backbone:
         image_size=size,
         value_range=value_range,
     )
+
+
+def seeded_image_backbone(name: str, conv_filters: int | None = None) -> Backbone:
+    """An 8x8 image `Backbone` built with seed 0: a `Conv2D(conv_filters, 3)`
+    named "conv" (if given) and a global average pool."""
+
+    def build(trainable):
+        keras.utils.set_random_seed(0)
+        conv = (
+            [keras.layers.Conv2D(conv_filters, 3, name="conv")] if conv_filters else []
+        )
+        return keras.Sequential(
+            [keras.Input((8, 8, 3)), *conv, keras.layers.GlobalAveragePooling2D()],
+            name=name,
+        )
+
+    return Backbone(
+        name=name,
+        handle=f"test://{name}",
+        source="keras_application",
+        modality="image",
+        feature_dim=conv_filters or 3,
+        builder=build,
+        image_size=(8, 8),
+    )

@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import seeded_image_backbone
 
-from tftransfer import Backbone, config, data, defaults
+from tftransfer import config, data, defaults
 from tftransfer.cli import run as cli_run
 from tftransfer.recipes import FeatureExtraction, FineTuning, learning_rates
 from tftransfer.recipes.callbacks import TrainingState
@@ -142,29 +143,6 @@ def test_early_stopping_ends_on_the_best_weights(tmp_path):
         np.testing.assert_array_equal(expected, weight.numpy())
 
 
-def _tiny_backbone():
-    def build(trainable):
-        keras.utils.set_random_seed(0)
-        return keras.Sequential(
-            [
-                keras.Input((8, 8, 3)),
-                keras.layers.Conv2D(8, 3, name="conv"),
-                keras.layers.GlobalAveragePooling2D(),
-            ],
-            name="tiny",
-        )
-
-    return Backbone(
-        name="tiny",
-        handle="test://tiny",
-        source="keras_application",
-        modality="image",
-        feature_dim=8,
-        builder=build,
-        image_size=(8, 8),
-    )
-
-
 def _colour_images(count, seed):
     """Two classes that differ in their mean colour: easy for frozen features."""
     rng = np.random.default_rng(seed)
@@ -176,7 +154,7 @@ def _colour_images(count, seed):
 
 def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
     recipe = FeatureExtraction(
-        _tiny_backbone(),
+        seeded_image_backbone("tiny", conv_filters=8),
         run_dir=tmp_path / "run",
         cache_dir=tmp_path / "cache",
         strategy="default",
@@ -198,7 +176,7 @@ def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
 
 def test_fit_without_validation_holds_out_part_of_the_training_data(tmp_path, capsys):
     recipe = FeatureExtraction(
-        _tiny_backbone(),
+        seeded_image_backbone("tiny", conv_filters=8),
         run_dir=tmp_path / "run",
         cache_dir=tmp_path / "cache",
         strategy="default",
@@ -215,7 +193,7 @@ def test_fit_without_validation_holds_out_part_of_the_training_data(tmp_path, ca
 
 
 def test_fine_tuning_that_hurts_keeps_and_exports_the_frozen_model(tmp_path):
-    backbone = _tiny_backbone()
+    backbone = seeded_image_backbone("tiny", conv_filters=8)
     train, validation = _colour_images(64, 0), _colour_images(32, 1)
     recipe = FineTuning(
         backbone,
@@ -247,7 +225,7 @@ def test_fine_tuning_that_hurts_keeps_and_exports_the_frozen_model(tmp_path):
 
 def test_fine_tuning_that_helps_is_kept(tmp_path):
     recipe = FineTuning(
-        _tiny_backbone(),
+        seeded_image_backbone("tiny", conv_filters=8),
         run_dir=tmp_path / "run",
         cache_dir=tmp_path / "cache",
         strategy="default",
@@ -264,7 +242,7 @@ def test_fine_tuning_that_helps_is_kept(tmp_path):
 
 
 def test_python_yaml_and_cli_share_one_set_of_defaults(tmp_path):
-    backbone = _tiny_backbone()
+    backbone = seeded_image_backbone("tiny", conv_filters=8)
     recipe_file = config.loads(
         "name: t\nbackbone: {handle: tiny}\n"
         "data: {format: csv, path: a.csv}\nrecipe: {kind: fine_tuning}\n"
@@ -286,6 +264,10 @@ def test_python_yaml_and_cli_share_one_set_of_defaults(tmp_path):
 
 def test_learning_rates_refuse_words_other_than_auto():
     with pytest.raises(ValueError, match="learning_rate='auto'"):
-        FeatureExtraction(_tiny_backbone(), learning_rate="fast")
+        FeatureExtraction(
+            seeded_image_backbone("tiny", conv_filters=8), learning_rate="fast"
+        )
     with pytest.raises(ValueError, match="fine_tune_learning_rate='auto'"):
-        FineTuning(_tiny_backbone(), fine_tune_learning_rate=0)
+        FineTuning(
+            seeded_image_backbone("tiny", conv_filters=8), fine_tune_learning_rate=0
+        )

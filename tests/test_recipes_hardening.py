@@ -13,8 +13,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import seeded_image_backbone
 
-from tftransfer import Backbone, DataError, TrainingError, data
+from tftransfer import DataError, TrainingError, data
 from tftransfer.recipes import FeatureExtraction, FineTuning
 from tftransfer.recipes.feature_cache import FeatureCache
 from tftransfer.recipes.run_lock import RunLock
@@ -42,25 +43,6 @@ def _recipe(tmp_path, cls=FeatureExtraction, backbone=None, **kwargs):
     return cls(backbone or _backbone(), **{**settings, **kwargs})
 
 
-def _image_backbone():
-    def build(trainable):
-        keras.utils.set_random_seed(0)
-        return keras.Sequential(
-            [keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()],
-            name="mean_colour",
-        )
-
-    return Backbone(
-        name="mean_colour",
-        handle="test://mean_colour",
-        source="keras_application",
-        modality="image",
-        feature_dim=3,
-        builder=build,
-        image_size=(8, 8),
-    )
-
-
 def _coloured(count, seed, names=("a", "b", "c")):
     """`count` 8x8 images of three classes (red, green or blue ones),
     labelled in the order `names`: the class of an image is fixed, only its
@@ -78,7 +60,7 @@ def _labeled_batches(x, y, batch=8):
 
 
 def test_splits_with_other_class_orders_are_matched_by_name(tmp_path):
-    recipe = _recipe(tmp_path, backbone=_image_backbone())
+    recipe = _recipe(tmp_path, backbone=seeded_image_backbone("mean_colour"))
     recipe.fit(_coloured(60, 0), _coloured(30, 1, names=("c", "a", "b")))
     same = recipe.evaluate(_coloured(30, 2))
     reordered = recipe.evaluate(_coloured(30, 2, names=("b", "c", "a")), split="other")
@@ -87,7 +69,7 @@ def test_splits_with_other_class_orders_are_matched_by_name(tmp_path):
 
 
 def test_a_split_with_an_unknown_class_is_refused(tmp_path):
-    recipe = _recipe(tmp_path, backbone=_image_backbone())
+    recipe = _recipe(tmp_path, backbone=seeded_image_backbone("mean_colour"))
     with pytest.raises(DataError, match=r"validation data has classes .*'d'"):
         # The blue images named "d".
         unknown = dataclasses.replace(_coloured(30, 1), class_names=["a", "b", "d"])
@@ -221,29 +203,6 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def _weighted_backbone():
-    def build(trainable):
-        keras.utils.set_random_seed(0)
-        return keras.Sequential(
-            [
-                keras.Input((8, 8, 3)),
-                keras.layers.Conv2D(4, 3, name="conv"),
-                keras.layers.GlobalAveragePooling2D(),
-            ],
-            name="conv_features",
-        )
-
-    return Backbone(
-        name="conv_features",
-        handle="test://conv_features",
-        source="keras_application",
-        modality="image",
-        feature_dim=4,
-        builder=build,
-        image_size=(8, 8),
-    )
-
-
 def _shuffled_batches(count, seed, batch=8):
     """Prepared batches that reshuffle on every pass, as users write them."""
     pixels = _coloured(count, seed)
@@ -274,7 +233,7 @@ def test_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(
 
     def fit(run, callbacks=()):
         recipe = FineTuning(
-            _weighted_backbone(),
+            seeded_image_backbone("conv_features", conv_filters=4),
             cache_dir=tmp_path / "cache",
             run_dir=tmp_path / run,
             strategy="default",
