@@ -316,7 +316,7 @@ def save_signature_only(path: str) -> str:
 
 def save_keras_model_as_hub(model, path: str, **attributes) -> str:
     """Saves a Keras 3 model as `tftransfer.hubify` does, plus `attributes`."""
-    from tftransfer.backbones.hubify import ReusableSavedModel
+    from tftransfer.backbones.reusable_saved_model import ReusableSavedModel
 
     spec = tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype)
     module = ReusableSavedModel(model, spec)

@@ -5,7 +5,6 @@ from conftest, KerasHub presets and keras.applications models written to
 tmp_path); nothing downloads.
 """
 
-import importlib
 import os
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ import tensorflow as tf
 
 import tftransfer
 from tftransfer import Backbone
-from tftransfer.backbones import catalogue
+from tftransfer.backbones import catalogue, reusable_saved_model
 from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
 
 VOCAB = [
@@ -499,14 +498,15 @@ def test_hubify_bert_writes_serving_safe_pair(keras_hub_bert_preset, tmp_path):
 def test_hubify_writes_neither_folder_when_the_preprocessor_check_fails(
     keras_hub_bert_preset, tmp_path, monkeypatch
 ):
-    hubify_module = importlib.import_module("tftransfer.backbones.hubify")
     checked = []
 
     def unsupported_ops_reporting_one(ops):
         checked.append(ops)
         return {"FastWordpieceTokenizeWithOffsets": "tensorflow_text"}
 
-    monkeypatch.setattr(hubify_module, "unsupported_ops", unsupported_ops_reporting_one)
+    monkeypatch.setattr(
+        reusable_saved_model, "unsupported_ops", unsupported_ops_reporting_one
+    )
     backbone = Backbone.from_keras_hub(keras_hub_bert_preset, seq_length=12)
     target = str(tmp_path / "out" / "bert")
     with pytest.raises(tftransfer.ExportError, match="FastWordpiece") as error:

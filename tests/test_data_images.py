@@ -23,7 +23,7 @@ def test_image_folder_reads_every_format_and_labels_by_sorted_folder(tmp_path):
 
     assert result.class_names == ["cats", "dogs"]
     assert result.num_examples == 9
-    assert (result.kind, result.input_format, result.skipped) == (
+    assert (result.modality, result.input_format, result.skipped) == (
         "image",
         "file_path",
         (),

@@ -22,7 +22,7 @@ def test_tfds_image_dataset_keeps_images_encoded_with_label_names():
         result = data.from_tfds("mnist", split="train[:80%]", download=False)
         examples = list(result.dataset.as_numpy_iterator())
     assert result.class_names == [str(i) for i in range(10)]
-    assert (result.kind, result.input_format) == ("image", "encoded_image")
+    assert (result.modality, result.input_format) == ("image", "encoded_image")
     assert "mnist" in result.source and "train[:80%]" in result.source
     assert len(examples) == 6
     image, label = examples[0]
@@ -35,7 +35,7 @@ def test_tfds_text_dataset_gives_raw_strings():
         result = data.from_tfds("imdb_reviews", split="test", download=False)
         examples = list(result.dataset.as_numpy_iterator())
     assert result.class_names == ["neg", "pos"]
-    assert (result.kind, result.input_format) == ("text", "text")
+    assert (result.modality, result.input_format) == ("text", "text")
     assert all(isinstance(x, bytes) and y in (0, 1) for x, y in examples)
 
 
@@ -146,7 +146,7 @@ def test_arrays_images_rescale_to_0_255_and_keep_integer_labels():
     images = np.full((4, 5, 6), 0.5, np.float32)  # grayscale, values in [0, 1]
     result = data.from_arrays(images, [0, 1, 1, 3], value_range=(0, 1))
     assert result.class_names == ["0", "1", "2", "3"]
-    assert (result.kind, result.input_format, result.num_examples) == (
+    assert (result.modality, result.input_format, result.num_examples) == (
         "image",
         "pixels",
         4,

@@ -25,7 +25,7 @@ def test_csv_string_labels_are_numbered_in_sorted_order(tmp_path):
     result = data.from_csv(path, text_column="review", label_column="sentiment")
     assert result.class_names == ["neg", "pos"]
     assert _examples(result) == [("great, really", 1), ("awful", 0), ("two\nlines", 1)]
-    assert (result.kind, result.input_format, result.num_examples) == (
+    assert (result.modality, result.input_format, result.num_examples) == (
         "text",
         "text",
         3,

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import tftransfer
-from tftransfer.backbones.backbone import Backbone
+from tftransfer.backbones.description import Backbone
 from tftransfer.cli.inspection import inspect_savedmodel
 from tftransfer.errors import ExportError
 from tftransfer.recipes import FeatureExtraction

@@ -19,7 +19,7 @@ import yaml
 
 import tftransfer
 from tftransfer import cli
-from tftransfer.backbones.backbone import Backbone
+from tftransfer.backbones.description import Backbone
 from tftransfer.cli import run as run_module
 
 TFTRANSFER = str(pathlib.Path(sys.executable).parent / "tftransfer")

@@ -1,5 +1,7 @@
 """The public API: what `import tftransfer` gives, and what it costs."""
 
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -27,3 +29,60 @@ def test_import_does_not_start_tensorflow():
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def _documented_dotted_names() -> list[str]:
+    """Every `tftransfer.a.b` the README and docs/ name, in backticks."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    texts = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    names = set()
+    for path in texts:
+        for code in re.findall(r"`([^`\n]+)`", path.read_text(encoding="utf-8")):
+            names.update(re.findall(r"\btftransfer(?:\.[A-Za-z_]\w*)+", code))
+    return sorted(names)
+
+
+def test_every_documented_name_resolves_by_attribute_after_import_tftransfer():
+    names = _documented_dotted_names()
+    assert (
+        "tftransfer.config.RecipeConfig" in names and "tftransfer.hub.resolve" in names
+    )
+    # A fresh interpreter: what a user's `import tftransfer` gives, attribute
+    # by attribute, with no module imported by an earlier test.
+    script = (
+        "import sys, tftransfer\n"
+        "missing = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    value = tftransfer\n"
+        "    try:\n"
+        "        for part in name.split('.')[1:]:\n"
+        "            value = getattr(value, part)\n"
+        "    except AttributeError:\n"
+        "        missing.append(name)\n"
+        "print(missing)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, *names],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_public_function_shadows_a_module_of_its_package():
+    script = (
+        "import importlib, pkgutil, types, tftransfer\n"
+        "shadowed = []\n"
+        "for info in pkgutil.walk_packages(tftransfer.__path__, 'tftransfer.'):\n"
+        "    parent, _, leaf = info.name.rpartition('.')\n"
+        "    package = importlib.import_module(parent)\n"
+        "    value = getattr(package, leaf, None)\n"
+        "    if value is not None and not isinstance(value, types.ModuleType):\n"
+        "        shadowed.append(info.name)\n"
+        "print(shadowed)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

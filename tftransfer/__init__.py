@@ -22,7 +22,7 @@ from tftransfer.errors import (
 )
 
 if TYPE_CHECKING:
-    from tftransfer import data, distribute, export, hub, recipes
+    from tftransfer import config, data, defaults, distribute, export, hub, recipes
     from tftransfer.backbones import Backbone, backbone, hubify
     from tftransfer.hub import HubLayer, resolve
     from tftransfer.recipes import fine_tune
@@ -34,7 +34,9 @@ _LAZY_EXPORTS = {
     "Backbone": ("tftransfer.backbones", "Backbone"),
     "HubLayer": ("tftransfer.hub", "HubLayer"),
     "backbone": ("tftransfer.backbones", "backbone"),
+    "config": ("tftransfer.config", None),
     "data": ("tftransfer.data", None),
+    "defaults": ("tftransfer.defaults", None),
     "distribute": ("tftransfer.distribute", None),
     "export": ("tftransfer.export", None),  # a callable module
     "fine_tune": ("tftransfer.recipes", "fine_tune"),
@@ -58,7 +60,9 @@ __all__ = [
     "Backbone",
     "HubLayer",
     "backbone",
+    "config",
     "data",
+    "defaults",
     "distribute",
     "export",
     "fine_tune",

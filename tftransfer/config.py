@@ -31,6 +31,7 @@ import yaml
 
 from tftransfer import defaults
 from tftransfer.errors import ConfigError
+from tftransfer.vocabulary import DATA_FORMATS
 
 
 @dataclasses.dataclass
@@ -71,7 +72,7 @@ class DataConfig:
         batch_size: Examples per batch (per replica).
     """
 
-    format: Literal["image_folder", "text_folder", "csv", "jsonl", "tfds", "tfrecord"]
+    format: Literal[DATA_FORMATS]
     path: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     validation: float = 0.1

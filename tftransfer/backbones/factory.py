@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tftransfer.backbones import catalogue
-from tftransfer.backbones.backbone import Backbone
+from tftransfer.backbones.description import Backbone
 from tftransfer.errors import ConfigError, HandleError
 
 _KERAS_HUB_PREFIX = "keras_hub:"

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tftransfer.backbones.hub_text_preprocessor import HubTextPreprocessor
 from tftransfer.errors import HandleError, InputSpecError
 
 _FEATURE_KEYS = ("default", "feature_vector", "pooled_output", "outputs")
@@ -144,46 +145,6 @@ def text_backbone(
             name=name,
         ),
     )
-
-
-class HubTextPreprocessor(tf.Module):
-    """Raw strings to encoder inputs with a TF Hub BERT preprocessor.
-
-    Calls the preprocessor's `tokenize` and then `bert_pack_inputs` with
-    `seq_length`, so any length works (the preprocessor's default call is
-    fixed at the length it was exported with). With `path=None` strings pass
-    through unchanged, for encoders that take raw text.
-
-    Args:
-        path: Local directory of the preprocessor SavedModel, or `None`.
-        seq_length: Tokens per example.
-
-    Example:
-
-    >>> preprocess = HubTextPreprocessor(path, seq_length=64)
-    >>> preprocess(tf.constant(["hello world"]))["input_word_ids"].shape
-    TensorShape([1, 64])
-    """
-
-    def __init__(self, path: str | None, seq_length: int):
-        super().__init__()
-        self.seq_length = int(seq_length)
-        self._model = tf.saved_model.load(path) if path else None
-
-    def __call__(self, strings: tf.Tensor) -> dict[str, tf.Tensor] | tf.Tensor:
-        strings = tf.convert_to_tensor(strings, tf.string)
-        if self._model is None:
-            return strings
-        tokens = self._model.tokenize(strings)
-        try:
-            packed = self._model.bert_pack_inputs([tokens], seq_length=self.seq_length)
-        except (ValueError, TypeError) as error:
-            raise InputSpecError(
-                f"The TF Hub preprocessor cannot pack inputs to "
-                f"seq_length={self.seq_length}: {error}. Use the sequence length "
-                "it was exported with."
-            ) from error
-        return {key: tf.cast(value, tf.int32) for key, value in packed.items()}
 
 
 def name_from_handle(handle: str) -> str:

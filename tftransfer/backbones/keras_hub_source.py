@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from tftransfer.backbones.backbone import check_output_key
+from tftransfer.backbones.description import check_output_key
 from tftransfer.backbones.hub_source import name_from_handle
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import HandleError

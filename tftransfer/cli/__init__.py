@@ -124,15 +124,15 @@ def _read_data(path: str):
 
     if os.path.isdir(path):
         first = next((f for _, _, files in os.walk(path) for f in files), "")
-        kind = "text_folder" if first.endswith(".txt") else "image_folder"
+        data_format = "text_folder" if first.endswith(".txt") else "image_folder"
     else:
-        kind = {".csv": "csv", ".jsonl": "jsonl"}.get(os.path.splitext(path)[1])
-        if kind is None:
+        data_format = {".csv": "csv", ".jsonl": "jsonl"}.get(os.path.splitext(path)[1])
+        if data_format is None:
             raise ConfigError(
                 f"Cannot tell the format of {path}: expected a folder with one "
                 "sub-folder per class, a .csv or a .jsonl file."
             )
-    return sources.read(DataConfig(format=kind, path=path))
+    return sources.read(DataConfig(format=data_format, path=path))
 
 
 def _start_tensorflow(debug: bool) -> None:

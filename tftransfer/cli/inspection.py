@@ -140,16 +140,16 @@ def backbones() -> list[dict]:
         rows.append(
             {
                 "name": name,
-                "kind": "image" if "image_size" in entry else "text",
+                "modality": "image" if "image_size" in entry else "text",
                 "feature_dim": entry["feature_dim"],
                 "offline": _offline(entry),
                 "aliases": list(entry["aliases"]),
             }
         )
-    print(f"{'name':40s} {'kind':5s} {'dim':>5s}  offline")
+    print(f"{'name':40s} {'modality':8s} {'dim':>5s}  offline")
     for row in rows:
         mark = "yes" if row["offline"] else "-"
-        print(f"{row['name']:40s} {row['kind']:5s} {row['feature_dim']:5d}  {mark}")
+        print(f"{row['name']:40s} {row['modality']:8s} {row['feature_dim']:5d}  {mark}")
     print(
         "offline: usable without a network on this machine (install more with scripts/install_weights.sh)"
     )

@@ -96,19 +96,6 @@ def check_path(config: DataConfig) -> None:
         )
 
 
-def _readers() -> dict:
-    from tftransfer import data
-
-    return {
-        "image_folder": data.from_image_folder,
-        "text_folder": data.from_text_folder,
-        "csv": data.from_csv,
-        "jsonl": data.from_jsonl,
-        "tfds": data.from_tfds,
-        "tfrecord": data.from_tfrecord,
-    }
-
-
 def read(config: DataConfig):
     """Reads the data a recipe file's `data:` section describes.
 
@@ -123,7 +110,9 @@ def read(config: DataConfig):
     >>> read(DataConfig(format="csv", path="reviews.csv",
     ...                 options={"text_column": "review"}))
     """
-    reader = _readers()[config.format]
+    from tftransfer import data
+
+    reader = getattr(data, f"from_{config.format}")  # one reader per format
     parameters = [
         name
         for name, p in inspect.signature(reader).parameters.items()

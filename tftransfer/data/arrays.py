@@ -109,7 +109,7 @@ def from_arrays(
                 f"Received: shape={array.shape}, empty at indices {empty[:10]}."
             )
         dataset = tf.data.Dataset.from_tensor_slices((texts, encoded))
-        kind, input_format = "text", "text"
+        modality, input_format = "text", "text"
     else:
         if array.ndim == 3:
             array = array[..., np.newaxis]
@@ -127,12 +127,12 @@ def from_arrays(
             dataset = dataset.map(
                 lambda x, y: ((tf.cast(x, tf.float32) - low) * scale, y)
             )
-        kind, input_format = "image", "pixels"
+        modality, input_format = "image", "pixels"
     return LabeledData(
         dataset=dataset,
         class_names=names,
         num_examples=len(array),
-        kind=kind,
-        source=f"arrays of {len(array)} {kind}s",
+        modality=modality,
+        source=f"arrays of {len(array)} {modality}s",
         input_format=input_format,
     )

@@ -156,7 +156,7 @@ def from_image_folder(
         dataset=tf.data.Dataset.from_tensor_slices((paths, labels)),
         class_names=class_names,
         num_examples=len(paths),
-        kind="image",
+        modality="image",
         source=f"image folder {root}",
         input_format="file_path",
         skipped=skipped,

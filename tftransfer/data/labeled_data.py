@@ -7,8 +7,8 @@ import dataclasses
 import tensorflow as tf
 
 from tftransfer.errors import DataError
+from tftransfer.vocabulary import MODALITIES
 
-KINDS = ("image", "text")
 INPUT_FORMATS = ("file_path", "encoded_image", "pixels", "text")
 
 
@@ -26,7 +26,7 @@ class LabeledData:
         class_names: Name of each class; label `i` is `class_names[i]`.
         num_examples: Number of examples, or `None` when the source does not
             say (for example a TFRecord pattern read lazily).
-        kind: `"image"` or `"text"`.
+        modality: `"image"` or `"text"`.
         source: Where the data came from, for logs and model cards.
         input_format: How each input is stored: `"file_path"` (a string path
             to an encoded image), `"encoded_image"` (JPEG, PNG, BMP or GIF
@@ -41,32 +41,33 @@ class LabeledData:
     Example:
 
     >>> data = tftransfer.data.from_image_folder("flowers/")
-    >>> data.class_names, data.num_examples, data.kind
+    >>> data.class_names, data.num_examples, data.modality
     (['daisy', 'roses', 'tulips'], 300, 'image')
     """
 
     dataset: tf.data.Dataset
     class_names: list[str]
     num_examples: int | None
-    kind: str
+    modality: str
     source: str
     input_format: str
     skipped: tuple[str, ...] = ()
     fallbacks: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.kind not in KINDS:
+        if self.modality not in MODALITIES:
             raise DataError(
-                f"Expected `kind` to be one of {KINDS}. Received: kind={self.kind!r}."
+                f"Expected `modality` to be one of {MODALITIES}. "
+                f"Received: modality={self.modality!r}."
             )
         if self.input_format not in INPUT_FORMATS:
             raise DataError(
                 f"Expected `input_format` to be one of {INPUT_FORMATS}. "
                 f"Received: input_format={self.input_format!r}."
             )
-        if (self.kind == "text") != (self.input_format == "text"):
+        if (self.modality == "text") != (self.input_format == "text"):
             raise DataError(
-                f"`kind={self.kind!r}` does not match "
+                f"`modality={self.modality!r}` does not match "
                 f"`input_format={self.input_format!r}`: text data has "
                 "`input_format='text'` and image data one of the others."
             )

@@ -17,7 +17,7 @@ def _cached_bytes(data: LabeledData, backbone) -> int | None:
     """Rough memory that caching `data` takes, or `None` if unknown."""
     if data.num_examples is None:
         return None
-    if data.kind == "text":
+    if data.modality == "text":
         return data.num_examples * _TEXT_BYTES_GUESS
     height, width = backbone.image_size
     return data.num_examples * height * width * 3 * 4
@@ -77,7 +77,7 @@ def make_pipeline(
         A `tf.data.Dataset` of `(prepared inputs, int64 labels)` batches.
 
     Raises:
-        DataError: if the data's kind does not match the backbone, or
+        DataError: if the data's modality does not match the backbone, or
             `augment` is asked for text or for a non-training pipeline.
 
     Example:
@@ -86,16 +86,16 @@ def make_pipeline(
     ...                       augment=["flip", "rotation"])
     >>> model.fit(train, validation_data=make_pipeline(val_data, backbone, 32))
     """
-    if data.kind != backbone.modality:
+    if data.modality != backbone.modality:
         raise DataError(
-            f"{data.source} holds {data.kind} data but backbone "
+            f"{data.source} holds {data.modality} data but backbone "
             f"{backbone.name!r} takes {backbone.modality}; pick a matching "
             "backbone."
         )
-    if augment and (data.kind != "image" or not training):
+    if augment and (data.modality != "image" or not training):
         raise DataError(
             "Augmentation applies to images in training pipelines only. "
-            f"Received: augment={augment!r} with kind={data.kind!r}, "
+            f"Received: augment={augment!r} with modality={data.modality!r}, "
             f"training={training}."
         )
     global_batch = int(batch_size) * int(replicas)
@@ -126,7 +126,7 @@ def make_pipeline(
         return prepare(x), y
 
     ds = data.dataset
-    if data.kind == "image":
+    if data.modality == "image":
         if training and not cache:
             ds = ds.shuffle(buffer, seed=seed)
         ds = ds.map(
@@ -134,10 +134,10 @@ def make_pipeline(
         )
     if cache:
         ds = ds.cache()
-    if training and (cache or data.kind == "text"):
+    if training and (cache or data.modality == "text"):
         ds = ds.shuffle(buffer, seed=seed)
     ds = ds.batch(global_batch, drop_remainder=drop_remainder)
-    if data.kind == "text":
+    if data.modality == "text":
         ds = ds.map(
             prepare_example, num_parallel_calls=autotune, deterministic=in_order
         )

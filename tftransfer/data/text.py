@@ -112,7 +112,7 @@ def _build(
         ),
         class_names=names,
         num_examples=len(texts),
-        kind="text",
+        modality="text",
         source=path,
         input_format="text",
         skipped=reported,

@@ -135,10 +135,10 @@ def from_tfds(
             "`label_key` of a class label."
         )
     if isinstance(input_feature, tfds.features.Image):
-        kind, input_format = "image", "encoded_image"
+        modality, input_format = "image", "encoded_image"
         decoders = {input_key: tfds.decode.SkipDecoding()}
     elif isinstance(input_feature, tfds.features.Text):
-        kind, input_format, decoders = "text", "text", None
+        modality, input_format, decoders = "text", "text", None
     else:
         raise DataError(
             f"Feature {input_key!r} of TFDS dataset {name!r} is a "
@@ -172,7 +172,7 @@ def from_tfds(
         dataset=dataset,
         class_names=list(label_feature.names),
         num_examples=num_examples,
-        kind=kind,
+        modality=modality,
         source=f"TFDS {builder.info.full_name} split {split!r}",
         input_format=input_format,
     )

@@ -18,7 +18,7 @@ def from_tfrecord(
     *,
     input_key: str = "image",
     label_key: str = "label",
-    kind: str = "image",
+    modality: str = "image",
     class_names: Sequence[str] | None = None,
     compression_type: str | None = None,
 ) -> LabeledData:
@@ -38,7 +38,7 @@ def from_tfrecord(
         input_key: Feature holding the input: encoded image bytes, pixels
             (`[height, width, channels]` in `[0, 255]`), or text.
         label_key: Feature holding the label (int64 or string).
-        kind: `"image"` or `"text"`.
+        modality: `"image"` or `"text"`.
         class_names: Optional class names, in label order.
         compression_type: `None`, `"GZIP"` or `"ZLIB"`.
 
@@ -113,14 +113,14 @@ def from_tfrecord(
     input_dtype = features[input_key].dtype
     input_format = (
         "text"
-        if kind == "text"
+        if modality == "text"
         else ("encoded_image" if input_dtype == tf.string else "pixels")
     )
     return LabeledData(
         dataset=records.map(parse, num_parallel_calls=tf.data.AUTOTUNE),
         class_names=names,
         num_examples=len(labels),
-        kind=kind,
+        modality=modality,
         source=f"TFRecords {file_pattern}",
         input_format=input_format,
     )

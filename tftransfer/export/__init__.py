@@ -13,7 +13,7 @@ import types
 
 from tftransfer.export.exporter import export
 from tftransfer.export.serving_ops import check_serving_ops, graph_ops
-from tftransfer.export.verify import verify
+from tftransfer.export.verification import verify
 from tftransfer.export.writer import versions
 
 __all__ = ["check_serving_ops", "export", "graph_ops", "verify", "versions"]

@@ -13,7 +13,7 @@ from keras.src.backend import compute_output_spec as trace_output_spec
 from keras.src.saving import serialization_lib
 
 from tftransfer.errors import ArgumentError, HandleError, InputSpecError
-from tftransfer.hub.resolve import resolve
+from tftransfer.hub.resolver import resolve
 
 
 class SavedModelVariable(keras.Variable):

@@ -150,7 +150,7 @@ def backbone():
     >>> lite0.build()(tf.zeros([1, 224, 224, 3])).shape
     TensorShape([1, 1280])
     """
-    from tftransfer.backbones.backbone import Backbone
+    from tftransfer.backbones.description import Backbone
 
     return Backbone.from_keras_hub(preset_dir(), name="efficientnet-lite0")
 

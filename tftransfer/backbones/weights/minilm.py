@@ -49,7 +49,7 @@ def backbone(seq_length: int = 128, output_key: str | None = None):
     >>> encoder(preprocess(tf.constant(["A man is playing a guitar."]))).shape
     TensorShape([1, 384])
     """
-    from tftransfer.backbones.backbone import Backbone
+    from tftransfer.backbones.description import Backbone
 
     return Backbone.from_keras_hub(
         preset_dir(),

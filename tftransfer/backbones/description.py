@@ -11,9 +11,9 @@ import keras
 import tensorflow as tf
 
 from tftransfer.errors import ConfigError, InputSpecError
+from tftransfer.vocabulary import MODALITIES
 
 SOURCES = ("hub", "hub_text", "keras_hub", "keras_application")
-MODALITIES = ("image", "text")
 
 
 class Backbone:

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from tftransfer.backbones.backbone import Backbone
+from tftransfer.backbones.description import Backbone
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import ExportError
 from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops

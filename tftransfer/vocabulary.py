@@ -1,0 +1,20 @@
+"""The words tftransfer uses for one idea, written once.
+
+Readers, backbones, recipes, recipe files and the command line all check
+their arguments against these tuples, so a name means the same thing
+everywhere it appears.
+"""
+
+MODALITIES = ("image", "text")
+"""What a backbone takes and a dataset holds (`Backbone.modality`,
+`LabeledData.modality`)."""
+
+DATA_FORMATS = ("image_folder", "text_folder", "csv", "jsonl", "tfds", "tfrecord")
+"""The `data.format` values of a recipe file, one reader each."""
+
+POOLINGS = ("mean", "max", "first", "pooled")
+"""How a backbone's spatial or token outputs become one feature vector:
+`"mean"` (average, over the unmasked tokens for text), `"max"`, `"first"`
+(the first token, such as BERT's `[CLS]`) and `"pooled"` (the model's own
+pooler, such as BERT's `pooled_output`). Each source takes the ones that
+apply to it."""
