@@ -7,7 +7,9 @@ sentence pairs. Tokenisation is TF Text's `BertTokenizer` (the
 `RegexSplitWithOffsets`, `CaseFoldUTF8`, `NormalizeUTF8` and
 `WordpieceTokenizeWithOffsets` ops); trimming and packing are core TensorFlow
 ops. None of the ops TF Serving lacks (`FastWordpiece*`, `RoundRobinTrim*`,
-`FastBertNormalize`) appears in its graph.
+`FastBertNormalize`) appears in its graph. `pack_segments` is its packing
+step alone, which `HubTextPreprocessor` puts in place of a TF Hub
+preprocessor's own `bert_pack_inputs` where that uses `RoundRobinTrim`.
 """
 
 from __future__ import annotations
@@ -115,30 +117,72 @@ class BertTextPreprocessor(tf.Module):
                 f"Expected 1 to {MAX_SEGMENTS} segments. Received: "
                 f"{len(segments)} segments."
             )
-        tokens = [s.merge_dims(-2, -1) if s.ragged_rank == 2 else s for s in segments]
-        budget = seq_length - len(tokens) - 1
-        keep = _round_robin_lengths(
-            tf.stack([t.row_lengths() for t in tokens], axis=1), budget
+        return pack_segments(
+            segments,
+            seq_length,
+            start_id=self._cls_id,
+            end_id=self._sep_id,
+            pad_id=self._pad_id,
         )
-        batch = tokens[0].nrows()
-        pieces, types = [], []
-        cls = tf.fill([batch, 1], self._cls_id)
-        sep = tf.fill([batch, 1], self._sep_id)
-        for index, segment in enumerate(tokens):
-            trimmed = tf.ragged.range(keep[:, index])
-            segment = tf.gather(segment, trimmed, batch_dims=1)
-            segment = tf.cast(segment, tf.int32)
-            part = tf.concat([cls, segment, sep] if index == 0 else [segment, sep], 1)
-            pieces.append(part)
-            types.append(tf.ones_like(part) * index)
-        ids = tf.concat(pieces, axis=1)
-        type_ids = tf.concat(types, axis=1)
-        shape = tf.stack([batch, tf.cast(seq_length, tf.int64)])
-        return {
-            "input_word_ids": ids.to_tensor(self._pad_id, shape=shape),
-            "input_mask": tf.ones_like(ids).to_tensor(0, shape=shape),
-            "input_type_ids": type_ids.to_tensor(0, shape=shape),
-        }
+
+
+def pack_segments(
+    segments: Sequence[tf.RaggedTensor],
+    seq_length: int | tf.Tensor,
+    *,
+    start_id: int,
+    end_id: int,
+    pad_id: int,
+) -> dict[str, tf.Tensor]:
+    """Packs tokenized segments as `[CLS] a [SEP] (b [SEP] ...)`, core TF only.
+
+    What TF Hub BERT preprocessors' `bert_pack_inputs` does (TF Text's
+    `RoundRobinTrimmer`, `combine_segments` and `pad_model_inputs`), without
+    the `RoundRobinTrim` op that TF Serving lacks: segments are trimmed
+    round-robin from their ends to fit `seq_length`, then padded.
+
+    Args:
+        segments: Token ids `[batch, (tokens)]` or `[batch, (words),
+            (pieces)]`, one `RaggedTensor` per segment.
+        seq_length: Tokens per example, special tokens included.
+        start_id: Id of the token starting each example (`[CLS]`).
+        end_id: Id of the token ending each segment (`[SEP]`).
+        pad_id: Id that fills `input_word_ids` past the end.
+
+    Returns:
+        A dict of int32 `[batch, seq_length]` tensors: `input_word_ids`,
+        `input_mask` and `input_type_ids`.
+
+    Example:
+
+    >>> tokens = tf.ragged.constant([[7, 8, 9, 10], [7]])
+    >>> pack_segments([tokens], 4, start_id=2, end_id=3, pad_id=0)
+    {'input_word_ids': <tf.Tensor: ... [[2, 7, 8, 3], [2, 7, 3, 0]]>, ...}
+    """
+    tokens = [s.merge_dims(-2, -1) if s.ragged_rank == 2 else s for s in segments]
+    budget = seq_length - len(tokens) - 1
+    keep = _round_robin_lengths(
+        tf.stack([t.row_lengths() for t in tokens], axis=1), budget
+    )
+    batch = tokens[0].nrows()
+    pieces, types = [], []
+    start = tf.fill([batch, 1], start_id)
+    end = tf.fill([batch, 1], end_id)
+    for index, segment in enumerate(tokens):
+        trimmed = tf.ragged.range(keep[:, index])
+        segment = tf.gather(segment, trimmed, batch_dims=1)
+        segment = tf.cast(segment, tf.int32)
+        part = tf.concat([start, segment, end] if index == 0 else [segment, end], 1)
+        pieces.append(part)
+        types.append(tf.ones_like(part) * index)
+    ids = tf.concat(pieces, axis=1)
+    type_ids = tf.concat(types, axis=1)
+    shape = tf.stack([batch, tf.cast(seq_length, tf.int64)])
+    return {
+        "input_word_ids": ids.to_tensor(pad_id, shape=shape),
+        "input_mask": tf.ones_like(ids).to_tensor(0, shape=shape),
+        "input_type_ids": type_ids.to_tensor(0, shape=shape),
+    }
 
 
 def _round_robin_lengths(lengths: tf.Tensor, budget: tf.Tensor) -> tf.Tensor:
