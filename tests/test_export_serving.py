@@ -14,6 +14,7 @@ import tftransfer
 from tftransfer.backbones.description import Backbone
 from tftransfer.cli.inspection import inspect_savedmodel
 from tftransfer.errors import ExportError
+from tftransfer.export.tflite import interpreter_class
 from tftransfer.recipes import FeatureExtraction
 
 IMAGE_CLASSES = ["cat", "dog", "fox"]
@@ -520,9 +521,7 @@ def test_tflite_export_records_accuracy_change(image_recipe, tmp_path, quantizat
     path = tftransfer.export(
         image_recipe,
         tmp_path / "pets",
-        format="tflite",
-        quantization=quantization,
-        validation_data=validation,
+        tflite=tftransfer.export.TFLiteOptions(validation, quantization),
     )
     assert (path / "model.tflite").is_file() and (path / "saved_model.pb").is_file()
     facts = json.loads((path / "model_card.json").read_text())["tflite"]
@@ -576,11 +575,9 @@ def test_hub_text_tflite_takes_the_token_tensors(
         tmp_path / "news",
         backbone=hub_text_backbone,
         class_names=TEXT_CLASSES,
-        format="tflite",
-        quantization="none",
-        validation_data=validation,
+        tflite=tftransfer.export.TFLiteOptions(validation, quantization="none"),
     )
-    interpreter = tf.lite.Interpreter(model_path=str(path / "model.tflite"))
+    interpreter = interpreter_class()(model_path=str(path / "model.tflite"))
     inputs = {d["name"]: d for d in interpreter.get_input_details()}
     assert sorted(inputs) == ["input_mask", "input_type_ids", "input_word_ids"]
     for detail in inputs.values():

@@ -4,6 +4,11 @@
 
 - `tftransfer.export(model_or_recipe, base_path=None, version=None, ...)`
   writes the next model version (see `tftransfer.export.export`);
+- `tftransfer.export.ServingArchive(model_or_recipe)` holds the serving
+  signatures, the default ones and those added by `add_signature()`;
+  pass it to `tftransfer.export()` to write it;
+- `tftransfer.export.TFLiteOptions` and `tftransfer.export.ModelCardInfo`
+  group the TFLite and model card arguments of `tftransfer.export()`;
 - `tftransfer.export.verify(path, examples, model=...)` loads it in a fresh
   TensorFlow-only process and checks it against the in-memory model.
 """
@@ -11,12 +16,24 @@
 import sys
 import types
 
+from tftransfer.export.archive import ServingArchive
 from tftransfer.export.exporter import export
+from tftransfer.export.model_card import ModelCardInfo
 from tftransfer.export.serving_ops import check_serving_ops, graph_ops
+from tftransfer.export.tflite import TFLiteOptions
 from tftransfer.export.verification import verify
 from tftransfer.export.writer import versions
 
-__all__ = ["check_serving_ops", "export", "graph_ops", "verify", "versions"]
+__all__ = [
+    "ModelCardInfo",
+    "ServingArchive",
+    "TFLiteOptions",
+    "check_serving_ops",
+    "export",
+    "graph_ops",
+    "verify",
+    "versions",
+]
 
 
 class _CallableModule(types.ModuleType):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -12,6 +13,46 @@ from typing import Any
 
 CARD_FILE = "model_card.json"
 LIBRARIES = ("tftransfer", "tensorflow", "keras", "tensorflow-text", "tensorflow-hub")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCardInfo:
+    """Where a model came from and how good it is, for its model card.
+
+    A fitted recipe provides all three (its `settings` hold its data
+    source); pass this to `tftransfer.export(..., card=...)` to state them
+    for a Keras model, or to replace a recipe's.
+
+    Args:
+        data_source: Where the training data came from (for example
+            `"image_folder:/data/flowers"`). Defaults to
+            `settings["data_source"]`.
+        metrics: Evaluation metrics (for example from `recipe.evaluate()`).
+        settings: The training settings.
+
+    Example:
+
+    >>> card = tftransfer.export.ModelCardInfo(
+    ...     data_source="image_folder:/data/flowers",
+    ...     metrics={"accuracy": 0.93})
+    >>> tftransfer.export(model, "saved_models/flowers", backbone=backbone,
+    ...                   class_names=class_names, card=card)
+    """
+
+    data_source: str | None = None
+    metrics: Mapping[str, Any] | None = None
+    settings: Mapping[str, Any] | None = None
+
+    def or_else(self, defaults: ModelCardInfo) -> ModelCardInfo:
+        """Each field given here, else `defaults`' (a recipe's facts)."""
+        metrics = self.metrics if self.metrics is not None else defaults.metrics
+        settings = self.settings if self.settings is not None else defaults.settings
+        data_source = (
+            self.data_source
+            or defaults.data_source
+            or (settings or {}).get("data_source")
+        )
+        return ModelCardInfo(data_source, metrics, settings)
 
 
 def library_versions() -> dict[str, str | None]:

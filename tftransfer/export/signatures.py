@@ -1,10 +1,9 @@
-"""The serving module: signatures on raw inputs and on prepared inputs.
+"""The default serving signatures: on raw inputs and on prepared inputs.
 
-Built on `tf.Module` rather than `keras.Model.export`, whose signatures fall
-short for dict inputs and several named outputs (keras-team/keras#20835,
-#21258). The module holds the trained Keras model, the preparation function
-used in training, and a label table read from the `labels.txt` asset, so the
-SavedModel needs neither tftransfer nor Keras to run.
+`add_default_signatures()` adds them to a `ServingArchive` through its
+public `add_signature()`, as a user adds their own. Also here: the
+preparation the raw signature runs, the classification outputs, the labels
+asset and the signatures' description for the model card.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import keras
 import tensorflow as tf
 
 from tftransfer.errors import ExportError
@@ -98,137 +96,79 @@ def describe(functions: Mapping[str, Any]) -> dict:
     }
 
 
-class ServingModule(tf.Module):
-    """A trained classifier with serving signatures on raw and prepared inputs.
+def prepared_spec(prepare: Callable, raw_spec: tf.TensorSpec, modality: str):
+    """The spec of the prepared inputs: what `prepare` makes of `raw_spec`.
 
-    Signatures (all outputs batched):
+    Args:
+        prepare: The batched preparation (see `batched()`).
+        raw_spec: The raw inputs' `tf.TensorSpec` (`[batch]` strings).
+        modality: `"image"` or `"text"`; names a single prepared tensor.
 
-    - `serving_default`: raw inputs, what a client sends. Images: `image_bytes`,
-      a `[batch]` string tensor of encoded JPEG/PNG/GIF/BMP bytes (REST
-      clients send `{"b64": ...}`). Text: `text`, a `[batch]` string tensor.
+    Returns:
+        A `tf.TensorSpec` with a free batch dimension, or a dict of them
+        (each named by its key) where the preparation returns a dict.
+    """
+    traced = tf.function(prepare).get_concrete_function(raw_spec)
+
+    def spec(tensor: tf.Tensor, name: str) -> tf.TensorSpec:
+        return tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype, name=name)
+
+    outputs = traced.structured_outputs
+    if isinstance(outputs, dict):
+        return {key: spec(value, key) for key, value in outputs.items()}
+    return spec(outputs, PREPARED_INPUT_NAMES[modality])
+
+
+def classification_outputs(
+    probabilities: tf.Tensor, labels: tf.lookup.StaticHashTable, top_k: int
+) -> dict:
+    """The outputs of every default signature, from the class probabilities.
+
+    Args:
+        probabilities: float32 `[batch, classes]`.
+        labels: Table from class index (int64) to class name.
+        top_k: How many classes `top_k_*` report.
+
+    Returns:
+        `probabilities`, `classes` (top-1 name, `[batch]`), `top_k_scores`
+        float32 `[batch, k]` and `top_k_classes` string `[batch, k]`.
+    """
+    scores, indices = tf.math.top_k(probabilities, k=top_k)
+    top_k_classes = labels.lookup(tf.cast(indices, tf.int64))
+    return {
+        "probabilities": probabilities,
+        "classes": top_k_classes[:, 0],
+        "top_k_scores": scores,
+        "top_k_classes": top_k_classes,
+    }
+
+
+def add_default_signatures(archive) -> None:
+    """Adds the two default signatures through `archive.add_signature()`.
+
+    - `serving_default`: raw inputs, what a client sends. Images:
+      `image_bytes`, a `[batch]` string tensor of encoded JPEG/PNG/GIF/BMP
+      bytes (REST clients send `{"b64": ...}`). Text: `text`, a `[batch]`
+      string tensor. Prepared inside the graph by `archive.prepare`.
     - `serving_prepared`: the prepared inputs the model takes, for clients
       that preprocess themselves (images: float32 `images`; text: the dict
       of int32 token tensors, or `text` strings for an encoder that takes
       raw text).
 
-    Outputs of both: `probabilities` float32 `[batch, classes]`, `classes`
-    string `[batch]` (top-1 label), `top_k_scores` float32 `[batch, k]` and
-    `top_k_classes` string `[batch, k]`.
+    Both return `archive.classify()`'s outputs.
 
     Args:
-        model: A built Keras model from prepared inputs to class
-            probabilities `[batch, classes]`.
-        prepare: Function from a `[batch]` string tensor of raw inputs to the
-            prepared batch (see `prepare_batch()`).
-        modality: `"image"` or `"text"`.
-        labels_file: Path of a `labels.txt` with one class name per line; it
-            is shipped as the SavedModel asset `labels.txt`.
-        num_classes: Number of classes (lines in `labels_file`).
-        top_k: How many classes `top_k_*` report (at most `num_classes`).
-
-    Example:
-
-    >>> module = ServingModule(model, prepare, "image", "labels.txt", 5, 3)
-    >>> tf.saved_model.save(module, path, signatures=module.signatures())
+        archive: A `tftransfer.export.ServingArchive`.
     """
-
-    def __init__(
-        self,
-        model: keras.Model,
-        prepare: Callable,
-        modality: str,
-        labels_file: str | os.PathLike,
-        num_classes: int,
-        top_k: int = 5,
-    ):
-        super().__init__(name="tftransfer_serving")
-        # The model is deliberately not an attribute: tracking it would save
-        # its optimizer's state, and the weights of a hub layer's SavedModel
-        # under two owners. Only what the signatures capture is saved.
-        self._predict = lambda prepared: model(prepared, training=False)
-        self._prepare = prepare
-        self._modality = modality
-        self._num_classes = int(num_classes)
-        self._top_k = max(1, min(int(top_k), self._num_classes))
-        self.labels_asset = tf.saved_model.Asset(str(labels_file))
-        self.labels = tf.lookup.StaticHashTable(
-            tf.lookup.TextFileInitializer(
-                self.labels_asset,
-                key_dtype=tf.int64,
-                key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
-                value_dtype=tf.string,
-                value_index=tf.lookup.TextFileIndex.WHOLE_LINE,
-            ),
-            default_value="",
-        )
-        raw_spec = tf.TensorSpec([None], tf.string, name=RAW_INPUT_NAMES[modality])
-        self.serving_default = tf.function(self._serve_raw, input_signature=[raw_spec])
-        self.serving_prepared = tf.function(
-            self._serve_prepared, input_signature=[self._prepared_spec(raw_spec)]
-        )
-        self.captured_resources = _owners_of_captures(self.signatures().values())
-
-    def _prepared_spec(self, raw_spec: tf.TensorSpec):
-        traced = tf.function(self._prepare).get_concrete_function(raw_spec)
-
-        def spec(tensor: tf.Tensor, name: str) -> tf.TensorSpec:
-            return tf.TensorSpec([None, *tensor.shape[1:]], tensor.dtype, name=name)
-
-        outputs = traced.structured_outputs
-        if isinstance(outputs, dict):
-            return {key: spec(value, key) for key, value in outputs.items()}
-        return spec(outputs, PREPARED_INPUT_NAMES[self._modality])
-
-    def _serve_raw(self, raw: tf.Tensor) -> dict:
-        return self._serve_prepared(self._prepare(raw))
-
-    def _serve_prepared(self, prepared) -> dict:
-        probabilities = tf.cast(self._predict(prepared), tf.float32)
-        scores, indices = tf.math.top_k(probabilities, k=self._top_k)
-        top_k_classes = self.labels.lookup(tf.cast(indices, tf.int64))
-        return {
-            "probabilities": probabilities,
-            "classes": top_k_classes[:, 0],
-            "top_k_scores": scores,
-            "top_k_classes": top_k_classes,
-        }
-
-    def prepared_input_signature(self):
-        """The `tf.TensorSpec` (or dict of them) of the prepared inputs."""
-        return self.serving_prepared.input_signature[0]
-
-    def signatures(self) -> dict:
-        """Returns the concrete functions to save, keyed by signature name."""
-        return {
-            DEFAULT_SIGNATURE: self.serving_default.get_concrete_function(),
-            PREPARED_SIGNATURE: self.serving_prepared.get_concrete_function(),
-        }
-
-
-def _owners_of_captures(functions) -> list:
-    """The variables and resources (lookup tables, ...) that functions capture.
-
-    These are exactly what the serving graph needs saved: the model's weights
-    (the `tf.Variable` behind each Keras variable) and what the preparation
-    uses, such as a vocabulary table held in a tokenizer's closure, which no
-    tracked object owns (`tf.saved_model.save` refuses untracked captures).
-    Each captured handle records its owner in `_parent_trackable` (the
-    attribute TensorFlow itself reads to explain that error).
-
-    Args:
-        functions: The concrete functions to be saved.
-
-    Returns:
-        The owners, each once, in order of first capture.
-    """
-    owners = []
-    for function in functions:
-        for capture, _ in function.graph.captures:
-            parent = getattr(capture, "_parent_trackable", None)
-            owner = parent() if parent is not None else None
-            if owner is not None and all(owner is not known for known in owners):
-                owners.append(owner)
-    return owners
+    raw_spec = tf.TensorSpec([None], tf.string, name=RAW_INPUT_NAMES[archive.modality])
+    archive.add_signature(
+        DEFAULT_SIGNATURE,
+        lambda raw: archive.classify(archive.prepare(raw)),
+        raw_spec,
+    )
+    archive.add_signature(
+        PREPARED_SIGNATURE, archive.classify, archive.prepared_input_spec
+    )
 
 
 def write_labels(class_names: Sequence[str], path: str | os.PathLike) -> None:
