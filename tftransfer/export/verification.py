@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,15 @@ class VerifyReport:
     Attributes:
         path: The version folder checked.
         input_name: The `serving_default` input (`image_bytes` or `text`).
-        outputs: Each output's `{"dtype", "shape", "values"}`, as the fresh
-            process computed them.
+        outputs: Each `serving_default` output's `{"dtype", "shape",
+            "values"}`, as the fresh process computed them.
+        signatures: The names of the signatures the fresh process loaded.
+        signature_outputs: The outputs (as `outputs`) of each other
+            signature run: those of `signature_inputs`, and with a model
+            `serving_prepared`.
         max_abs_difference: Largest difference between the served and the
-            in-memory probabilities (`None` without a model).
+            in-memory probabilities, over `serving_default` and
+            `serving_prepared` (`None` without a model).
         imported: Which of `tftransfer`, `keras`, `tensorflow_text` the fresh
             process had imported.
         saved_model_cli: The output of `saved_model_cli show --all`.
@@ -41,6 +46,8 @@ class VerifyReport:
     path: Path
     input_name: str
     outputs: dict
+    signatures: list
+    signature_outputs: dict
     max_abs_difference: float | None
     imported: list
     saved_model_cli: str
@@ -53,6 +60,7 @@ def verify(
     model: Any = None,
     backbone: Any = None,
     prepare: Callable | None = None,
+    signature_inputs: Mapping[str, Mapping[str, Any]] | None = None,
     atol: float = 1e-5,
     print_signatures: bool = True,
     timeout: float = 600.0,
@@ -62,10 +70,13 @@ def verify(
     The fresh Python process imports TensorFlow (and `tensorflow_text` only
     where the graph uses TF Text ops; the model card says so) and nothing of
     tftransfer or Keras, loads the SavedModel and runs `serving_default` on
-    the raw examples. With `model`, the probabilities must match the
-    in-memory model's on the same examples prepared in memory within `atol`.
-    Top-1 classes must be the labels of the highest probabilities. The
-    signatures are printed as `saved_model_cli show --all` prints them.
+    the raw examples. Every signature the model card lists must load. With
+    `model`, `serving_prepared` also runs on the examples prepared in
+    memory, and the probabilities of both must match the in-memory model's
+    within `atol`. Other signatures run on `signature_inputs`. Wherever a
+    signature returns `probabilities` and `classes`, the classes must be
+    the labels of the highest probabilities. The signatures are printed as
+    `saved_model_cli show --all` prints them.
 
     Args:
         path: A version folder written by `tftransfer.export()`.
@@ -76,6 +87,10 @@ def verify(
         backbone: The model's `Backbone`, for the default preparation.
         prepare: The preparation function used in training (default:
             `tftransfer.data.prepare_fn(backbone)`).
+        signature_inputs: `{signature name: {input name: values}}`: other
+            signatures (those added with `ServingArchive.add_signature()`)
+            to run, and on what; their outputs are in
+            `report.signature_outputs`.
         atol: Largest allowed absolute difference in probabilities.
         print_signatures: Print the `saved_model_cli show --all` output.
         timeout: Seconds to wait for the fresh process.
@@ -85,14 +100,24 @@ def verify(
 
     Raises:
         ExportError: if the SavedModel does not load or run in the fresh
-            process, the probabilities differ by more than `atol`, or the
-            classes do not match the probabilities.
+            process, a signature of the model card is missing or
+            `signature_inputs` names one that is not there, the
+            probabilities differ by more than `atol`, or the classes do not
+            match the probabilities.
 
     Example:
 
     >>> report = tftransfer.export.verify(path, [jpeg_bytes], model=recipe)
     >>> report.max_abs_difference <= 1e-5
     True
+
+    A signature added with `ServingArchive.add_signature()`:
+
+    >>> report = tftransfer.export.verify(
+    ...     path, [jpeg_bytes],
+    ...     signature_inputs={"serving_uint8": {"images": uint8_images}})
+    >>> report.signature_outputs["serving_uint8"]["classes"]["values"]
+    ['roses']
     """
     path = Path(path)
     card_file = path / model_card.CARD_FILE
@@ -103,25 +128,51 @@ def verify(
             "'<base_path>/<version>'."
         )
     card = json.loads(card_file.read_text())
+    described = card["signatures"]
+    to_run = dict(signature_inputs or {})
+    unknown = sorted(set(to_run) - set(described))
+    if unknown:
+        raise ExportError(
+            f"`signature_inputs` names signatures {unknown} that {str(path)!r} "
+            f"does not have; it has {sorted(described)}."
+        )
+    expected, compared = None, [signatures.DEFAULT_SIGNATURE]
+    if model is not None:
+        prepared = _prepared(model, backbone, prepare, examples)
+        expected = np.asarray(
+            getattr(model, "model", model)(prepared, training=False), np.float32
+        )
+        if signatures.PREPARED_SIGNATURE not in to_run:
+            compared.append(signatures.PREPARED_SIGNATURE)
+            to_run[signatures.PREPARED_SIGNATURE] = _feed(
+                prepared, described[signatures.PREPARED_SIGNATURE]["inputs"]
+            )
     result, cli_output = _run_fresh_process(
-        path, examples, card["serving_ops"]["needs_tensorflow_text"], timeout
+        path,
+        examples,
+        card["serving_ops"]["needs_tensorflow_text"],
+        to_run,
+        timeout,
     )
     if print_signatures:
         print(cli_output)
-    outputs = result["outputs"]
-    served = np.asarray(outputs["probabilities"]["values"], dtype=np.float32)
-    class_names = card["class_names"]
-    best = [class_names[i] for i in served.argmax(-1)]
-    if outputs["classes"]["values"] != best:
+    missing = sorted(set(described) - set(result["signatures"]))
+    if missing:
         raise ExportError(
-            f"Served classes {outputs['classes']['values']} are not the labels "
-            f"of the highest probabilities {best} for {str(path)!r}; labels.txt "
-            "does not match the model's outputs. Export again."
+            f"Signatures {missing} of the model card of {str(path)!r} are not "
+            f"in its SavedModel (it has {result['signatures']}). Export again."
         )
+    ran = {signatures.DEFAULT_SIGNATURE: result["outputs"]}
+    ran.update(result["signature_outputs"])
+    for name, outputs in ran.items():
+        if {"probabilities", "classes"} <= set(outputs):
+            _check_classes(path, name, outputs, card["class_names"])
     difference = None
-    if model is not None:
-        expected = _in_memory_probabilities(model, backbone, prepare, examples)
-        difference = float(np.abs(expected - served).max())
+    if expected is not None:
+        difference = max(
+            float(np.abs(expected - _probabilities(ran[name])).max())
+            for name in compared
+        )
         if difference > atol:
             raise ExportError(
                 f"Served probabilities of {str(path)!r} differ from the "
@@ -132,7 +183,9 @@ def verify(
     return VerifyReport(
         path=path,
         input_name=result["input_name"],
-        outputs=outputs,
+        outputs=result["outputs"],
+        signatures=result["signatures"],
+        signature_outputs=result["signature_outputs"],
         max_abs_difference=difference,
         imported=result["imported"],
         saved_model_cli=cli_output,
@@ -140,18 +193,36 @@ def verify(
 
 
 def _run_fresh_process(
-    path: Path, examples: Sequence[bytes | str], needs_tf_text: bool, timeout: float
+    path: Path,
+    examples: Sequence[bytes | str],
+    needs_tf_text: bool,
+    signature_inputs: Mapping[str, Mapping[str, Any]],
+    timeout: float,
 ) -> tuple[dict, str]:
     encoded = [
         base64.b64encode(e.encode("utf-8") if isinstance(e, str) else e).decode()
         for e in examples
     ]
+    arrays, feeds = [], {}
+    for name, feed in signature_inputs.items():
+        feeds[name] = {}
+        for key, value in feed.items():
+            feeds[name][key] = f"arr_{len(arrays)}"
+            arrays.append(_array(value))
     with tempfile.TemporaryDirectory() as scratch:
         request = Path(scratch) / "request.json"
         result_file = Path(scratch) / "result.json"
         request.write_text(
-            json.dumps({"examples": encoded, "needs_tensorflow_text": needs_tf_text})
+            json.dumps(
+                {
+                    "examples": encoded,
+                    "needs_tensorflow_text": needs_tf_text,
+                    "signature_inputs": feeds,
+                }
+            )
         )
+        if arrays:
+            np.savez(Path(scratch) / "inputs.npz", *arrays)
         command = [sys.executable, "-I", str(_CHILD), str(path.resolve())]
         process = subprocess.run(
             [*command, str(request), str(result_file)],
@@ -170,10 +241,43 @@ def _run_fresh_process(
         return json.loads(result_file.read_text()), process.stdout
 
 
-def _in_memory_probabilities(model, backbone, prepare, examples) -> np.ndarray:
-    keras_model = getattr(model, "model", model)
+def _array(value: Any) -> np.ndarray:
+    """`value` as an array; strings as Python `bytes`/`str` objects, which
+    keep trailing NUL bytes that a fixed-width `S` array would drop."""
+    array = np.asarray(value)
+    if array.dtype.kind in "SU":
+        array = np.asarray(value, dtype=object)
+    return array
+
+
+def _prepared(model, backbone, prepare, examples):
+    """The examples prepared in memory as in training."""
     backbone = backbone or getattr(model, "backbone", None)
-    prepared = signatures.batched(signatures.preparation(backbone, prepare))(
+    return signatures.batched(signatures.preparation(backbone, prepare))(
         tf.constant(list(examples))
     )
-    return np.asarray(keras_model(prepared, training=False), dtype=np.float32)
+
+
+def _feed(prepared, input_names) -> dict:
+    """Prepared inputs keyed by the `serving_prepared` input names."""
+    if isinstance(prepared, Mapping):
+        return {key: np.asarray(value) for key, value in prepared.items()}
+    (name,) = input_names
+    return {name: np.asarray(prepared)}
+
+
+def _probabilities(outputs: Mapping) -> np.ndarray:
+    return np.asarray(outputs["probabilities"]["values"], dtype=np.float32)
+
+
+def _check_classes(path: Path, name: str, outputs: Mapping, class_names: list) -> None:
+    """Refuses top-1 classes that are not the labels of the highest
+    probabilities."""
+    best = [class_names[i] for i in _probabilities(outputs).argmax(-1)]
+    if outputs["classes"]["values"] != best:
+        raise ExportError(
+            f"Served classes {outputs['classes']['values']} of signature "
+            f"{name!r} are not the labels of the highest probabilities {best} "
+            f"for {str(path)!r}; labels.txt does not match the model's "
+            "outputs. Export again."
+        )
