@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import hub_fixtures
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -30,7 +31,6 @@ from tftransfer.export.serving_ops import (
     saved_model_ops,
     unsupported_ops,
 )
-from tftransfer.recipes import FeatureExtraction
 
 SEQ_LENGTH = 8
 TOKENS = tf.RaggedTensorSpec([None, None, None], tf.int32, ragged_rank=2)
@@ -179,8 +179,9 @@ def test_pack_segments_equals_tf_text_round_robin_packing():
             np.testing.assert_array_equal(packed["input_type_ids"], type_ids)
 
 
-@pytest.mark.parametrize("special_tokens_dict", [True, False])
-@pytest.mark.parametrize("seq_length", [4, SEQ_LENGTH, 24])
+@pytest.mark.parametrize(
+    "special_tokens_dict, seq_length", [(True, 4), (True, 24), (False, SEQ_LENGTH)]
+)
 def test_rewritten_packing_gives_the_preprocessors_outputs_without_its_ops(
     tmp_path, special_tokens_dict, seq_length
 ):
@@ -214,33 +215,32 @@ def test_serving_safe_preprocessor_keeps_its_own_packing(bert_paths):
         np.testing.assert_array_equal(preprocess(texts)[key], value)
 
 
-@pytest.fixture(scope="module")
-def classifier(round_robin_path, bert_paths, tmp_path_factory):
-    """A FeatureExtraction recipe on the RoundRobin preprocessor + tiny encoder."""
-    root = tmp_path_factory.mktemp("round_robin_classifier")
-    backbone = tftransfer.Backbone.from_hub_text(
-        round_robin_path, bert_paths[1], seq_length=SEQ_LENGTH
-    )
-    recipe = FeatureExtraction(
-        backbone,
-        head_epochs=2,
-        batch_size=4,
-        cache_dir=root / "cache",
-        run_dir=root / "run",
-        strategy="default",
-        verbose=0,
-    )
+def train_classifier(backbone) -> keras.Model:
+    """A frozen `backbone` + softmax head, trained a few steps on `TEXTS`."""
+    inputs = {
+        key: keras.Input((SEQ_LENGTH,), dtype="int32", name=key)
+        for key in ("input_word_ids", "input_mask", "input_type_ids")
+    }
+    head = keras.layers.Dense(len(TEXTS), activation="softmax")
+    model = keras.Model(inputs, head(backbone.build(trainable=False)(inputs)))
+    model.compile("adam", "sparse_categorical_crossentropy")
     texts = [t for examples in TEXTS.values() for t in examples]
-    labels = [name for name, examples in TEXTS.items() for _ in examples]
-    recipe.fit(tftransfer.data.from_arrays(texts, labels))
-    return recipe, root
+    labels = [i for i, examples in enumerate(TEXTS.values()) for _ in examples]
+    prepare = tftransfer.data.prepare_fn(backbone)
+    model.fit(dict(prepare(tf.constant(texts))), np.array(labels), epochs=3, verbose=0)
+    return model
 
 
 def test_classifier_exports_without_allow_ops_and_serves_raw_strings_alike(
-    classifier, round_robin_path
+    round_robin_path, bert_paths, tmp_path
 ):
-    recipe, root = classifier
-    path = tftransfer.export(recipe, root / "model")
+    backbone = tftransfer.Backbone.from_hub_text(
+        round_robin_path, bert_paths[1], seq_length=SEQ_LENGTH
+    )
+    model = train_classifier(backbone)
+    path = tftransfer.export(
+        model, tmp_path / "model", backbone=backbone, class_names=list(TEXTS)
+    )
     assert unsupported_ops(saved_model_ops(str(path))) == {}
     card = json.loads((path / "model_card.json").read_text())
     assert card["serving_ops"]["allowed_by_override"] == []
@@ -250,13 +250,12 @@ def test_classifier_exports_without_allow_ops_and_serves_raw_strings_alike(
     report = tftransfer.export.verify(
         path,
         CHECK_TEXTS,
-        model=recipe.model,
+        model=model,
         prepare=original_preprocessing(round_robin_path, SEQ_LENGTH),
         print_signatures=False,
     )
     assert report.max_abs_difference <= 1e-5
     assert "tftransfer" not in report.imported
-    assert "keras" not in report.imported
 
 
 def test_unmatched_packing_warns_and_export_keeps_refusing_with_allow_ops(
@@ -275,24 +274,14 @@ def test_unmatched_packing_warns_and_export_keeps_refusing_with_allow_ops(
     np.testing.assert_array_equal(
         preprocess(texts)["input_word_ids"], original(texts)["input_word_ids"]
     )
-    recipe = FeatureExtraction(
-        backbone,
-        head_epochs=1,
-        batch_size=4,
-        cache_dir=tmp_path / "cache",
-        run_dir=tmp_path / "run",
-        strategy="default",
-        verbose=0,
-    )
-    texts = [t for examples in TEXTS.values() for t in examples]
-    labels = [name for name, examples in TEXTS.items() for _ in examples]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        recipe.fit(tftransfer.data.from_arrays(texts, labels))
+        model = train_classifier(backbone)
+        kwargs = dict(backbone=backbone, class_names=list(TEXTS))
         with pytest.raises(ExportError, match=r"allow_ops=\['TFText>RoundRobinTrim'\]"):
-            tftransfer.export(recipe, tmp_path / "model")
+            tftransfer.export(model, tmp_path / "model", **kwargs)
         assert not list((tmp_path / "model").glob("[0-9]*"))
         path = tftransfer.export(
-            recipe, tmp_path / "model", allow_ops=["TFText>RoundRobinTrim"]
+            model, tmp_path / "model", allow_ops=["TFText>RoundRobinTrim"], **kwargs
         )
     assert (path / "saved_model.pb").exists()
