@@ -42,11 +42,11 @@ def test_check_validates_a_recipe_with_exit_code_0(tmp_path, capsys):
 
 
 def test_bad_recipe_exits_2_with_one_paragraph(tmp_path, capsys):
-    path = recipe(tmp_path, GOOD + "recipe: {epochs: many}\n")
+    path = recipe(tmp_path, GOOD + "recipe: {head_epochs: many}\n")
     assert cli.main(["run", path]) == 2
     err = stderr(capsys)
     assert err.startswith("error: ")
-    assert "'recipe.epochs' must be an integer" in err
+    assert "'recipe.head_epochs' must be an integer" in err
     assert "Traceback" not in err
 
 
@@ -134,7 +134,7 @@ def exported(bert_paths, tmp_path_factory):
     backbone = tftransfer.Backbone.from_hub_text(*bert_paths, seq_length=SEQ_LENGTH)
     recipe = FeatureExtraction(
         backbone,
-        epochs=3,
+        head_epochs=3,
         batch_size=4,
         cache_dir=root / "cache",
         run_dir=root / "run",
@@ -223,7 +223,7 @@ def run_recipe(tmp_path, bert_paths, **sections) -> str:
             "test": 0.25,
             "batch_size": 4,
         },
-        "recipe": {"epochs": 3, "patience": None},
+        "recipe": {"head_epochs": 3, "patience": None},
         "distribute": {"strategy": "default"},
         "export": {"base_path": str(tmp_path / "saved_models" / "topics")},
         "runs_dir": str(tmp_path / "runs"),
@@ -234,9 +234,7 @@ def run_recipe(tmp_path, bert_paths, **sections) -> str:
 
 
 @pytest.mark.slow
-def test_run_trains_reports_exports_and_reuses_its_cache(
-    bert_paths, tmp_path, capsys, monkeypatch
-):
+def test_run_trains_reports_exports_and_reuses_its_cache(bert_paths, tmp_path, capsys):
     path = run_recipe(
         tmp_path,
         bert_paths,
@@ -262,20 +260,13 @@ def test_run_trains_reports_exports_and_reuses_its_cache(
     assert card["tflite"]["validation_examples"] == 4  # the held-out split
     assert (version / "model.tflite").is_file()
 
-    feature_passes = []
-    feature_batches = FeatureExtraction._feature_batches
-
-    def counted(self, *args, **kwargs):
-        feature_passes.append(args)
-        return feature_batches(self, *args, **kwargs)
-
-    monkeypatch.setattr(FeatureExtraction, "_feature_batches", counted)
+    cache = feature_files(tmp_path / "cache")
     assert cli.main(["run", path]) == 0
-    assert feature_passes == []  # every split's features came from the cache
+    assert feature_files(tmp_path / "cache") == cache  # every split's from the cache
     assert (tmp_path / "saved_models" / "topics" / "2" / "saved_model.pb").is_file()
 
     assert cli.main(["export", str(folder)]) == 0
-    assert feature_passes == []
+    assert feature_files(tmp_path / "cache") == cache
     card = json.loads(
         (tmp_path / "saved_models" / "topics" / "3" / "model_card.json").read_text()
     )
@@ -338,24 +329,29 @@ def run_copy(finished_run, tmp_path):
     return folder, pathlib.Path(settings["export"]["base_path"])
 
 
+def feature_files(cache: pathlib.Path) -> dict:
+    """`{path: modification time}` of every file in a feature cache folder:
+    a feature pass that computes features writes new files there."""
+    return {str(p): p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+
+
 @pytest.fixture
-def training(monkeypatch):
-    """Counts training calls and feature passes."""
-    calls = {"train": 0, "features": 0}
+def training(monkeypatch, run_copy):
+    """Counts of what ran since the test started, as a function: `train`
+    (training calls) and `features` (1 if any features were computed,
+    which changes the run's feature cache folder)."""
+    calls = {"train": 0}
     train = training_loop.train
-    feature_batches = FeatureExtraction._feature_batches
 
     def counted_train(*args, **kwargs):
         calls["train"] += 1
         return train(*args, **kwargs)
 
-    def counted_features(self, *args, **kwargs):
-        calls["features"] += 1
-        return feature_batches(self, *args, **kwargs)
-
     monkeypatch.setattr(training_loop, "train", counted_train)
-    monkeypatch.setattr(FeatureExtraction, "_feature_batches", counted_features)
-    return calls
+    settings = yaml.safe_load((run_copy[0] / "recipe.yaml").read_text())
+    cache = pathlib.Path(settings["cache_dir"])
+    before = feature_files(cache)
+    return lambda: {**calls, "features": int(feature_files(cache) != before)}
 
 
 def versions(base: pathlib.Path) -> list[str]:
@@ -368,7 +364,7 @@ def test_export_repeats_the_trained_model_without_training(run_copy, training, c
     before = versions(base)
     assert cli.main(["export", str(folder)]) == 0
     assert "Restoring: feature extraction" in capsys.readouterr().out
-    assert training == {"train": 0, "features": 0}
+    assert training() == {"train": 0, "features": 0}
     assert len(versions(base)) == len(before) + 1
 
 
@@ -389,15 +385,15 @@ def test_export_refuses_changed_data_until_retrain(
             in err
         )
         assert "Nothing was exported. Restore the data, or pass --retrain" in err
-        assert training == {"train": 0, "features": 0}
+        assert training() == {"train": 0, "features": 0}
         assert versions(base) == before
 
         assert cli.main(["export", str(folder), "--retrain"]) == 0
-        assert training["train"] > 0
+        assert training()["train"] > 0
         assert len(versions(base)) == len(before) + 1
-        trained = dict(training)
+        trained = training()
         assert cli.main(["export", str(folder)]) == 0  # What --retrain trained.
-        assert training == trained
+        assert training() == trained
     finally:
         added.unlink()
 
@@ -415,7 +411,7 @@ def test_export_refuses_missing_or_changed_checkpoints(run_copy, training, capsy
         f"missing or changed since its training: {state.parent.name}/state.npz" in err
     )
     assert "Pass --retrain" in err
-    assert training == {"train": 0, "features": 0}
+    assert training() == {"train": 0, "features": 0}
     assert versions(base) == before
 
 
@@ -430,7 +426,7 @@ def test_export_refuses_a_recipe_edited_since_training(run_copy, training, capsy
     err = stderr(capsys)
     assert "is not the recipe the model in" in err
     assert "trained with: recipe.dropout changed" in err
-    assert training == {"train": 0, "features": 0}
+    assert training() == {"train": 0, "features": 0}
 
 
 @pytest.mark.slow
@@ -439,7 +435,7 @@ def test_export_refuses_a_run_without_a_training_record(run_copy, training, caps
     (folder / "trained.json").unlink()
     assert cli.main(["export", str(folder)]) == 1
     assert "has no record of a finished training (trained.json)" in stderr(capsys)
-    assert training == {"train": 0, "features": 0}
+    assert training() == {"train": 0, "features": 0}
 
 
 @pytest.mark.slow
@@ -463,7 +459,7 @@ def test_export_stops_before_the_first_training_step_it_did_not_foresee(
     err = stderr(capsys)
     assert f"error: Exporting {folder} would retrain" in err
     assert "Nothing was trained or exported. Pass --retrain" in err
-    assert training["train"] == 1
+    assert training()["train"] == 1
     assert not (head / "state.npz").exists()
     assert versions(base) == before
 

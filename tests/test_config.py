@@ -47,21 +47,48 @@ def test_unknown_key_suggests_the_closest_known_key():
         config.loads(MINIMAL + "recipe: {epoch: 3}\n", source="r.yaml")
     message = str(info.value)
     assert "unknown key 'recipe.epoch'" in message
-    assert "Did you mean 'recipe.epochs'?" in message
+    assert "Did you mean 'recipe.head_epochs'?" in message
     assert message.startswith("r.yaml:")
 
 
 def test_key_in_the_wrong_section_points_to_its_section():
-    with pytest.raises(ConfigError, match="Did you mean 'recipe.epochs'"):
-        config.loads(MINIMAL + "epochs: 3\n")
+    with pytest.raises(ConfigError, match="Did you mean 'recipe.head_epochs'"):
+        config.loads(MINIMAL + "head_epochs: 3\n")
+
+
+def test_an_old_key_names_the_setting_it_was_renamed_to():
+    with pytest.raises(ConfigError) as info:
+        config.loads(MINIMAL + "recipe: {epochs: 3}\n")
+    assert "Did you mean 'recipe.head_epochs'? (It was renamed.)" in str(info.value)
+    with pytest.raises(ConfigError, match="Did you mean 'recipe.head_epochs'"):
+        config.loads(MINIMAL, overrides=["recipe.epochs=3"])
+
+
+def test_recipe_settings_have_the_names_of_the_python_arguments():
+    import inspect
+
+    from tftransfer.recipes import FeatureExtraction, FineTuning
+    from tftransfer.recipes.base import Recipe
+
+    arguments = {
+        *inspect.signature(Recipe.__init__).parameters,
+        *inspect.signature(FeatureExtraction.__init__).parameters,
+        *inspect.signature(FineTuning.__init__).parameters,
+    }
+    recipe_keys = [
+        key.removeprefix("recipe.")
+        for key in config.known_keys()
+        if key.startswith("recipe.")
+    ]
+    assert set(recipe_keys) - {"kind", "options"} <= arguments
 
 
 def test_wrong_type_names_key_value_and_what_is_allowed():
     with pytest.raises(ConfigError) as info:
-        config.loads(MINIMAL + "recipe: {epochs: five}\n")
+        config.loads(MINIMAL + "recipe: {head_epochs: five}\n")
     message = str(info.value)
-    assert "'recipe.epochs' must be an integer" in message
-    assert "recipe.epochs='five' (a string)" in message
+    assert "'recipe.head_epochs' must be an integer" in message
+    assert "recipe.head_epochs='five' (a string)" in message
 
 
 def test_value_outside_choices_lists_the_choices():
@@ -124,26 +151,26 @@ def test_overrides_are_parsed_as_yaml_and_validated():
     run = config.loads(
         MINIMAL,
         overrides=[
-            "recipe.epochs=3",
+            "recipe.head_epochs=3",
             "data.test=null",
             "backbone.options={image_size: [96, 96]}",
         ],
     )
-    assert run.recipe.epochs == 3
+    assert run.recipe.head_epochs == 3
     assert run.data.test is None
     assert run.backbone.options == {"image_size": [96, 96]}
-    with pytest.raises(ConfigError, match="Did you mean 'recipe.epochs'"):
+    with pytest.raises(ConfigError, match="Did you mean 'recipe.head_epochs'"):
         config.loads(MINIMAL, overrides=["recipe.epocs=3"])
 
 
 def test_override_without_equals_sign_is_explained():
     with pytest.raises(ConfigError, match="KEY=VALUE"):
-        config.loads(MINIMAL, overrides=["recipe.epochs"])
+        config.loads(MINIMAL, overrides=["recipe.head_epochs"])
 
 
 def test_known_keys_are_dotted_leaves():
     keys = config.known_keys()
-    assert "recipe.epochs" in keys
+    assert "recipe.head_epochs" in keys
     assert "backbone" not in keys
 
 
@@ -191,7 +218,7 @@ def billion_laughs(levels: int = 9) -> str:
         lines.append(
             f"    billion_laughs_level_{level}: &billion_laughs_level_{level} [{refs}]"
         )
-    lines.append(f"  epochs: *billion_laughs_level_{levels - 1}")
+    lines.append(f"  head_epochs: *billion_laughs_level_{levels - 1}")
     return "\n".join(lines) + "\n"
 
 
@@ -253,7 +280,7 @@ def test_a_recipe_file_larger_than_a_mebibyte_is_refused_unread(tmp_path):
 
 def test_an_integer_too_long_to_read_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot be read"):
-        config.loads(MINIMAL + "recipe: {epochs: " + "9" * 5000 + "}\n")
+        config.loads(MINIMAL + "recipe: {head_epochs: " + "9" * 5000 + "}\n")
 
 
 def test_an_alias_bomb_in_an_override_is_refused():
@@ -284,13 +311,16 @@ def test_error_messages_show_at_most_a_short_repr_of_a_value(value):
             "name": "demo",
             "backbone": {"handle": "h"},
             "data": {"format": "csv", "path": "a.csv"},
-            "recipe": {"epochs": value},
+            "recipe": {"head_epochs": value},
         }
     )
     with pytest.raises(ConfigError) as info:
         config.loads(text)
     message = str(info.value)
-    assert "'recipe.epochs' must be an integer. Received: recipe.epochs=" in message
+    assert (
+        "'recipe.head_epochs' must be an integer. Received: recipe.head_epochs="
+        in message
+    )
     assert len(message) < 300
     assert "..." in message
 

@@ -84,10 +84,10 @@ def created(tmp_path) -> list[str]:
 
 
 def test_bad_recipe_stderr_is_exactly_one_error_paragraph(tmp_path):
-    path = write_recipe(tmp_path, recipe={"epochs": "many"})
+    path = write_recipe(tmp_path, recipe={"head_epochs": "many"})
     result = command("run", path)
     assert result.returncode == 2
-    message = f"{path}: 'recipe.epochs' must be an integer. Received: recipe.epochs='many' (a string)."
+    message = f"{path}: 'recipe.head_epochs' must be an integer. Received: recipe.head_epochs='many' (a string)."
     assert result.stderr == cli._paragraph(message) + "\n"
 
 
@@ -136,7 +136,7 @@ def test_alias_bomb_exits_2_in_well_under_a_second_and_little_memory(tmp_path):
         lines.append(
             f"    l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 10) + "]"
         )
-    lines.append("  epochs: *l8")
+    lines.append("  head_epochs: *l8")
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(lines) + "\n")
     start = time.perf_counter()
@@ -254,7 +254,7 @@ def image_export(image_model_path, tmp_path_factory):
         backbone=backbone,
         class_names=CLASSES,
         metrics={"accuracy": 0.5},
-        settings={"epochs": 1},
+        settings={"head_epochs": 1},
     )
     base = tmp_path_factory.mktemp("exports") / "pets"
     tftransfer.export(recipe, base, top_k=2)

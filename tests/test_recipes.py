@@ -86,7 +86,7 @@ def _recipe(cls, tmp_path, backbone=None, **kwargs):
         cache_dir=tmp_path / "cache",
         run_dir=tmp_path / "run",
         strategy="default",
-        epochs=2,
+        head_epochs=2,
         verbose=0,
     )
     settings.update(kwargs)
@@ -146,7 +146,7 @@ def test_streamed_features_equal_in_memory_features(tmp_path):
 
 
 def test_evaluate_returns_metrics_as_numbers(tmp_path):
-    recipe = _recipe(FeatureExtraction, tmp_path, epochs=1)
+    recipe = _recipe(FeatureExtraction, tmp_path, head_epochs=1)
     recipe.fit(_images(), class_names=["left", "right"])
     metrics = recipe.evaluate(_images(seed=3))
     json.dumps(metrics)
@@ -179,7 +179,12 @@ def test_classification_metrics_values():
 def test_unfreeze_patterns_choose_the_trainable_variables(tmp_path):
     backbone = _backbone()
     recipe = _recipe(
-        FineTuning, tmp_path, backbone, head_epochs=1, epochs=1, unfreeze=["conv_b"]
+        FineTuning,
+        tmp_path,
+        backbone,
+        head_epochs=1,
+        fine_tune_epochs=1,
+        unfreeze=["conv_b"],
     )
     recipe.fit(_images())
     trainable = sorted(v.path for v in recipe.model.trainable_variables)
@@ -193,27 +198,24 @@ def test_unfreeze_patterns_choose_the_trainable_variables(tmp_path):
 
 def test_unfrozen_subset_is_the_only_backbone_change_in_phase_two(tmp_path):
     backbone = _backbone()
-    recipe = _recipe(
-        FineTuning, tmp_path, backbone, head_epochs=1, epochs=2, unfreeze=0.5
-    )
     snapshot = {}
 
     class Snapshot(keras.callbacks.Callback):
+        """The backbone's weights as each phase starts: the last is phase 2."""
+
         def on_train_begin(self, logs=None):
             snapshot.update({v.path: v.numpy().copy() for v in backbone.weights})
 
-    original = FineTuning._train_phase
-
-    def train_phase(self, phase, model, *args, **kwargs):
-        if phase == "fine_tune":
-            Snapshot().on_train_begin()
-        return original(self, phase, model, *args, **kwargs)
-
-    FineTuning._train_phase = train_phase
-    try:
-        recipe.fit(_images())
-    finally:
-        FineTuning._train_phase = original
+    recipe = _recipe(
+        FineTuning,
+        tmp_path,
+        backbone,
+        head_epochs=1,
+        fine_tune_epochs=2,
+        unfreeze=0.5,
+        callbacks=[Snapshot()],
+    )
+    recipe.fit(_images())
     changed = {
         v.path
         for v in backbone.weights
@@ -238,7 +240,7 @@ def test_batchnorm_statistics_update_only_when_asked(tmp_path):
             tmp_path / str(train_batchnorm),
             backbone,
             head_epochs=1,
-            epochs=1,
+            fine_tune_epochs=1,
             train_batchnorm=train_batchnorm,
         )
         recipe.fit(_images())
@@ -272,7 +274,7 @@ def test_nan_loss_stops_with_error_naming_step_and_learning_rate(tmp_path):
         FineTuning,
         tmp_path,
         head_epochs=1,
-        epochs=1,
+        fine_tune_epochs=1,
         patience=None,
         learning_rate=1e-3,
         head_weight_decay=0.0,
@@ -290,7 +292,7 @@ def test_fine_tune_one_call_trains_both_phases(tmp_path):
         _backbone(),
         _images(),
         _images(seed=1),
-        epochs=2,
+        fine_tune_epochs=2,
         head_epochs=1,
         cache_dir=tmp_path / "cache",
         run_dir=tmp_path / "run",
@@ -359,13 +361,13 @@ def test_rerun_reuses_features_and_checkpoint_without_building_backbone(tmp_path
 
 
 def test_predict_returns_probabilities_in_data_order(tmp_path):
-    recipe = _recipe(FeatureExtraction, tmp_path, epochs=1)
+    recipe = _recipe(FeatureExtraction, tmp_path, head_epochs=1)
     recipe.fit(_images())
     probabilities = recipe.predict(_images(seed=2))
     np.testing.assert_allclose(
         probabilities, recipe.model.predict(_images(seed=2), verbose=0), atol=1e-6
     )
-    tuned = _recipe(FineTuning, tmp_path / "ft", head_epochs=1, epochs=1)
+    tuned = _recipe(FineTuning, tmp_path / "ft", head_epochs=1, fine_tune_epochs=1)
     tuned.fit(_images())
     np.testing.assert_allclose(
         tuned.predict(_images(seed=2)),
@@ -377,7 +379,7 @@ def test_predict_returns_probabilities_in_data_order(tmp_path):
 def test_fine_tuning_schedule_spans_every_step_of_split_data(tmp_path):
     # split() filters its source; its parts used to have an unknown
     # cardinality (-2), so the schedule counted 1 step per epoch and the
-    # learning rate reached 0 after `epochs` steps.
+    # learning rate reached 0 after `fine_tune_epochs` steps.
     train, validation, _ = data.split(_pixels(), validation=0.25)
     assert train.num_examples == 48
     steps = _PhaseSteps()
@@ -386,7 +388,7 @@ def test_fine_tuning_schedule_spans_every_step_of_split_data(tmp_path):
         tmp_path,
         _image_backbone(),
         head_epochs=1,
-        epochs=2,
+        fine_tune_epochs=2,
         batch_size=8,
         patience=None,
         callbacks=[steps],
@@ -397,10 +399,10 @@ def test_fine_tuning_schedule_spans_every_step_of_split_data(tmp_path):
     assert len(rates) == 2 * steps_per_epoch
     assert rates[len(rates) // 2] > 0.0
     assert min(rates[1:]) > 0.0  # step 0 is the start of the warm-up
-    schedule = recipe.model.optimizer._learning_rate
+    schedule = recipe.model.optimizer.get_config()["learning_rate"]["config"]
     # Keras' CosineDecay warms up for `warmup_steps`, then decays over
     # `decay_steps`: together, every step of the phase.
-    assert schedule.warmup_steps + schedule.decay_steps == 2 * steps_per_epoch
+    assert schedule["warmup_steps"] + schedule["decay_steps"] == 2 * steps_per_epoch
 
 
 def test_steps_per_epoch_counts_unknown_cardinality_and_refuses_infinite():
@@ -412,11 +414,16 @@ def test_steps_per_epoch_counts_unknown_cardinality_and_refuses_infinite():
 
 
 def test_changed_settings_train_again_in_the_same_run_dir(tmp_path):
-    # The checkpoint folders are keyed by the settings (not `epochs`): a
+    # The checkpoint folders are keyed by the settings (not the epochs): a
     # changed setting used to find the old, finished run and not train.
     def fit(**settings) -> _PhaseSteps:
         steps = _PhaseSteps()
-        settings = {"head_epochs": 1, "epochs": 1, "patience": None, **settings}
+        settings = {
+            "head_epochs": 1,
+            "fine_tune_epochs": 1,
+            "patience": None,
+            **settings,
+        }
         recipe = _recipe(FineTuning, tmp_path, callbacks=[steps], **settings)
         recipe.fit(_images(), _images(seed=1))
         return steps
@@ -432,7 +439,7 @@ def test_changed_settings_train_again_in_the_same_run_dir(tmp_path):
     assert trained(changed) == (False, 4)
     assert changed.rates["fine_tuning"][-1] > 1e-4  # the new rate, not restored
     # More epochs resume the run: only the new epoch trains.
-    assert trained(fit(fine_tune_learning_rate=1e-3, epochs=2)) == (False, 4)
+    assert trained(fit(fine_tune_learning_rate=1e-3, fine_tune_epochs=2)) == (False, 4)
     assert trained(fit(dropout=0.5)) == (True, 4)
 
 
@@ -452,8 +459,8 @@ def test_unfreeze_fraction_reaches_into_nested_models(tmp_path):
         "MobileNetV2", weights=None, image_size=(32, 32)
     )
     recipe = _recipe(FineTuning, tmp_path, backbone, unfreeze=0.3)
-    layer = recipe._built_backbone()
     chosen = {id(v) for v in recipe.unfreeze()}
+    layer = recipe.backbone_layer
     (application,) = [sub for sub in layer.layers if isinstance(sub, keras.Model)]
     weighted = [sub for sub in application.layers if sub.weights]
     top = weighted[-math.ceil(0.3 * len(weighted)) :]
@@ -470,7 +477,7 @@ def _fine_tune_steps(tmp_path, train) -> tuple[int, int]:
         tmp_path,
         _image_backbone(),
         head_epochs=1,
-        epochs=1,
+        fine_tune_epochs=1,
         batch_size=16,
         patience=None,
         callbacks=[steps],
@@ -549,7 +556,7 @@ def test_fine_tuning_with_cached_features_still_builds_the_backbone(
             backbone=backbone,
             run_dir=tmp_path / run,
             head_epochs=1,
-            epochs=1,
+            fine_tune_epochs=1,
         )
         recipe.fit(_images())
         assert len(recipe.history.history["loss"]) == 1

@@ -158,13 +158,13 @@ def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
         run_dir=tmp_path / "run",
         cache_dir=tmp_path / "cache",
         strategy="default",
-        epochs=30,
+        head_epochs=30,
         verbose=2,
     )
     recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
     assert recipe.tuned["learning_rate"] in defaults.HEAD_LEARNING_RATES
     assert recipe.tuned["head_weight_decay"] in defaults.HEAD_WEIGHT_DECAYS
-    assert "chosen by validation cross-entropy" in capsys.readouterr().out
+    assert "chosen by validation loss" in capsys.readouterr().out
     assert recipe.evaluate(_colour_images(32, 2))["accuracy"] >= 0.9
     # The choice is kept in the run folder: a rerun does not search again.
     (saved,) = (tmp_path / "run" / "checkpoints").glob("head-search-*.json")
@@ -180,7 +180,7 @@ def test_fit_without_validation_holds_out_part_of_the_training_data(tmp_path, ca
         run_dir=tmp_path / "run",
         cache_dir=tmp_path / "cache",
         strategy="default",
-        epochs=3,
+        head_epochs=3,
         learning_rate=1e-2,
         head_weight_decay=0.0,
         verbose=2,
@@ -201,7 +201,7 @@ def test_fine_tuning_that_hurts_keeps_and_exports_the_frozen_model(tmp_path):
         cache_dir=tmp_path / "cache",
         strategy="default",
         head_epochs=20,
-        epochs=2,
+        fine_tune_epochs=2,
         # A rate that wrecks the backbone: fine-tuning must not be kept.
         fine_tune_learning_rate=50.0,
         backbone_lr_scale=1.0,
@@ -232,7 +232,7 @@ def test_fine_tuning_that_helps_is_kept(tmp_path):
         head_epochs=2,
         learning_rate=1e-3,
         head_weight_decay=0.0,
-        epochs=4,
+        fine_tune_epochs=4,
         verbose=0,
     )
     recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
@@ -249,16 +249,12 @@ def test_python_yaml_and_cli_share_one_set_of_defaults(tmp_path):
     )
     from_yaml = cli_run.build_recipe(recipe_file, backbone, tmp_path / "run")
     from_python = FineTuning(backbone, run_dir=from_yaml.run_dir)
-    ignored = {"run_dir"}
-    yaml_settings = {k: v for k, v in from_yaml.settings.items() if k not in ignored}
-    python_settings = {
-        k: v for k, v in from_python.settings.items() if k not in ignored
-    }
-    assert yaml_settings == python_settings
+    python_settings = from_python.settings
+    assert from_yaml.settings == python_settings
     assert python_settings["learning_rate"] == defaults.AUTO
     assert python_settings["fine_tune_learning_rate"] == defaults.AUTO
     assert python_settings["head_epochs"] == defaults.HEAD_EPOCHS
-    assert python_settings["epochs"] == defaults.FINE_TUNE_EPOCHS
+    assert python_settings["fine_tune_epochs"] == defaults.FINE_TUNE_EPOCHS
     assert python_settings["dropout"] == defaults.DROPOUT
 
 

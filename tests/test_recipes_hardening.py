@@ -35,7 +35,7 @@ def _recipe(tmp_path, cls=FeatureExtraction, backbone=None, **kwargs):
         cache_dir=tmp_path / "cache",
         run_dir=tmp_path / "run",
         strategy="default",
-        epochs=20,
+        head_epochs=20,
         learning_rate=3e-2,
         head_weight_decay=0.0,
         verbose=0,
@@ -124,7 +124,7 @@ def test_second_process_on_a_run_folder_is_refused_naming_the_first(tmp_path):
     ):
         _recipe(tmp_path).fit(batches, batches)
     # Released: the same folder trains now.
-    _recipe(tmp_path, epochs=1).fit(batches, batches)
+    _recipe(tmp_path, head_epochs=1).fit(batches, batches)
 
 
 def test_lock_of_a_killed_process_is_released(tmp_path):
@@ -175,7 +175,7 @@ def test_diverging_fine_tuning_keeps_the_frozen_model_and_advises(tmp_path, caps
         tmp_path,
         FineTuning,
         head_epochs=1,
-        epochs=1,
+        fine_tune_epochs=1,
         fine_tune_learning_rate=1e30,
         backbone_lr_scale=1.0,
         clipnorm=None,
@@ -238,7 +238,7 @@ def test_resumed_run_ends_on_the_weights_of_an_uninterrupted_one(
             run_dir=tmp_path / run,
             strategy="default",
             head_epochs=4,
-            epochs=3,
+            fine_tune_epochs=3,
             patience=None,
             batch_size=8,
             steps_per_execution=steps_per_execution,
@@ -273,7 +273,7 @@ def test_held_out_batches_are_the_same_examples_on_every_pass(tmp_path):
     recipe = _recipe(tmp_path)
     x = np.random.default_rng(0).normal(size=(200, 4)).astype("float32")
     batches = tf.data.Dataset.from_tensor_slices((x, np.arange(200) % 2))
-    train, held_out = recipe._hold_out(batches.shuffle(200, seed=1).batch(16))
+    train, held_out = recipe.hold_out(batches.shuffle(200, seed=1).batch(16))
 
     def rows(dataset):
         return {tuple(r) for b, _ in dataset.as_numpy_iterator() for r in b.round(5)}
@@ -287,7 +287,7 @@ def test_held_out_batches_are_the_same_examples_on_every_pass(tmp_path):
 def test_head_search_where_every_rate_fails_blames_the_inputs(tmp_path):
     x = np.full((64, 4), 1e30, "float32")
     batches = _labeled_batches(x, np.arange(64) % 2, batch=16)
-    recipe = _recipe(tmp_path, learning_rate="auto", epochs=2)
+    recipe = _recipe(tmp_path, learning_rate="auto", head_epochs=2)
     with pytest.raises(TrainingError, match="Every head learning rate tried"):
         recipe.fit(batches, batches)
 
@@ -295,7 +295,7 @@ def test_head_search_where_every_rate_fails_blames_the_inputs(tmp_path):
 def test_evaluate_refuses_labels_outside_the_classes(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     y = np.arange(32) % 2
-    recipe = _recipe(tmp_path, epochs=1)
+    recipe = _recipe(tmp_path, head_epochs=1)
     recipe.fit(_labeled_batches(x, y), _labeled_batches(x, y), class_names=["a", "b"])
     with pytest.raises(DataError, match=r"test data has 1 labels outside 0\.\.1"):
         recipe.evaluate(_labeled_batches(x, np.where(np.arange(32) == 3, 9, y)))
@@ -304,7 +304,7 @@ def test_evaluate_refuses_labels_outside_the_classes(tmp_path):
 def test_second_fit_of_a_fine_tuned_plain_layer_is_refused(tmp_path):
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     batches = _labeled_batches(x, np.arange(32) % 2)
-    recipe = _recipe(tmp_path, FineTuning, head_epochs=1, epochs=1)
+    recipe = _recipe(tmp_path, FineTuning, head_epochs=1, fine_tune_epochs=1)
     recipe.fit(batches, batches)
     with pytest.raises(ValueError, match="cannot reload its pretrained weights"):
         recipe.fit(batches, batches)

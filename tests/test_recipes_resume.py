@@ -58,7 +58,7 @@ def test_killed_run_resumes_without_losing_or_repeating_epochs(tmp_path):
     assert final.returncode == 0, output[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["head_epochs"] == HEAD_EPOCHS
-    assert result["epochs"] == EPOCHS
+    assert result["fine_tune_epochs"] == EPOCHS
     # Every phase-2 step ran exactly once across the three processes.
     assert result["iterations"] == EPOCHS * STEPS_PER_EPOCH
     assert not list(tmp_path.rglob("*.tmp"))
@@ -94,7 +94,7 @@ def _train(work_dir, slow):
     recipe = FineTuning(
         backbone,
         head_epochs=HEAD_EPOCHS,
-        epochs=EPOCHS,
+        fine_tune_epochs=EPOCHS,
         patience=None,
         cache_dir=f"{work_dir}/cache",
         run_dir=f"{work_dir}/run",
@@ -104,7 +104,7 @@ def _train(work_dir, slow):
     recipe.fit(data, data)
     result = {
         "head_epochs": len(recipe.head_history.history["loss"]),
-        "epochs": len(recipe.history.history["loss"]),
+        "fine_tune_epochs": len(recipe.history.history["loss"]),
         "iterations": int(recipe.model.optimizer.iterations.numpy()),
     }
     Path(work_dir, "result.json").write_text(json.dumps(result))

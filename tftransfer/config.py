@@ -10,9 +10,9 @@ key, the value and what is allowed.
 Example:
 
 >>> config = tftransfer.config.load(
-...     "recipes/default.yaml", overrides=["recipe.epochs=5"]
+...     "recipes/default.yaml", overrides=["recipe.head_epochs=5"]
 ... )
->>> config.recipe.epochs
+>>> config.recipe.head_epochs
 5
 """
 
@@ -89,8 +89,8 @@ class RecipeConfig:
         kind: `feature_extraction` (frozen backbone, features computed once
             and cached, a head trained on them) or `fine_tuning` (head
             first, then the backbone unfrozen at a lower learning rate).
-        epochs: The most epochs of head training (it stops early when the
-            validation loss stops improving).
+        head_epochs: The most epochs of head training (it stops early when
+            the validation loss stops improving).
         learning_rate: Learning rate of the head, or `auto` (chosen on the
             validation data).
         fine_tune_epochs: `fine_tuning`: the most epochs with the backbone
@@ -104,11 +104,14 @@ class RecipeConfig:
             early, or `null` to never stop early.
         options: More keyword arguments for the recipe class.
 
-    The defaults are those of the Python API (`tftransfer.defaults`).
+    Every setting has the name of the recipe's Python argument, so
+    `recipe.head_epochs: 5` here, `--set recipe.head_epochs=5` and
+    `FineTuning(..., head_epochs=5)` say the same thing. The defaults are
+    those of the Python API (`tftransfer.defaults`).
     """
 
     kind: Literal["feature_extraction", "fine_tuning"] = "feature_extraction"
-    epochs: int = defaults.HEAD_EPOCHS
+    head_epochs: int = defaults.HEAD_EPOCHS
     learning_rate: float | Literal["auto"] = defaults.HEAD_LEARNING_RATE
     fine_tune_epochs: int = defaults.FINE_TUNE_EPOCHS
     fine_tune_learning_rate: float | Literal["auto"] = defaults.FINE_TUNE_LEARNING_RATE
@@ -200,10 +203,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+# Keys that older recipe files used, and their names now (one name per
+# setting in Python, YAML and `--set`).
+RENAMED_KEYS = {"recipe.epochs": "recipe.head_epochs"}
+
 # Values that must be positive, or fractions, whatever their section.
 _POSITIVE = {
     "data.batch_size",
-    "recipe.epochs",
+    "recipe.head_epochs",
     "recipe.fine_tune_epochs",
     "recipe.learning_rate",
     "recipe.fine_tune_learning_rate",
@@ -328,7 +335,7 @@ def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunCo
     Args:
         path: The YAML recipe file.
         overrides: `"dotted.key=value"` strings applied before validation
-            (the CLI's `--set`); values are parsed as YAML, so `epochs=5` is
+            (the CLI's `--set`); values are parsed as YAML, so `head_epochs=5` is
             an integer and `test=null` is `None`.
 
     Returns:
@@ -341,7 +348,7 @@ def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunCo
     Example:
 
     >>> config = load("recipes/image_feature_extraction.yaml",
-    ...               overrides=["data.path=flowers/", "recipe.epochs=3"])
+    ...               overrides=["data.path=flowers/", "recipe.head_epochs=3"])
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -429,17 +436,17 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 
     Example:
 
-    >>> raw = {"recipe": {"epochs": 10}}
-    >>> apply_override(raw, "recipe.epochs=3")
+    >>> raw = {"recipe": {"head_epochs": 10}}
+    >>> apply_override(raw, "recipe.head_epochs=3")
     >>> raw
-    {'recipe': {'epochs': 3}}
+    {'recipe': {'head_epochs': 3}}
     """
     key, sep, value = override.partition("=")
     parts = key.strip().split(".")
     if not sep or not all(parts):
         raise ConfigError(
             f"Expected `--set` as KEY=VALUE with a dotted KEY such as "
-            f"recipe.epochs=5. Received: {short_repr(override)}."
+            f"recipe.head_epochs=5. Received: {short_repr(override)}."
         )
     try:
         parsed = _safe_load(value) if value.strip() else ""
@@ -468,7 +475,7 @@ def known_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
 
     Example:
 
-    >>> "recipe.epochs" in known_keys()
+    >>> "recipe.head_epochs" in known_keys()
     True
     """
     keys = []
@@ -521,7 +528,9 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
 def _unknown_key_message(key: str, prefix: str, allowed: list[str], source: str):
     full = short_repr(f"{prefix}{key}")
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if not close:
+    if f"{prefix}{key}" in RENAMED_KEYS:
+        hint = f" Did you mean {RENAMED_KEYS[prefix + key]!r}? (It was renamed.)"
+    elif not close:
         # Maybe the key belongs to another section ("epochs" at the top).
         leaves = {k.rsplit(".", 1)[-1]: k for k in known_keys()}
         match = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.8)

@@ -18,3 +18,8 @@ POOLINGS = ("mean", "max", "first", "pooled")
 (the first token, such as BERT's `[CLS]`) and `"pooled"` (the model's own
 pooler, such as BERT's `pooled_output`). Each source takes the ones that
 apply to it."""
+
+TASKS = ("classification", "multi_label", "regression")
+"""What a model predicts (`LabeledData.task`, the recipes' `task`):
+`"classification"` (one class per example), `"multi_label"` (any number of
+labels per example, multi-hot) and `"regression"` (numbers)."""

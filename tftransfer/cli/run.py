@@ -148,6 +148,7 @@ def build_recipe(config: RunConfig, backbone, folder: Path, callbacks: Sequence 
 
     settings = config.recipe
     arguments = {
+        "head_epochs": settings.head_epochs,
         "dropout": settings.dropout,
         "patience": settings.patience,
         "batch_size": config.data.batch_size,
@@ -164,12 +165,11 @@ def build_recipe(config: RunConfig, backbone, folder: Path, callbacks: Sequence 
     if settings.kind == "fine_tuning":
         return FineTuning(
             backbone,
-            head_epochs=settings.epochs,
-            epochs=settings.fine_tune_epochs,
+            fine_tune_epochs=settings.fine_tune_epochs,
             fine_tune_learning_rate=settings.fine_tune_learning_rate,
             **arguments,
         )
-    return FeatureExtraction(backbone, epochs=settings.epochs, **arguments)
+    return FeatureExtraction(backbone, **arguments)
 
 
 def held_out_split(config: RunConfig, parts) -> tuple[str, Any]:
@@ -331,20 +331,21 @@ def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:
     from tftransfer.data import make_pipeline
 
     base = str(export_base(config))
-    validation_data = None
+    tflite = None
     if config.export.format == "tflite":
-        validation_data = make_pipeline(
-            held_out, recipe.backbone, config.data.batch_size
+        tflite = tftransfer.export.TFLiteOptions(
+            make_pipeline(held_out, recipe.backbone, config.data.batch_size)
         )
     with step(f"Exporting to {base}"):
         path = tftransfer.export(
             recipe,
             base,
-            metrics=metrics,
-            data_source=data.source,
-            settings={**recipe.settings, "recipe_file": config.to_dict()},
-            format=config.export.format,
-            validation_data=validation_data,
+            card=tftransfer.export.ModelCardInfo(
+                data_source=data.source,
+                metrics=metrics,
+                settings={**recipe.settings, "recipe_file": config.to_dict()},
+            ),
+            tflite=tflite,
         )
         if config.export.verify:
             tftransfer.export.verify(

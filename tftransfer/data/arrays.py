@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.data.labeled_data import LabeledData
-from tftransfer.data.labels import encode_labels
+from tftransfer.data.labels import encode_labels, encode_multi_labels
 from tftransfer.errors import DataError
+from tftransfer.vocabulary import TASKS
 
 # Images checked at a time for NaN and infinity, which bounds the memory the
 # check takes beside the array.
@@ -57,6 +58,7 @@ def from_arrays(
     class_names: Sequence[str] | None = None,
     *,
     value_range: tuple[float, float] = (0, 255),
+    task: str = "classification",
 ) -> LabeledData:
     """Wraps in-memory images or texts and their labels.
 
@@ -64,12 +66,19 @@ def from_arrays(
         inputs: Images as a numeric array `[n, height, width, channels]`
             (1, 3 or 4 channels) or `[n, height, width]` (grayscale), or
             texts as a sequence or array of strings.
-        labels: `n` labels: integer class indices or strings (numbered in
-            sorted order unless `class_names` gives the order).
-        class_names: Optional class names, in label order.
+        labels: `n` labels. Classification: integer class indices or
+            strings (numbered in sorted order unless `class_names` gives the
+            order). Multi-label: a multi-hot array `[n, num_labels]` of 0
+            and 1, or one collection of label names per example.
+            Regression: numbers `[n]` (one target) or `[n, num_targets]`.
+        class_names: Optional class names, in label order (multi-label: the
+            label names; regression: the target names, by default
+            `"target"` or `"target_0"`, `"target_1"`, ...).
         value_range: Images only: `(low, high)` of the pixel values, for
             example `(0, 1)` for floats in `[0, 1]`; they are rescaled to
             `[0, 255]`, which the preparation step expects.
+        task: `"classification"`, `"multi_label"` or `"regression"`
+            (`tftransfer.vocabulary.TASKS`).
 
     Returns:
         A `LabeledData` of `(pixels or raw string, label)`.
@@ -88,15 +97,17 @@ def from_arrays(
 
     >>> (x, y), _ = keras.datasets.cifar10.load_data()
     >>> data = tftransfer.data.from_arrays(x, y[:, 0], class_names=CIFAR10)
+    >>> tagged = tftransfer.data.from_arrays(
+    ...     texts, [["sport"], ["sport", "tech"]], task="multi_label")
+    >>> prices = tftransfer.data.from_arrays(images, values, task="regression")
     """
     array = np.asarray(inputs)
-    labels = list(np.asarray(labels).reshape(-1))
-    if len(array) == 0 or len(array) != len(labels):
+    encoded, names = _encoded_labels(labels, class_names, task)
+    if len(array) == 0 or len(array) != len(encoded):
         raise DataError(
             f"Expected as many labels as inputs, and at least one. Received: "
-            f"{len(array)} inputs and {len(labels)} labels."
+            f"{len(array)} inputs and {len(encoded)} labels."
         )
-    encoded, names = encode_labels(labels, class_names, "from_arrays()")
     if array.dtype.kind in "USO":
         texts = [
             t.decode("utf-8") if isinstance(t, bytes) else str(t)
@@ -135,4 +146,58 @@ def from_arrays(
         modality=modality,
         source=f"arrays of {len(array)} {modality}s",
         input_format=input_format,
+        task=task,
     )
+
+
+def _encoded_labels(labels, class_names, task: str) -> tuple[np.ndarray, list[str]]:
+    """`labels` as the task stores them, and the class (label, target) names."""
+    if task not in TASKS:
+        raise DataError(f"Expected task to be one of {TASKS}. Received: task={task!r}.")
+    source = "from_arrays()"
+    if task == "classification":
+        return encode_labels(list(np.asarray(labels).reshape(-1)), class_names, source)
+    if task == "multi_label":
+        array = np.asarray(labels, dtype=object) if len(labels) else np.zeros((0, 0))
+        if array.ndim == 2 and all(
+            isinstance(v, (int, float, np.number, np.bool_)) for v in array.flat
+        ):
+            hot = np.asarray(labels, dtype=np.float32)
+            wrong = np.argwhere((hot != 0) & (hot != 1))
+            if wrong.size:
+                raise DataError(
+                    f"{source} got multi-hot labels with values other than 0 and "
+                    f"1 (the first at example {int(wrong[0][0])}). Pass 0/1 "
+                    "vectors, or one collection of label names per example."
+                )
+            names = list(class_names or [str(i) for i in range(hot.shape[1])])
+            if len(names) != hot.shape[1]:
+                raise DataError(
+                    f"{source} got multi-hot labels of width {hot.shape[1]} "
+                    f"and {len(names)} class_names; give one name per column."
+                )
+            return hot, names
+        return encode_multi_labels(labels, class_names, source)
+    targets = np.asarray(labels)
+    if targets.dtype.kind not in "iuf" or targets.ndim not in (1, 2):
+        raise DataError(
+            f"{source} with task='regression' needs numeric targets [n] or "
+            f"[n, num_targets]. Received: dtype={targets.dtype}, "
+            f"shape={targets.shape}."
+        )
+    targets = targets.astype(np.float32).reshape(len(targets), -1)
+    bad = np.flatnonzero(~np.isfinite(targets).all(axis=1))
+    if bad.size:
+        raise DataError(
+            f"{source} got {bad.size} examples with targets that are NaN or "
+            f"infinite (the first at index {int(bad[0])}); drop or fill them."
+        )
+    width = targets.shape[1]
+    default = ["target"] if width == 1 else [f"target_{i}" for i in range(width)]
+    names = list(class_names or default)
+    if len(names) != width:
+        raise DataError(
+            f"{source} got {width} targets per example and {len(names)} "
+            "class_names; give one name per target."
+        )
+    return targets, names

@@ -7,7 +7,7 @@ import dataclasses
 import tensorflow as tf
 
 from tftransfer.errors import DataError
-from tftransfer.vocabulary import MODALITIES
+from tftransfer.vocabulary import MODALITIES, TASKS
 
 INPUT_FORMATS = ("file_path", "encoded_image", "pixels", "text")
 
@@ -20,10 +20,15 @@ class LabeledData:
     into batches prepared for a backbone; `split()` divides it.
 
     Args:
-        dataset: Unbatched `tf.data.Dataset` of `(input, label)`; `label` is
-            an int64 scalar indexing `class_names`. `input` is described by
-            `input_format`.
-        class_names: Name of each class; label `i` is `class_names[i]`.
+        dataset: Unbatched `tf.data.Dataset` of `(input, label)`. For
+            classification `label` is an int64 scalar indexing
+            `class_names`; for `"multi_label"` a float32 multi-hot vector
+            `[len(class_names)]` (1.0 where the label applies); for
+            `"regression"` a float32 vector of targets `[len(class_names)]`.
+            `input` is described by `input_format`.
+        class_names: Name of each class; label `i` is `class_names[i]`. For
+            `"multi_label"` the label names, for `"regression"` the target
+            names, in vector order.
         num_examples: Number of examples, or `None` when the source does not
             say (for example a TFRecord pattern read lazily).
         modality: `"image"` or `"text"`.
@@ -37,6 +42,9 @@ class LabeledData:
         fallbacks: One `"<file>: <how it was read>"` entry per input that
             the reader kept by a fallback (a text file that is not valid in
             the reader's `encoding`, decoded with its `fallback_encoding`).
+        task: What the labels are for, one of `tftransfer.vocabulary.TASKS`:
+            `"classification"` (one class per example), `"multi_label"` or
+            `"regression"`. Recipes train this task unless told otherwise.
 
     Example:
 
@@ -53,8 +61,13 @@ class LabeledData:
     input_format: str
     skipped: tuple[str, ...] = ()
     fallbacks: tuple[str, ...] = ()
+    task: str = "classification"
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise DataError(
+                f"Expected `task` to be one of {TASKS}. Received: task={self.task!r}."
+            )
         if self.modality not in MODALITIES:
             raise DataError(
                 f"Expected `modality` to be one of {MODALITIES}. "
@@ -71,7 +84,12 @@ class LabeledData:
                 f"`input_format={self.input_format!r}`: text data has "
                 "`input_format='text'` and image data one of the others."
             )
-        if len(self.class_names) < 2:
+        if self.task != "classification" and not self.class_names:
+            raise DataError(
+                f"{self.source} has no {self.task} label or target names; "
+                "give one name per column of the label vectors."
+            )
+        if self.task == "classification" and len(self.class_names) < 2:
             raise DataError(
                 f"{self.source} has {len(self.class_names)} class(es) "
                 f"({self.class_names}); a classifier needs at least 2. "
@@ -80,5 +98,5 @@ class LabeledData:
 
     @property
     def num_classes(self) -> int:
-        """Number of classes."""
+        """Number of classes (labels, targets): the model's outputs."""
         return len(self.class_names)

@@ -87,3 +87,84 @@ def encode_labels(
             f"class_names={names}; add them to `class_names` or fix the labels."
         )
     return np.asarray([index[s] for s in strings], dtype=np.int64), names
+
+
+def encode_multi_labels(
+    values: Sequence[Sequence],
+    label_names: Sequence[str] | None,
+    source: str,
+    where: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Maps each example's labels to a multi-hot vector; returns the names.
+
+    Args:
+        values: One collection of labels per example (possibly empty): label
+            names (strings) or label indices (integers).
+        label_names: Optional label names, in vector order; by default the
+            sorted distinct names (or `"0"`, `"1"`, ... for indices).
+        source: Named in error messages.
+        where: Optional name of each example for error messages.
+
+    Returns:
+        `(labels, label_names)`: a float32 array `[n, len(label_names)]` of
+        0.0 and 1.0, and the list of names.
+
+    Raises:
+        DataError: if a label is not among `label_names` or an index is out
+            of range; the message names the first such label and where it is.
+
+    Example:
+
+    >>> encode_multi_labels([["sport"], ["sport", "tech"], []], None, "x")
+    (array([[1., 0.], [1., 1.], [0., 0.]], dtype=float32), ['sport', 'tech'])
+    """
+    values = [list(v) for v in values]
+    flat = [label for labels in values for label in labels]
+    ints = [_as_int(label) for label in flat]
+    indices = bool(flat) and all(i is not None for i in ints)
+    if label_names is not None:
+        names = list(label_names)
+    elif indices:
+        names = [str(i) for i in range(max(max(ints), 0) + 1)]
+    else:
+        names = sorted({str(label) for label in flat})
+    position = {name: i for i, name in enumerate(names)}
+    encoded = np.zeros((len(values), len(names)), np.float32)
+    for row, labels in enumerate(values):
+        for label in labels:
+            index = _as_int(label) if indices else position.get(str(label))
+            if index is None or not 0 <= index < len(names):
+                name = where[row] if where is not None else f"{source} index {row}"
+                raise DataError(
+                    f"{name} has label {label!r}, which is not among the "
+                    f"label names {names[:10]}{' ...' if len(names) > 10 else ''}; "
+                    "add it to `class_names` or fix the label."
+                )
+            encoded[row, index] = 1.0
+    return encoded, names
+
+
+def parse_targets(values: Sequence, count: int) -> list[float] | str:
+    """Parses one example's regression targets (numbers, or strings that
+    spell numbers); returns them, or what is wrong with them.
+
+    Example:
+
+    >>> parse_targets(["1.5", 2], 2)
+    [1.5, 2.0]
+    """
+    values = list(values)
+    if len(values) != count:
+        return f"{len(values)} targets, expected {count}"
+    parsed = []
+    for value in values:
+        if isinstance(value, bool):
+            return f"target {value!r} is not a number"
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            return f"target {value!r} is not a number"
+        if not np.isfinite(number):
+            return f"target {value!r} is not finite"
+        parsed.append(number)
+    return parsed

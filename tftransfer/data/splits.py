@@ -29,8 +29,34 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 def _labels(data: LabeledData) -> np.ndarray:
-    batches = data.dataset.map(lambda x, y: y).batch(8192).as_numpy_iterator()
-    return np.concatenate([np.zeros([0], np.int64), *batches])
+    batches = list(data.dataset.map(lambda x, y: y).batch(8192).as_numpy_iterator())
+    return np.concatenate(batches) if batches else np.zeros([0], np.int64)
+
+
+def _strata(data: LabeledData, labels: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """`(name, example indices)` of the groups split in equal proportions.
+
+    Classification: one group per class. Multi-label: each example goes
+    with its rarest label (the label with the fewest examples among its
+    own), examples without a label form one more group. Regression: one
+    group of all examples (a plain random split).
+    """
+    if data.task == "regression":
+        return [("examples", np.arange(len(labels)))]
+    if data.task == "multi_label":
+        hot = labels.astype(bool)
+        counts = hot.sum(axis=0)
+        rarity = np.where(hot, counts, np.iinfo(np.int64).max)
+        rarest = np.where(hot.any(axis=1), rarity.argmin(axis=1), -1)
+        names = [*data.class_names, "(no label)"]
+        return [
+            (names[label], np.flatnonzero(rarest == label))
+            for label in [*range(len(data.class_names)), -1]
+        ]
+    return [
+        (name, np.flatnonzero(labels == label))
+        for label, name in enumerate(data.class_names)
+    ]
 
 
 def _subset(data: LabeledData, mask: np.ndarray, name: str, detail: str):
@@ -50,6 +76,14 @@ def _subset(data: LabeledData, mask: np.ndarray, name: str, detail: str):
     )
 
 
+def _assign(assignment: np.ndarray, members: np.ndarray, counts: list[int]):
+    """Gives the first `counts[0]` of `members` part 1, the next part 2..."""
+    start = 0
+    for part, count in enumerate(counts, start=1):
+        assignment[members[start : start + count]] = part
+        start += count
+
+
 def split(
     data: LabeledData,
     *,
@@ -60,7 +94,10 @@ def split(
     """Divides one split into train / validation (/ test) parts, by class.
 
     Each class is divided in the same proportions (stratified), and every
-    class has at least one example in every part. Which examples go where
+    class has at least one example in every part. Multi-label data is
+    stratified by each example's rarest label (labels too rare to be
+    divided, and examples without a label, are pooled and divided at
+    random); regression data is divided at random. Which examples go where
     depends only on `seed` and the order of `data`, so the same seed gives
     the same parts. To use a source's own splits instead, read them
     separately (`from_tfds(name, split="test")`, `from_image_folder(path,
@@ -78,8 +115,8 @@ def split(
 
     Raises:
         DataError: if a fraction is outside (0, 1), the fractions add up to
-            1 or more, or a class has too few examples for every part to
-            get one.
+            1 or more, or a class (for other tasks, the data) has too few
+            examples for every part to get one.
 
     Example:
 
@@ -100,22 +137,37 @@ def split(
     parts = len(fractions) + 1
     assignment = np.zeros(len(labels), np.int64)
     rng = np.random.default_rng(seed)
-    for label, name in enumerate(data.class_names):
-        members = rng.permutation(np.flatnonzero(labels == label))
+    classes = data.task == "classification"
+    # Multi-label groups too small to be divided go into one pool, divided
+    # in the same proportions (a class must reach every part).
+    pooled = []
+    for name, indices in _strata(data, labels):
+        members = rng.permutation(indices)
         counts = [max(1, round(len(members) * f)) for f in fractions]
         if len(members) and len(members) - sum(counts) < 1:
+            if not classes:
+                pooled.extend(members)
+                continue
             raise DataError(
                 f"Class {name!r} of {data.source} has {len(members)} "
                 f"example(s), too few for {parts} stratified parts (train, "
                 f"validation{', test' if test else ''}) to each get at least "
                 f"one. Add examples, lower the fractions, or drop the class."
             )
-        start = 0
-        for part, count in enumerate(counts, start=1):
-            assignment[members[start : start + count]] = part
-            start += count
+        _assign(assignment, members, counts)
+    if pooled:
+        members = rng.permutation(np.asarray(pooled))
+        _assign(assignment, members, [round(len(members) * f) for f in fractions])
+    sizes = np.bincount(assignment, minlength=parts)
+    if not classes and not sizes.all():
+        raise DataError(
+            f"{data.source} has {len(labels)} examples, too few for {parts} "
+            f"parts (train, validation{', test' if test else ''}) to each get "
+            "at least one. Add examples or lower the fractions."
+        )
+    kind = {"regression": "random", "multi_label": "rarest-label stratified"}
     detail = (
-        f"stratified split (validation={validation}"
+        f"{kind.get(data.task, 'stratified')} split (validation={validation}"
         f"{f', test={test}' if test else ''}, seed={seed})"
     )
     return Splits(

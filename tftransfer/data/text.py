@@ -1,4 +1,5 @@
-"""`from_csv`, `from_jsonl` and `from_text_folder`: text classification data."""
+"""`from_csv`, `from_jsonl` and `from_text_folder`: labelled text data
+(classification; CSV and JSON Lines also multi-label and regression)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.data.labeled_data import LabeledData
-from tftransfer.data.labels import encode_labels
+from tftransfer.data.labels import encode_labels, encode_multi_labels, parse_targets
 from tftransfer.data.skips import report_fallbacks, report_skipped
 from tftransfer.errors import DataError, DataNotFoundError
+from tftransfer.vocabulary import TASKS
 
 # `csv.field_size_limit` is one setting for the whole process.
 _FIELD_LIMIT_LOCK = threading.Lock()
@@ -68,17 +70,44 @@ def _read_lines(path: str, encoding: str) -> tuple[list[str], dict[int, str]]:
     return lines, bad
 
 
-def _check_example(text, label) -> str | None:
-    """Returns what is wrong with one example, or `None`."""
+def _check_text(text) -> str | None:
+    """Returns what is wrong with one example's text, or `None`."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return "empty text"
     if not isinstance(text, str):
         return f"text is a {type(text).__name__}, not a string"
-    if label is None or (isinstance(label, str) and not label.strip()):
-        return "missing label"
-    if not isinstance(label, (int, str)) or isinstance(label, bool):
-        return f"label {label!r} is neither an integer nor a string"
     return None
+
+
+def _read_label(label, task: str, separator: str):
+    """One example's label as the task reads it: `(value, problem)`.
+
+    Classification: an integer or a string. Multi-label: a list of names or
+    indices, or a string of names joined by `separator` (an empty string:
+    no label). Regression: the list of the target columns' values, as
+    numbers.
+    """
+    if task == "regression":
+        if any(value is None or value == "" for value in label):
+            return None, "missing target"
+        parsed = parse_targets(label, len(label))
+        return (None, parsed) if isinstance(parsed, str) else (parsed, None)
+    if label is None:
+        return None, "missing label"
+    if task == "multi_label":
+        if isinstance(label, str):
+            return [
+                name.strip() for name in label.split(separator) if name.strip()
+            ], None
+        labels = label if isinstance(label, list) else [label]
+        if all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in labels):
+            return [v.strip() if isinstance(v, str) else v for v in labels], None
+        return None, f"label {label!r} is not a list of names or indices"
+    if isinstance(label, str) and not label.strip():
+        return None, "missing label"
+    if not isinstance(label, (int, str)) or isinstance(label, bool):
+        return None, f"label {label!r} is neither an integer nor a string"
+    return (label.strip() if isinstance(label, str) else label), None
 
 
 def _build(
@@ -87,25 +116,35 @@ def _build(
     class_names: Sequence[str] | None,
     strict: bool,
     what: str = "rows",
+    task: str = "classification",
+    label_separator: str = "|",
 ) -> LabeledData:
     """Turns `(where, text, label, problem)` rows into `LabeledData`.
 
-    `where` names the example in messages (`"data.csv line 3"`).
+    `where` names the example in messages (`"data.csv line 3"`); `label`
+    is read by `_read_label()` for `task`.
     """
     texts, values, kept, skipped, total = [], [], [], [], 0
     for where, text, label, problem in rows:
         total += 1
-        problem = problem or _check_example(text, label)
+        problem = problem or _check_text(text)
+        if not problem:
+            label, problem = _read_label(label, task, label_separator)
         if problem:
             skipped.append(f"{where}: {problem}")
         else:
             texts.append(text)
-            values.append(label.strip() if isinstance(label, str) else label)
+            values.append(label)
             kept.append(where)
     reported = report_skipped(skipped, total, path, what, strict)
     if not texts:
         raise DataError(f"{path} has no usable examples ({total} {what} read).")
-    labels, names = encode_labels(values, class_names, path, where=kept)
+    if task == "multi_label":
+        labels, names = encode_multi_labels(values, class_names, path, where=kept)
+    elif task == "regression":
+        labels, names = np.asarray(values, np.float32), list(class_names)
+    else:
+        labels, names = encode_labels(values, class_names, path, where=kept)
     return LabeledData(
         dataset=tf.data.Dataset.from_tensor_slices(
             (np.asarray(texts, dtype=object), labels)
@@ -116,7 +155,36 @@ def _build(
         source=path,
         input_format="text",
         skipped=reported,
+        task=task,
     )
+
+
+def _label_columns(
+    label_column: str | Sequence[str], task: str, class_names
+) -> tuple[list[str], Sequence[str] | None]:
+    """The label columns to read, and the class (target) names: a
+    regression task reads one column per target, named after it."""
+    if task not in TASKS:
+        raise DataError(f"Expected task to be one of {TASKS}. Received: task={task!r}.")
+    columns = [label_column] if isinstance(label_column, str) else list(label_column)
+    if task != "regression" and len(columns) != 1:
+        raise DataError(
+            f"Expected one label_column for task={task!r} (several columns are "
+            f"regression targets). Received: label_column={columns!r}."
+        )
+    if task == "regression":
+        class_names = list(class_names or columns)
+        if len(class_names) != len(columns):
+            raise DataError(
+                f"Expected one target name per label column ({columns}). "
+                f"Received: class_names={class_names!r}."
+            )
+    return columns, class_names
+
+
+def _row_label(task: str, values: list):
+    """The label of a row from its label columns' `values`."""
+    return values if task == "regression" else values[0]
 
 
 @contextlib.contextmanager
@@ -188,29 +256,40 @@ def from_csv(
     path: str | os.PathLike,
     *,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | Sequence[str] = "label",
     class_names: Sequence[str] | None = None,
     delimiter: str = ",",
     encoding: str = "utf-8",
     strict: bool = False,
+    task: str = "classification",
+    label_separator: str = "|",
 ) -> LabeledData:
     """Reads text examples from a CSV file with a header row.
 
-    Labels may be integers (class indices, kept as they are; class names
-    default to `"0"`, `"1"`, ...) or strings (numbered in sorted order unless
-    `class_names` gives the order). Rows with empty text, a missing label or
-    bytes that are not valid in `encoding` are skipped with a
+    Classification labels may be integers (class indices, kept as they
+    are; class names default to `"0"`, `"1"`, ...) or strings (numbered in
+    sorted order unless `class_names` gives the order). Multi-label cells
+    hold the example's label names joined by `label_separator` (`"sport|tech"`;
+    an empty cell: no label). Regression cells hold numbers, one
+    `label_column` per target. Rows with empty text, a missing or unreadable
+    label or bytes that are not valid in `encoding` are skipped with a
     `SkippedInputWarning` naming the line, and counted in a summary; with
     `strict=True` the first one raises instead.
 
     Args:
         path: The CSV file (local, or any file system `tf.io.gfile` reads).
         text_column: Header of the column holding the text.
-        label_column: Header of the column holding the label.
-        class_names: Optional class names, in label order.
+        label_column: Header of the column holding the label; for
+            regression, a list of headers reads several targets.
+        class_names: Optional class names, in label order (multi-label: the
+            label names; regression: the target names, by default the
+            label columns' headers).
         delimiter: The field separator.
         encoding: The file's text encoding (ASCII-compatible).
         strict: Raise `DataError` on the first bad row instead of skipping.
+        task: `"classification"`, `"multi_label"` or `"regression"`.
+        label_separator: Multi-label only: what separates the label names
+            in a cell.
 
     Returns:
         A `LabeledData` of `(raw string, label)`.
@@ -225,6 +304,8 @@ def from_csv(
 
     >>> data = tftransfer.data.from_csv("reviews.csv", text_column="review",
     ...                                 label_column="sentiment")
+    >>> tags = tftransfer.data.from_csv("posts.csv", label_column="tags",
+    ...                                 task="multi_label")  # "a|b" cells
     """
     path = os.fspath(path)
     if not isinstance(delimiter, str) or len(delimiter) != 1:
@@ -232,16 +313,18 @@ def from_csv(
             "Expected `delimiter` to be one character, such as ',', ';' or "
             f"'\\t'. Received: delimiter={delimiter!r}."
         )
+    label_columns, class_names = _label_columns(label_column, task, class_names)
     lines, bad = _read_lines(path, encoding)
     records = _csv_records(lines, path, delimiter)
     header = records[0][2] if records else None
-    for column in (text_column, label_column):
+    for column in (text_column, *label_columns):
         if header is None or column not in header:
             raise DataError(
                 f"{path} has no column {column!r}; its columns are "
                 f"{header or []}. Pass the right `text_column` / `label_column`."
             )
-    text_at, label_at = header.index(text_column), header.index(label_column)
+    text_at = header.index(text_column)
+    label_at = [header.index(column) for column in label_columns]
 
     def rows():
         for first, last, row in records[1:]:
@@ -251,35 +334,47 @@ def from_csv(
             yield (
                 f"{path} line {first}",
                 row[text_at] if text_at < len(row) else None,
-                row[label_at] if label_at < len(row) else None,
+                _row_label(task, [row[i] if i < len(row) else None for i in label_at]),
                 problem,
             )
 
-    return _build(rows(), path, class_names, strict)
+    return _build(
+        rows(), path, class_names, strict, task=task, label_separator=label_separator
+    )
 
 
 def from_jsonl(
     path: str | os.PathLike,
     *,
     text_column: str = "text",
-    label_column: str = "label",
+    label_column: str | Sequence[str] = "label",
     class_names: Sequence[str] | None = None,
     encoding: str = "utf-8",
     strict: bool = False,
+    task: str = "classification",
+    label_separator: str = "|",
 ) -> LabeledData:
     """Reads text examples from a JSON Lines file (one JSON object a line).
 
     Labels and bad rows are handled as in `from_csv()`; a line that is not a
-    JSON object is a bad row too. Blank lines are ignored.
+    JSON object is a bad row too. Blank lines are ignored. Multi-label
+    labels are JSON lists of names or indices (`["sport", "tech"]`), or
+    strings joined by `label_separator`; regression targets are numbers.
 
     Args:
         path: The `.jsonl` file (local, or any file system `tf.io.gfile`
             reads).
         text_column: Field holding the text.
-        label_column: Field holding the label (an integer or a string).
-        class_names: Optional class names, in label order.
+        label_column: Field holding the label (an integer or a string; a
+            list for multi-label); for regression, a list of fields reads
+            several targets.
+        class_names: Optional class names, in label order (see
+            `from_csv()`).
         encoding: The file's text encoding (ASCII-compatible).
         strict: Raise `DataError` on the first bad row instead of skipping.
+        task: `"classification"`, `"multi_label"` or `"regression"`.
+        label_separator: Multi-label only: what separates the label names
+            in a string label.
 
     Returns:
         A `LabeledData` of `(raw string, label)`.
@@ -296,6 +391,7 @@ def from_jsonl(
     >>> data = tftransfer.data.from_jsonl("reviews.jsonl", label_column="stars")
     """
     path = os.fspath(path)
+    label_columns, class_names = _label_columns(label_column, task, class_names)
     lines, bad = _read_lines(path, encoding)
     records = []
     for number, line in enumerate(lines, start=1):
@@ -311,7 +407,7 @@ def from_jsonl(
             record = None
         records.append((number, record))
     objects = [r for _, r in records if r is not None]
-    for column in (text_column, label_column):
+    for column in (text_column, *label_columns):
         if objects and not any(column in r for r in objects):
             raise DataError(
                 f"{path} has no field {column!r} in any object; the first "
@@ -322,12 +418,14 @@ def from_jsonl(
         (
             f"{path} line {n}",
             (r or {}).get(text_column),
-            (r or {}).get(label_column),
+            _row_label(task, [(r or {}).get(column) for column in label_columns]),
             bad.get(n),
         )
         for n, r in records
     )
-    return _build(rows, path, class_names, strict)
+    return _build(
+        rows, path, class_names, strict, task=task, label_separator=label_separator
+    )
 
 
 def _decode_file(

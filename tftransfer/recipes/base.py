@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import inspect
 import json
 import math
 import numbers
@@ -24,11 +25,11 @@ from tftransfer.errors import ConfigError, DataError
 from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
-from tftransfer.recipes.metrics import classification_metrics
 from tftransfer.recipes.run_lock import RunLock
+from tftransfer.recipes.tasks import get_task, short_list
 
 # Settings that do not change what a phase trains, left out of its key.
-_NOT_TRAINING_SETTINGS = ("epochs", "run_dir", "steps_per_execution", "jit_compile")
+_NOT_TRAINING_SETTINGS = ("steps_per_execution", "jit_compile")
 
 
 def holds_run_lock(fit: Callable) -> Callable:
@@ -68,6 +69,8 @@ class Recipe:
         self,
         backbone,
         *,
+        task: str | None = None,
+        head: keras.Layer | Callable | None = None,
         features: str | None = None,
         pooling: str | None = None,
         hidden_units: tuple[int, ...] = (),
@@ -75,7 +78,7 @@ class Recipe:
         label_smoothing: float = 0.0,
         learning_rate: float | str = defaults.HEAD_LEARNING_RATE,
         head_weight_decay: float | str = defaults.HEAD_WEIGHT_DECAY,
-        epochs: int = defaults.HEAD_EPOCHS,
+        head_epochs: int = defaults.HEAD_EPOCHS,
         patience: int | None = defaults.PATIENCE,
         batch_size: int = defaults.BATCH_SIZE,
         run_dir: str | os.PathLike | None = None,
@@ -88,8 +91,7 @@ class Recipe:
         verbose: int | str = "auto",
         callbacks: list[keras.callbacks.Callback] | None = None,
     ):
-        if epochs < 1:
-            raise ConfigError(f"Expected epochs >= 1. Received: epochs={epochs}")
+        check_epochs("head_epochs", head_epochs)
         if patience is not None and patience < 1:
             raise ConfigError(
                 "Expected patience >= 1 (or None: never stop early). "
@@ -97,6 +99,9 @@ class Recipe:
             )
         check_auto_or_number("learning_rate", learning_rate, positive=True)
         check_auto_or_number("head_weight_decay", head_weight_decay)
+        if task is not None:
+            get_task(task)
+        _check_head(head, hidden_units, head_weight_decay)
         self.backbone = backbone
         self.strategy = (
             strategy
@@ -106,6 +111,8 @@ class Recipe:
         self.settings = {
             "recipe": self.kind,
             "backbone": getattr(backbone, "name", type(backbone).__name__),
+            "task": task,
+            "head": setting_value(head),
             "features": features,
             "pooling": pooling,
             "hidden_units": list(hidden_units),
@@ -113,7 +120,7 @@ class Recipe:
             "label_smoothing": label_smoothing,
             "learning_rate": learning_rate,
             "head_weight_decay": head_weight_decay,
-            "epochs": epochs,
+            "head_epochs": head_epochs,
             "patience": patience,
             "batch_size": batch_size,
             "mixed_precision": mixed_precision,
@@ -122,16 +129,16 @@ class Recipe:
                 self.strategy, steps_per_execution
             ),
             "seed": seed,
-            **self._recipe_settings(),
         }
-        default_run_dir = Path("runs") / f"{self.kind}-{fingerprint(self.settings)}"
-        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir
-        self.settings["run_dir"] = str(self.run_dir)
+        self._run_dir = Path(run_dir) if run_dir is not None else None
         self.verbose = verbose
         self.callbacks = list(callbacks or [])
         self.is_chief = distribute.is_chief(self.strategy)
         self._model: keras.Model | None = None
         self._predictors: dict[str, training_loop.Predictor] = {}
+        self.head_choice = head
+        # The task trained: `task`, or else the training data's (set by fit).
+        self.task: str | None = task
         self.class_names: list[str] | None = None
         self.history: keras.callbacks.History | None = None
         self.metrics: dict | None = None
@@ -163,20 +170,27 @@ class Recipe:
             choices["chosen"] = self.chosen
         return choices
 
-    def _recipe_settings(self) -> dict:
-        """Settings a subclass adds (set before `Recipe.__init__` runs, so
-        that the default `run_dir` covers them)."""
-        return {}
+    @property
+    def run_dir(self) -> Path:
+        """Checkpoints, logs and remembered choices: the `run_dir` argument,
+        or `runs/<recipe>-<hash of all settings>`.
+
+        The default is worked out when first read, from the settings of the
+        fully constructed recipe (a subclass's own settings included).
+        """
+        if self._run_dir is None:
+            self._run_dir = Path("runs") / f"{self.kind}-{fingerprint(self.settings)}"
+        return self._run_dir
 
     def _phase_settings(self, phase: str) -> dict:
         """The settings that `phase`'s checkpoint belongs to: all that change
-        what is trained, so not the number of epochs (more epochs resume the
-        run), `run_dir`, or how steps execute on the hardware."""
-        del phase  # Every phase of this recipe depends on all its settings.
+        what is trained, so not the phase's own number of epochs (more
+        epochs resume the run) or how steps execute on the hardware."""
+        own_epochs = "head_epochs" if phase.startswith("head") else None
         settings = {
             key: value
             for key, value in self.settings.items()
-            if key not in _NOT_TRAINING_SETTINGS
+            if key not in _NOT_TRAINING_SETTINGS and key != own_epochs
         }
         settings.update({f"tuned.{k}": v for k, v in self.tuned.items()})
         return settings
@@ -200,22 +214,54 @@ class Recipe:
         """
         self.tuned = {}
         self.chosen = None
+        self.task = self._task_of(train)
         if validation is None:
-            train, validation = self._hold_out(train)
+            train, validation = self.hold_out(train)
         validation = self._with_class_names(
             validation, class_names or getattr(train, "class_names", None), "validation"
         )
         return train, validation
 
-    def _hold_out(self, train):
-        """`(train, validation)` split out of `train`, for early stopping and
-        the "auto" learning rates; `(train, None)` for data too small.
+    def _task_of(self, train) -> str:
+        """The task to train: the `task` setting, or else the training
+        data's (`LabeledData.task`; `"classification"` for a dataset).
+
+        Raises:
+            ConfigError: if the setting and the data's task differ.
+        """
+        setting = self.settings["task"]
+        data_task = getattr(train, "task", None)
+        if setting is not None and data_task is not None and setting != data_task:
+            raise ConfigError(
+                f"The recipe has task={setting!r} but the training data was read "
+                f"for task={data_task!r}. Read the data with task={setting!r}, "
+                "or leave the recipe's task out (it then follows the data)."
+            )
+        return setting or data_task or "classification"
+
+    def hold_out(self, train):
+        """Splits the validation part that `fit(train)` holds out when it is
+        given no validation data, for early stopping and the "auto" choices.
 
         A `LabeledData` gives `defaults.HOLD_OUT` of each class (stratified,
-        by `seed`). A dataset of batches gives the examples whose content
-        hashes to one bucket in `round(1 / defaults.HOLD_OUT)`: chosen by
-        content, not position, so a dataset that reshuffles every pass holds
-        out the same examples every time.
+        by `seed`; see `tftransfer.data.split` for other tasks). A dataset of
+        batches gives the examples whose content hashes to one bucket in
+        `round(1 / defaults.HOLD_OUT)`: chosen by content, not position, so
+        a dataset that reshuffles every pass holds out the same examples
+        every time.
+
+        Args:
+            train: a `LabeledData` or a dataset of batched `(inputs, labels)`.
+
+        Returns:
+            `(train, validation)`; `(train, None)` for data too small to
+            hold a part out.
+
+        Example:
+
+        >>> train, validation = recipe.hold_out(data)
+        >>> validation.num_examples
+        30
         """
         if isinstance(train, tf.data.Dataset):
             return self._hold_out_batches(train)
@@ -317,10 +363,13 @@ class Recipe:
     def _with_class_names(self, data, class_names: list[str] | None, split: str):
         """`data` with its labels numbered as in `class_names` (matched by
         name), so that another split's label 0 is the same class as the
-        training data's label 0.
+        training data's label 0. For multi-label and regression data, the
+        columns of the label vectors are put in the order of `class_names`.
 
         Raises:
-            DataError: if `data` holds a class that `class_names` lacks.
+            DataError: if `data` holds a class (or label, or target) that
+                `class_names` lacks, or lacks one of the label or target
+                columns.
         """
         names = getattr(data, "class_names", None)
         if isinstance(data, tf.data.Dataset) or not names or not class_names:
@@ -329,32 +378,37 @@ class Recipe:
         if names == class_names:
             return data
         unknown = [name for name in names if name not in class_names]
-        if unknown:
+        columns = self.task != "classification"
+        missing = [name for name in class_names if name not in names]
+        if unknown and not columns:
             raise DataError(
                 f"The {split} data has classes the training data does not: "
-                f"{_listed(unknown)}. Training classes: {_listed(class_names)}. "
+                f"{short_list(unknown)}. Training classes: {short_list(class_names)}. "
                 "Give every split the same classes (or drop those examples)."
             )
-        position = tf.constant([class_names.index(name) for name in names], tf.int64)
+        if columns and (unknown or missing):
+            raise DataError(
+                f"The {split} data has the label or target columns "
+                f"{short_list(names)}; the training data has "
+                f"{short_list(class_names)}. Give every split the same ones."
+            )
+        if columns:
+            order = tf.constant([names.index(name) for name in class_names])
+            relabel = lambda inputs, label: (inputs, tf.gather(label, order))  # noqa: E731
+        else:
+            position = tf.constant(
+                [class_names.index(name) for name in names], tf.int64
+            )
+            relabel = lambda inputs, label: (inputs, tf.gather(position, label))  # noqa: E731
         return dataclasses.replace(
-            data,
-            dataset=data.dataset.map(
-                lambda inputs, label: (inputs, tf.gather(position, label))
-            ),
-            class_names=class_names,
+            data, dataset=data.dataset.map(relabel), class_names=class_names
         )
 
     def _check_labels(self, labels: np.ndarray, split: str) -> None:
-        """Raises a `DataError` for labels outside `[0, len(class_names))`."""
-        count = len(self.class_names)
-        outside = np.flatnonzero((labels < 0) | (labels >= count))
-        if outside.size:
-            raise DataError(
-                f"The {split} data has {outside.size} labels outside 0..{count - 1} "
-                f"(the {count} classes {_listed(self.class_names)}): label "
-                f"{int(labels[outside[0]])} at example {int(outside[0])}. Labels "
-                "must be class indices; pass class_names= with every class."
-            )
+        """Raises a `DataError` for labels the task cannot train on (class
+        indices outside `[0, len(class_names))`, multi-hot values other
+        than 0 and 1, targets that are not finite, the wrong width)."""
+        get_task(self.task).check_labels(labels, self.class_names, split)
 
     def _data_key(self, data) -> str:
         """Fingerprint of a split: raw data and preparation settings.
@@ -387,10 +441,11 @@ class Recipe:
         return fingerprint(*key)
 
     def _set_class_names(self, data, class_names, labels: np.ndarray) -> None:
-        """Class names from the arguments, the data, or else the labels."""
+        """Class (label, target) names from the arguments, the data, or else
+        the labels."""
         names = class_names or getattr(data, "class_names", None)
         if names is None:
-            names = [str(i) for i in range(int(labels.max()) + 1)]
+            names = get_task(self.task).default_names(labels)
         self.class_names = list(names)
 
     # Models -------------------------------------------------------------
@@ -450,10 +505,11 @@ class Recipe:
     def _compile(
         self, model: keras.Model, optimizer, steps_per_execution: int | None = None
     ) -> None:
+        task = get_task(self.task)
         model.compile(
             optimizer=optimizer,
-            loss=heads.sparse_crossentropy(self.settings["label_smoothing"]),
-            metrics=["accuracy"],
+            loss=task.loss(self.settings["label_smoothing"]),
+            metrics=task.compile_metrics(),
             steps_per_execution=steps_per_execution
             or self.settings["steps_per_execution"],
             jit_compile=self.settings["jit_compile"],
@@ -542,7 +598,10 @@ class Recipe:
         """Returns `(labels, outputs)` of `model` on batches of `(inputs,
         labels)`; `name` keeps one `Predictor` (one traced step) per model."""
         outputs, labels = zip(*self._predictor(name, model).batches(data), strict=True)
-        return np.concatenate(labels).reshape(-1), np.concatenate(outputs)
+        labels = np.concatenate(labels)
+        if labels.dtype.kind in "iu":  # Class indices.
+            labels = labels.reshape(-1)
+        return labels, np.concatenate(outputs)
 
     def _predictor(self, name: str, model) -> training_loop.Predictor:
         predictor = self._predictors.get(name)
@@ -551,8 +610,11 @@ class Recipe:
             self._predictors[name] = predictor
         return predictor
 
-    def _report(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
-        self.metrics = classification_metrics(labels, probabilities, self.class_names)
+    def _report(self, labels: np.ndarray, outputs: np.ndarray) -> dict:
+        self.metrics = {
+            "task": self.task,
+            **get_task(self.task).report(labels, outputs, self.class_names),
+        }
         return self.metrics
 
     def _require_fitted(self) -> None:
@@ -560,6 +622,38 @@ class Recipe:
             raise ConfigError(
                 f"{type(self).__name__}.evaluate() needs a trained model; call fit() first."
             )
+
+
+def setting_value(value):
+    """`value` as the settings record it (JSON-serialisable, and the same
+    for the same choice in another process): a Keras layer as its config, a
+    callable as its module and name plus a digest of its source where
+    Python can read it; anything else as it is."""
+    if isinstance(value, keras.Layer):
+        # Without the layer's name: Keras numbers unnamed layers in the
+        # order a process creates them.
+        described = keras.saving.serialize_keras_object(value)
+        config = {k: v for k, v in described["config"].items() if k != "name"}
+        return {**described, "config": config}
+    if not callable(value):
+        return value
+    name = (
+        f"{getattr(value, '__module__', '?')}."
+        f"{getattr(value, '__qualname__', type(value).__qualname__)}"
+    )
+    try:
+        source = inspect.getsource(value)
+    except (OSError, TypeError):
+        return name
+    return f"{name} (source {fingerprint(source)})"
+
+
+def check_epochs(name: str, value) -> None:
+    """Raises a `ConfigError` unless `value` is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(
+            f"Expected {name} >= 1 (an integer). Received: {name}={short_repr(value)}"
+        )
 
 
 def check_auto_or_number(name: str, value, *, positive: bool = False) -> None:
@@ -581,7 +675,28 @@ def check_auto_or_number(name: str, value, *, positive: bool = False) -> None:
         )
 
 
-def _listed(names: list[str], limit: int = 10) -> str:
-    """`names` for a message, at most `limit` of them."""
-    shown = ", ".join(short_repr(str(name)) for name in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+def _check_head(head, hidden_units, head_weight_decay) -> None:
+    """Raises a `ConfigError` for a `head` that is not `None`, a Keras layer
+    or a factory, or a custom head with settings of the default head."""
+    if head is None:
+        return
+    if isinstance(head, keras.Layer):
+        heads.serializable_copy(head)
+    elif not callable(head):
+        raise ConfigError(
+            "Expected head=None (the default head), a keras.Layer or a callable "
+            f"(features_spec, num_outputs) -> keras.Layer. Received: "
+            f"head={short_repr(head)}"
+        )
+    if tuple(hidden_units):
+        raise ConfigError(
+            f"hidden_units={tuple(hidden_units)} shapes the default head; with "
+            "head= the layer is the whole head. Leave hidden_units out (or "
+            "build the hidden layers into the head)."
+        )
+    if head_weight_decay != defaults.AUTO and head_weight_decay:
+        raise ConfigError(
+            f"head_weight_decay={head_weight_decay} is the L2 penalty of the "
+            "default head's kernels; a custom head regularises itself. Give "
+            "its layers a kernel_regularizer, and leave head_weight_decay out."
+        )

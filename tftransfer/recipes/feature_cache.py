@@ -126,6 +126,16 @@ class DataDigest:
         return self._hash.hexdigest()
 
 
+def stored_labels(labels) -> np.ndarray:
+    """A batch of labels as the cache stores them: integer class indices
+    as int64 `[batch]`; float labels (multi-hot vectors, regression targets)
+    as float32 `[batch, width]`."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iu":
+        return labels.astype(np.int64).reshape(-1)
+    return labels.astype(np.float32).reshape(len(labels), -1)
+
+
 class CachedFeatures:
     """Features and labels of one split, stored as shards on disk.
 
@@ -139,6 +149,11 @@ class CachedFeatures:
         self.shards: list[int] = manifest["shards"]
         self.feature_dim: int = manifest["feature_dim"]
         self.dtype: str = manifest["dtype"]
+        # Per-example label shape and dtype: `[]`, int64 (class indices) or
+        # `[width]`, float32 (multi-hot labels, regression targets).
+        labels = manifest.get("labels", {"shape": [], "dtype": "int64"})
+        self.label_shape: tuple[int, ...] = tuple(labels["shape"])
+        self.label_dtype: str = labels["dtype"]
         self.data_digest: str | None = manifest.get("data_digest")
 
     @property
@@ -154,7 +169,9 @@ class CachedFeatures:
         return self._load("features"), self.labels()
 
     def labels(self) -> np.ndarray:
-        """Returns all labels (int64 `[num_examples]`) in memory."""
+        """Returns all labels in memory: int64 `[num_examples]` class
+        indices, or float32 `[num_examples, width]` (multi-hot labels,
+        regression targets)."""
         return self._load("labels")
 
     def _load(self, kind: str) -> np.ndarray:
@@ -198,7 +215,7 @@ class CachedFeatures:
     def _streamed(self, shuffle: bool, seed: int | None) -> tf.data.Dataset:
         signature = (
             tf.TensorSpec((None, self.feature_dim), self.dtype),
-            tf.TensorSpec((None,), tf.int64),
+            tf.TensorSpec((None, *self.label_shape), self.label_dtype),
         )
 
         def read_shard(index):
@@ -307,6 +324,7 @@ class FeatureCache:
         pending_labels: list[np.ndarray] = []
         pending_bytes = 0
         feature_dim, dtype = 0, "float32"
+        label_shape, label_dtype = [], "int64"
 
         def flush():
             nonlocal pending_bytes
@@ -327,7 +345,9 @@ class FeatureCache:
             features = np.asarray(features)
             feature_dim, dtype = features.shape[1], features.dtype.name
             pending_features.append(features)
-            pending_labels.append(np.asarray(labels, dtype=np.int64).reshape(-1))
+            labels = stored_labels(labels)
+            label_shape, label_dtype = list(labels.shape[1:]), labels.dtype.name
+            pending_labels.append(labels)
             pending_bytes += features.nbytes
             if pending_bytes >= self.shard_bytes:
                 flush()
@@ -339,6 +359,7 @@ class FeatureCache:
                 "shards": shards,
                 "feature_dim": feature_dim,
                 "dtype": dtype,
+                "labels": {"shape": label_shape, "dtype": label_dtype},
                 "data_digest": data_digest.hexdigest() if data_digest else None,
             },
         )

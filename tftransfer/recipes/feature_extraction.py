@@ -23,7 +23,7 @@ from tftransfer.recipes.feature_cache import (
     fingerprint,
     weights_digest,
 )
-from tftransfer.recipes.metrics import accuracy_and_crossentropy
+from tftransfer.recipes.tasks import get_task
 
 PREDICTION_BATCH_SIZE = 1024
 
@@ -62,8 +62,8 @@ class FeatureExtraction(Recipe):
         head_weight_decay: L2 penalty on the head's kernels, or `"auto"`:
             chosen like the learning rate, from
             `tftransfer.defaults.HEAD_WEIGHT_DECAYS`.
-        epochs: the most head training epochs: training stops earlier when
-            the validation loss has not improved for `patience` epochs.
+        head_epochs: the most head training epochs: training stops earlier
+            when the validation loss has not improved for `patience` epochs.
         patience: epochs without validation improvement before stopping
             early (best weights are restored); `None` never stops early.
         batch_size: batch size per replica. Training drops the last
@@ -208,13 +208,7 @@ class FeatureExtraction(Recipe):
         def new_head(learning_rate: float, weight_decay: float) -> keras.Model:
             keras.utils.set_random_seed(seed)
             with self._building():
-                head = heads.build_head(
-                    train_features.feature_dim,
-                    len(self.class_names),
-                    hidden_units=tuple(self.settings["hidden_units"]),
-                    dropout=self.settings["dropout"],
-                    weight_decay=weight_decay,
-                )
+                head = self._new_head(train_features.feature_dim, weight_decay)
                 self._compile(
                     head,
                     keras.optimizers.Adam(learning_rate),
@@ -232,11 +226,26 @@ class FeatureExtraction(Recipe):
             self.head,
             train_batches(),
             validation_batches,
-            self._head_epochs(),
+            self.settings["head_epochs"],
             data_key=self._train_key,
             learning_rate_setting=("learning_rate", learning_rate),
         )
         return self.history
+
+    def _new_head(self, feature_dim: int, weight_decay: float) -> keras.Model:
+        """An untrained head: the default one, or one from `head=`."""
+        if self.head_choice is None:
+            return heads.build_head(
+                feature_dim,
+                len(self.class_names),
+                hidden_units=tuple(self.settings["hidden_units"]),
+                dropout=self.settings["dropout"],
+                weight_decay=weight_decay,
+                task=self.task,
+            )
+        return heads.custom_head(
+            self.head_choice, feature_dim, len(self.class_names), task=self.task
+        )
 
     def _head_hyperparameters(
         self, new_head, train_batches, validation_batches
@@ -250,7 +259,8 @@ class FeatureExtraction(Recipe):
             ),
             "head_weight_decay": (
                 self.settings["head_weight_decay"],
-                defaults.HEAD_WEIGHT_DECAYS,
+                # A custom head regularises itself: no decay to search.
+                defaults.HEAD_WEIGHT_DECAYS if self.head_choice is None else (0.0,),
             ),
         }
         candidates = {
@@ -283,11 +293,11 @@ class FeatureExtraction(Recipe):
                 train_batches(),
                 validation_batches,
                 strategy=self.strategy,
-                epochs=self._head_epochs(),
+                epochs=self.settings["head_epochs"],
                 patience=self.settings["patience"],
             )
-            probabilities = self._predict("search", head, validation_batches)
-            return accuracy_and_crossentropy(*probabilities)[1]
+            outputs = self._predict("search", head, validation_batches)
+            return get_task(self.task).validation_loss(*outputs)
 
         def search() -> dict:
             choice = learning_rates.search_head(
@@ -308,7 +318,7 @@ class FeatureExtraction(Recipe):
         chosen = search_result["chosen"]
         self.say(
             f"Head: learning_rate={chosen[0]:g}, head_weight_decay={chosen[1]:g}, "
-            f"chosen by validation cross-entropy ({search_result['tried']})."
+            f"chosen by validation loss ({search_result['tried']})."
         )
         for name, value in zip(candidates, chosen, strict=True):
             if name in searched:
@@ -464,9 +474,6 @@ class FeatureExtraction(Recipe):
 
     def _prediction_batch_size(self) -> int:
         return max(self.global_batch_size, PREDICTION_BATCH_SIZE)
-
-    def _head_epochs(self) -> int:
-        return self.settings["epochs"]
 
     def _inference_mode(self) -> bool:
         """Whether the model calls the backbone in inference mode always."""

@@ -4,19 +4,38 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
 from tftransfer import defaults
 from tftransfer.backbones import Backbone
+from tftransfer.config import short_repr
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import learning_rates, training_loop
-from tftransfer.recipes.base import check_auto_or_number, holds_run_lock
+from tftransfer.recipes.base import (
+    check_auto_or_number,
+    check_epochs,
+    holds_run_lock,
+    setting_value,
+)
 from tftransfer.recipes.callbacks import LossNotFiniteError
 from tftransfer.recipes.feature_extraction import FeatureExtraction
-from tftransfer.recipes.metrics import accuracy_and_crossentropy
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
+from tftransfer.recipes.tasks import get_task
+
+# The settings of phase 2 alone: phase 1's checkpoints do not depend on them.
+PHASE_2_SETTINGS = (
+    "fine_tune_epochs",
+    "unfreeze",
+    "fine_tune_learning_rate",
+    "backbone_lr_scale",
+    "warmup_fraction",
+    "weight_decay",
+    "clipnorm",
+    "train_batchnorm",
+)
 
 
 class FineTuning(FeatureExtraction):
@@ -43,13 +62,18 @@ class FineTuning(FeatureExtraction):
     Args:
         backbone: a `tftransfer.Backbone` or a `keras.Layer` (see
             `FeatureExtraction`).
-        head_epochs: the most epochs of phase 1 (it stops early).
-        epochs: the most epochs of phase 2 (it stops early).
-        unfreeze: `"all"`; a fraction in `(0, 1]` (the top fraction of the
-            backbone's layers that have weights, nested models flattened
-            into their layers; for a single SavedModel layer, the last
-            fraction of its variables); or a list of regular expressions
-            matched against variable paths.
+        fine_tune_epochs: the most epochs of phase 2 (it stops early);
+            `head_epochs` (see `FeatureExtraction`) bounds phase 1.
+        unfreeze: what phase 2 trains of the backbone (fastai's
+            `splitter`): `"all"`; a fraction in `(0, 1]` (the top fraction
+            of the backbone's layers that have weights, nested models
+            flattened into their layers; for a single SavedModel layer, the
+            last fraction of its variables); a list of regular expressions
+            matched against variable paths; or a callable
+            `(backbone_layer) -> list of layers or variables` of that
+            layer (the built backbone, `backbone_layer`). A callable's
+            module and name (and a digest of its source) are part of the
+            settings, so editing it starts a new run.
         learning_rate: head learning rate in phase 1, or `"auto"` (see
             `FeatureExtraction`).
         fine_tune_learning_rate: peak head learning rate in phase 2, or
@@ -71,7 +95,7 @@ class FineTuning(FeatureExtraction):
 
     Example:
 
-    >>> recipe = FineTuning(backbone, unfreeze=0.3, epochs=5)
+    >>> recipe = FineTuning(backbone, unfreeze=0.3, fine_tune_epochs=5)
     >>> recipe.fit(train, validation)
     >>> recipe.evaluate(test)["accuracy"]
     """
@@ -82,9 +106,8 @@ class FineTuning(FeatureExtraction):
         self,
         backbone,
         *,
-        head_epochs: int = defaults.HEAD_EPOCHS,
-        epochs: int = defaults.FINE_TUNE_EPOCHS,
-        unfreeze: str | float | list[str] = "all",
+        fine_tune_epochs: int = defaults.FINE_TUNE_EPOCHS,
+        unfreeze: str | float | list[str] | Callable = "all",
         fine_tune_learning_rate: float | str = defaults.FINE_TUNE_LEARNING_RATE,
         backbone_lr_scale: float = defaults.BACKBONE_LR_SCALE,
         warmup_fraction: float = defaults.WARMUP_FRACTION,
@@ -93,6 +116,7 @@ class FineTuning(FeatureExtraction):
         train_batchnorm: bool = False,
         **kwargs,
     ):
+        check_epochs("fine_tune_epochs", fine_tune_epochs)
         _check_unfreeze(unfreeze)
         check_auto_or_number(
             "fine_tune_learning_rate", fine_tune_learning_rate, positive=True
@@ -101,17 +125,20 @@ class FineTuning(FeatureExtraction):
             raise ConfigError(
                 f"Expected 0 <= warmup_fraction < 1. Received: warmup_fraction={warmup_fraction}"
             )
-        self._phase2 = {
-            "head_epochs": head_epochs,
-            "unfreeze": unfreeze,
-            "fine_tune_learning_rate": fine_tune_learning_rate,
-            "backbone_lr_scale": backbone_lr_scale,
-            "warmup_fraction": warmup_fraction,
-            "weight_decay": weight_decay,
-            "clipnorm": clipnorm,
-            "train_batchnorm": train_batchnorm,
-        }
-        super().__init__(backbone, epochs=epochs, **kwargs)
+        super().__init__(backbone, **kwargs)
+        self._unfreeze = unfreeze
+        self.settings.update(
+            {
+                "fine_tune_epochs": fine_tune_epochs,
+                "unfreeze": setting_value(unfreeze),
+                "fine_tune_learning_rate": fine_tune_learning_rate,
+                "backbone_lr_scale": backbone_lr_scale,
+                "warmup_fraction": warmup_fraction,
+                "weight_decay": weight_decay,
+                "clipnorm": clipnorm,
+                "train_batchnorm": train_batchnorm,
+            }
+        )
         self.head_history: keras.callbacks.History | None = None
 
     @holds_run_lock
@@ -167,7 +194,7 @@ class FineTuning(FeatureExtraction):
                 self.model,
                 train_batches,
                 validation_batches,
-                self.settings["epochs"],
+                self.settings["fine_tune_epochs"],
                 data_key=self._train_key,
                 learning_rate_setting=("fine_tune_learning_rate", peak),
             )
@@ -235,36 +262,38 @@ class FineTuning(FeatureExtraction):
         )
         return test.learning_rate
 
-    def _frozen_validation_scores(self) -> tuple[float, float]:
-        """`(accuracy, -loss)` of the phase-1 model (frozen backbone, best
-        head) on the validation features phase 1 cached (not looked up
-        again: that would hash every validation example once more)."""
+    def _frozen_validation_scores(self) -> tuple:
+        """The task's scores (`Task.scores`: `(accuracy, -cross-entropy)`
+        for classification, `(-loss,)` otherwise) of the phase-1 model
+        (frozen backbone, best head) on the validation features phase 1
+        cached (not looked up again: that would hash every validation
+        example once more)."""
         batches = self._validation_features.dataset(
             self._prediction_batch_size(), memory_budget=self.memory_budget
         )
-        return _scores(*self._predict("head", self.head, batches))
+        return get_task(self.task).scores(*self._predict("head", self.head, batches))
 
     def _keep_the_better(self, frozen_scores, frozen_weights, validation_batches):
         """Keeps the fine-tuned model unless the frozen one did better on
-        the validation data (higher accuracy, or equal accuracy and lower
-        loss); sets `chosen`."""
+        the validation data (by the task's scores: for classification higher
+        accuracy, or equal accuracy and lower cross-entropy; otherwise the
+        lower validation loss); sets `chosen`."""
         self.chosen = "fine_tuned"
         if frozen_scores is None:
             self.say("No validation data: keeping the fine-tuned model unchecked.")
             return
-        tuned_scores = _scores(*self._predict("model", self.model, validation_batches))
-        if tuned_scores > frozen_scores:
-            self.say(
-                "Fine-tuning helped: validation accuracy "
-                f"{frozen_scores[0]:.4f} -> {tuned_scores[0]:.4f}."
-            )
-            return
-        self._keep_frozen(
-            frozen_weights,
-            "fine-tuning did not help (validation accuracy "
-            f"{frozen_scores[0]:.4f} frozen vs {tuned_scores[0]:.4f} fine-tuned, "
-            f"cross-entropy {-frozen_scores[1]:.4f} vs {-tuned_scores[1]:.4f})",
+        task = get_task(self.task)
+        tuned_scores = task.scores(
+            *self._predict("model", self.model, validation_batches)
         )
+        compared = (
+            f"{task.describe(frozen_scores)} frozen vs "
+            f"{task.describe(tuned_scores)} fine-tuned"
+        )
+        if tuned_scores > frozen_scores:
+            self.say(f"Fine-tuning helped: {compared}.")
+            return
+        self._keep_frozen(frozen_weights, f"fine-tuning did not help ({compared})")
 
     def _keep_frozen(self, frozen_weights: list, reason: str) -> None:
         """Puts the frozen model's weights back; `chosen` becomes "frozen"."""
@@ -279,7 +308,7 @@ class FineTuning(FeatureExtraction):
         layer = self._built_backbone()
         layer.trainable = True
         candidates = list(layer.trainable_weights)
-        chosen = _select(layer, candidates, self.settings["unfreeze"])
+        chosen = _select(layer, candidates, self._unfreeze)
         chosen_ids = {id(v) for v in chosen}
         for variable in candidates:
             variable.trainable = id(variable) in chosen_ids
@@ -299,7 +328,7 @@ class FineTuning(FeatureExtraction):
 
     def _schedule(self, steps_per_epoch: int, peak: float):
         """Linear warm-up to `peak`, then cosine decay over phase 2."""
-        steps = steps_per_epoch * self.settings["epochs"]
+        steps = steps_per_epoch * self.settings["fine_tune_epochs"]
         warmup = int(steps * self.settings["warmup_fraction"])
         return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else peak,
@@ -327,28 +356,23 @@ class FineTuning(FeatureExtraction):
         self._check_labels(labels, split)
         return labels, probabilities
 
-    def _recipe_settings(self) -> dict:
-        return dict(self._phase2)
-
     def _phase_settings(self, phase: str) -> dict:
-        """Phase 1 (`"head"`, and its `"head-search"`) does not depend on
-        the settings of phase 2,
-        its own number of epochs (`head_epochs`) included; phase 2 depends
-        on all settings but `epochs`."""
+        """Phase 1 (`"head"`, and its `"head-search"`) depends neither on
+        the settings of phase 2 nor on its own number of epochs
+        (`head_epochs`); phase 2 depends on all settings but
+        `fine_tune_epochs`."""
         settings = super()._phase_settings(phase)
-        if phase.startswith("head"):
-            settings = {
-                k: v
-                for k, v in settings.items()
-                if k.removeprefix("tuned.") not in self._phase2
-            }
-        return settings
-
-    def _head_epochs(self) -> int:
-        return self.settings["head_epochs"]
+        excluded = PHASE_2_SETTINGS if phase.startswith("head") else ()
+        if phase == "fine_tune":
+            excluded = ("fine_tune_epochs",)
+        return {
+            k: v
+            for k, v in settings.items()
+            if k.removeprefix("tuned.") not in excluded
+        }
 
     def _inference_mode(self) -> bool:
-        return not self._phase2["train_batchnorm"]
+        return not self.settings["train_batchnorm"]
 
 
 def fine_tune(
@@ -356,7 +380,7 @@ def fine_tune(
     train,
     validation=None,
     *,
-    epochs: int = defaults.FINE_TUNE_EPOCHS,
+    fine_tune_epochs: int = defaults.FINE_TUNE_EPOCHS,
     **kwargs,
 ) -> FineTuning:
     """Fine-tunes `backbone` on `train` with sensible defaults, in one call.
@@ -373,7 +397,7 @@ def fine_tune(
         backbone: a `tftransfer.Backbone` (or a `keras.Layer`).
         train: a `LabeledData` or a dataset of batched `(prepared, label)`.
         validation: the same kind of data, or `None`.
-        epochs: the most fine-tuning epochs (phase 2).
+        fine_tune_epochs: the most fine-tuning epochs (phase 2).
         **kwargs: any `FineTuning` argument.
 
     Returns:
@@ -381,27 +405,37 @@ def fine_tune(
 
     Example:
 
-    >>> recipe = tftransfer.fine_tune(backbone, train, validation, epochs=5)
+    >>> recipe = tftransfer.fine_tune(backbone, train, validation,
+    ...                               fine_tune_epochs=5)
     >>> recipe.evaluate(test)["accuracy"]
     """
-    recipe = FineTuning(backbone, epochs=epochs, **kwargs)
+    recipe = FineTuning(backbone, fine_tune_epochs=fine_tune_epochs, **kwargs)
     recipe.fit(train, validation)
     return recipe
 
 
 def _check_unfreeze(unfreeze) -> None:
-    if unfreeze == "all" or isinstance(unfreeze, list | tuple):
+    if callable(unfreeze) or isinstance(unfreeze, list | tuple):
         return
-    if isinstance(unfreeze, float | int) and 0.0 < unfreeze <= 1.0:
+    if isinstance(unfreeze, str) and unfreeze == "all":
+        return
+    if (
+        isinstance(unfreeze, float | int)
+        and not isinstance(unfreeze, bool)
+        and 0.0 < unfreeze <= 1.0
+    ):
         return
     raise ConfigError(
-        "Expected unfreeze='all', a fraction in (0, 1] or a list of variable "
-        f"name patterns. Received: unfreeze={unfreeze!r}"
+        "Expected unfreeze='all', a fraction in (0, 1], a list of variable "
+        "name patterns or a callable (backbone_layer) -> layers or variables. "
+        f"Received: unfreeze={short_repr(unfreeze)}"
     )
 
 
 def _select(layer: keras.Layer, candidates: list, unfreeze) -> list:
-    if unfreeze == "all":
+    if callable(unfreeze):
+        return _chosen_by(unfreeze, layer, candidates)
+    if isinstance(unfreeze, str):  # "all"
         return candidates
     if isinstance(unfreeze, list | tuple):
         patterns = [re.compile(p) for p in unfreeze]
@@ -418,6 +452,33 @@ def _select(layer: keras.Layer, candidates: list, unfreeze) -> list:
     ]
     count = math.ceil(len(groups) * unfreeze)
     return [v for group in groups[-count:] for v in group]
+
+
+def _chosen_by(unfreeze: Callable, layer: keras.Layer, candidates: list) -> list:
+    """The backbone variables that `unfreeze(layer)` names: its variables,
+    and the trainable weights of its layers."""
+    chosen = []
+    for item in unfreeze(layer) or []:
+        if isinstance(item, keras.Layer):
+            chosen.extend(item.trainable_weights)
+        else:
+            chosen.append(item)
+    candidate_ids = {id(v) for v in candidates}
+    foreign = [v for v in chosen if id(v) not in candidate_ids]
+    if foreign or not chosen:
+        problem = (
+            f"returned {short_repr(foreign[0])}, which is not a trainable "
+            "variable of the backbone"
+            if foreign
+            else "chose no backbone variable"
+        )
+        raise ConfigError(
+            f"unfreeze={short_repr(unfreeze)} {problem}. It must return a "
+            "non-empty list of layers of the backbone layer it is given, or "
+            "of their variables."
+        )
+    unique = {id(v): v for v in chosen}
+    return list(unique.values())
 
 
 def _weighted_layers(layer: keras.Layer) -> list[keras.Layer]:
@@ -438,9 +499,3 @@ def _weighted_layers(layer: keras.Layer) -> list[keras.Layer]:
 
 def _path(variable) -> str:
     return getattr(variable, "path", None) or variable.name
-
-
-def _scores(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
-    """`(accuracy, -cross-entropy)`: compared as a tuple, higher is better."""
-    accuracy, crossentropy = accuracy_and_crossentropy(labels, probabilities)
-    return accuracy, -crossentropy

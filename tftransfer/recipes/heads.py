@@ -198,39 +198,41 @@ def select_features(
 
 def build_head(
     feature_dim: int,
-    num_classes: int,
+    num_outputs: int,
     *,
     hidden_units: tuple[int, ...] = (),
     dropout: float = 0.0,
     weight_decay: float = 0.0,
+    task: str = "classification",
 ) -> keras.Sequential:
-    """Builds a classification head: linear, or a small MLP with dropout.
+    """Builds the default head: linear, or a small MLP with dropout.
 
     The last layer is float32 whatever the dtype policy, so mixed precision
-    keeps probabilities and the loss in full precision.
+    keeps the outputs and the loss in full precision.
 
     Args:
         feature_dim: size of the feature vector.
-        num_classes: number of classes.
+        num_outputs: number of classes, labels (multi-label) or targets
+            (regression).
         hidden_units: sizes of ReLU hidden layers (`()` for a linear head).
         dropout: dropout rate before every dense layer.
         weight_decay: L2 penalty on the dense layers' kernels (added to the
             loss; `0.0`: none).
+        task: one of `tftransfer.vocabulary.TASKS`; it sets the output
+            activation (softmax, sigmoid or none).
 
     Returns:
         A `keras.Sequential` named `"head"` mapping `[batch, feature_dim]`
-        to class probabilities `[batch, num_classes]`.
+        to `[batch, num_outputs]`: class probabilities, label probabilities
+        or predicted values.
 
     Example:
 
     >>> head = build_head(1280, 5, hidden_units=(256,), dropout=0.2)
     """
-    if num_classes < 2:
-        raise ConfigError(
-            f"Expected at least 2 classes. Received: num_classes={num_classes}"
-        )
+    _check_outputs(num_outputs, task)
     regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
-    layers = [keras.Input((feature_dim,))]
+    layers = []
     for units in hidden_units:
         if dropout:
             layers.append(keras.layers.Dropout(dropout))
@@ -241,16 +243,116 @@ def build_head(
         layers.append(keras.layers.Dropout(dropout))
     layers.append(
         keras.layers.Dense(
-            num_classes,
+            num_outputs,
             dtype="float32",
             name="logits",
             kernel_regularizer=regularizer,
         )
     )
-    layers.append(
-        keras.layers.Activation("softmax", dtype="float32", name="probabilities")
+    return _with_activation(layers, feature_dim, task)
+
+
+def custom_head(head, feature_dim: int, num_outputs: int, *, task: str) -> keras.Model:
+    """Builds a head from a user's layer or factory, for one training.
+
+    The layer maps features `[batch, feature_dim]` to `[batch, num_outputs]`
+    raw outputs (logits for classification and multi-label, values for
+    regression); the task's output activation is added after it, in
+    float32. A layer instance is copied from its config, so that every
+    candidate of the head search (and the final head) starts from fresh
+    weights; a factory is called once per head.
+
+    Args:
+        head: a `keras.Layer`, or a callable `(features_spec, num_outputs)
+            -> keras.Layer`, `features_spec` being a `tf.TensorSpec`
+            `[None, feature_dim]` float32.
+        feature_dim: size of the feature vector.
+        num_outputs: number of classes, labels or targets.
+        task: one of `tftransfer.vocabulary.TASKS`.
+
+    Returns:
+        A `keras.Sequential` named `"head"`.
+
+    Raises:
+        ConfigError: if the factory returns no Keras layer, the layer cannot
+            be rebuilt from its config (export and the head search need
+            that), or its output is not `[batch, num_outputs]`.
+
+    Example:
+
+    >>> head = custom_head(keras.layers.Dense(5), 1280, 5, task="classification")
+    """
+    _check_outputs(num_outputs, task)
+    if isinstance(head, keras.Layer):
+        layer = serializable_copy(head)
+    else:
+        spec = tf.TensorSpec((None, feature_dim), tf.float32)
+        layer = head(spec, num_outputs)
+        if not isinstance(layer, keras.Layer):
+            raise ConfigError(
+                f"head={head!r} returned {type(layer).__name__}, not a keras.Layer. "
+                "A head factory takes (features_spec, num_outputs) and returns "
+                "a Keras layer."
+            )
+        serializable_copy(layer)
+    model = _with_activation([layer], feature_dim, task)
+    shape = tuple(model.compute_output_shape((None, feature_dim)))
+    if shape != (None, num_outputs):
+        raise ConfigError(
+            f"The head {layer.name!r} maps features [batch, {feature_dim}] to "
+            f"{list(shape)}; the task needs [batch, {num_outputs}] (one output "
+            "per class, label or target). Give its last layer num_outputs units."
+        )
+    return model
+
+
+def serializable_copy(layer: keras.Layer) -> keras.Layer:
+    """Returns a new layer rebuilt from `layer`'s Keras config.
+
+    Raises:
+        ConfigError: if `layer` cannot be serialised and rebuilt (a custom
+            class that is not registered, or whose `get_config()` does not
+            hold its constructor arguments).
+    """
+    try:
+        config = keras.saving.serialize_keras_object(layer)
+        copy = keras.saving.deserialize_keras_object(config)
+    except Exception as error:  # Keras raises many kinds here.
+        raise ConfigError(
+            f"The head {type(layer).__name__} {layer.name!r} cannot be rebuilt "
+            f"from its Keras config ({type(error).__name__}: {error}). A custom "
+            "head must be a serialisable Keras layer: decorate its class with "
+            "@keras.saving.register_keras_serializable() and return its "
+            "constructor arguments from get_config()."
+        ) from None
+    if not isinstance(copy, keras.Layer):
+        raise ConfigError(
+            f"The head {layer.name!r} rebuilt from its config as "
+            f"{type(copy).__name__}, not a keras.Layer; register its class with "
+            "@keras.saving.register_keras_serializable()."
+        )
+    return copy
+
+
+def _with_activation(layers: list, feature_dim: int, task: str) -> keras.Sequential:
+    from tftransfer.recipes.tasks import get_task
+
+    name = "predictions" if task == "regression" else "probabilities"
+    activation = keras.layers.Activation(
+        get_task(task).activation, dtype="float32", name=name
     )
-    return keras.Sequential(layers, name="head")
+    return keras.Sequential(
+        [keras.Input((feature_dim,)), *layers, activation], name="head"
+    )
+
+
+def _check_outputs(num_outputs: int, task: str) -> None:
+    least = 2 if task == "classification" else 1
+    if num_outputs < least:
+        raise ConfigError(
+            f"Expected at least {least} outputs for task={task!r} (classes, "
+            f"labels or targets). Received: num_outputs={num_outputs}"
+        )
 
 
 def sparse_crossentropy(label_smoothing: float = 0.0) -> keras.losses.Loss:

@@ -1,0 +1,225 @@
+"""Task kinds: what a recipe's outputs mean, how they train and are scored.
+
+A task is a plug-in of the recipes: the head's output activation, the loss,
+the metrics Keras logs, the plain validation loss that the head search and
+fine-tuning's frozen-or-tuned choice compare, the labels it accepts, and the
+report's numbers. `get_task(name)` returns one of `TASKS`:
+
+- `"classification"`: one class per example; int64 class indices; softmax
+  outputs; (sparse) cross-entropy; accuracy, top-k, per-class P/R/F1.
+- `"multi_label"`: any number of labels per example; float32 multi-hot
+  vectors `[num_labels]`; sigmoid outputs; binary cross-entropy; micro and
+  macro F1, subset accuracy, per-label P/R/F1 at threshold 0.5.
+- `"regression"`: float32 targets `[num_targets]`; linear outputs; mean
+  squared error; MAE, RMSE and R².
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tftransfer.errors import ConfigError, DataError
+from tftransfer.recipes import metrics as metrics_lib
+from tftransfer.vocabulary import TASKS
+
+
+class Task:
+    """What one task kind needs from a recipe; see the module docstring.
+
+    Attributes:
+        name: one of `tftransfer.vocabulary.TASKS`.
+        activation: the activation of the head's output layer.
+        compared: what fine-tuning compares besides the loss (for messages).
+    """
+
+    name = ""
+    activation = "linear"
+    compared = "loss"
+
+    def loss(self, label_smoothing: float) -> keras.losses.Loss:
+        """The training loss."""
+        raise NotImplementedError
+
+    def compile_metrics(self) -> list:
+        """The metrics Keras logs while training."""
+        return []
+
+    def validation_loss(self, labels: np.ndarray, outputs: np.ndarray) -> float:
+        """The plain loss (no smoothing, no weight penalty), so that models
+        trained with different settings compare fairly."""
+        raise NotImplementedError
+
+    def scores(self, labels: np.ndarray, outputs: np.ndarray) -> tuple:
+        """A tuple to compare models by, higher is better."""
+        return (-self.validation_loss(labels, outputs),)
+
+    def describe(self, scores: tuple) -> str:
+        """`scores` in words, for the log."""
+        return f"validation loss {-scores[-1]:.4f}"
+
+    def report(self, labels: np.ndarray, outputs: np.ndarray, names: list[str]) -> dict:
+        """The evaluation metrics, as plain numbers."""
+        raise NotImplementedError
+
+    def default_names(self, labels: np.ndarray) -> list[str]:
+        """Names for the outputs when neither the data nor the caller gives
+        them."""
+        return [str(i) for i in range(labels.shape[1])]
+
+    def check_labels(self, labels: np.ndarray, names: list[str], split: str) -> None:
+        """Raises a `DataError` for labels this task cannot train on."""
+        if labels.ndim != 2 or labels.shape[1] != len(names):
+            raise DataError(
+                f"The {split} data has labels of shape {labels.shape[1:]} per "
+                f"example; a {self.name} task with {len(names)} outputs "
+                f"({short_list(names)}) needs [{len(names)}]. Give every "
+                "split the same label or target columns."
+            )
+
+
+class Classification(Task):
+    name = "classification"
+    activation = "softmax"
+    compared = "accuracy"
+
+    def loss(self, label_smoothing: float) -> keras.losses.Loss:
+        from tftransfer.recipes.heads import sparse_crossentropy
+
+        return sparse_crossentropy(label_smoothing)
+
+    def compile_metrics(self) -> list:
+        return ["accuracy"]
+
+    def validation_loss(self, labels, outputs) -> float:
+        return metrics_lib.accuracy_and_crossentropy(labels, outputs)[1]
+
+    def scores(self, labels, outputs) -> tuple:
+        accuracy, crossentropy = metrics_lib.accuracy_and_crossentropy(labels, outputs)
+        return accuracy, -crossentropy
+
+    def describe(self, scores: tuple) -> str:
+        return f"validation accuracy {scores[0]:.4f}, cross-entropy {-scores[1]:.4f}"
+
+    def report(self, labels, outputs, names) -> dict:
+        return metrics_lib.classification_metrics(labels, outputs, names)
+
+    def default_names(self, labels) -> list[str]:
+        return [str(i) for i in range(int(labels.max()) + 1)]
+
+    def check_labels(self, labels, names, split) -> None:
+        count = len(names)
+        outside = np.flatnonzero((labels < 0) | (labels >= count))
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataError(
+                f"The {split} data has labels of shape {labels.shape[1:]} and "
+                f"dtype {labels.dtype} per example; classification needs one "
+                "integer class index each. For several labels per example "
+                "pass task='multi_label', for numbers task='regression'."
+            )
+        if outside.size:
+            raise DataError(
+                f"The {split} data has {outside.size} labels outside 0..{count - 1} "
+                f"(the {count} classes {short_list(names)}): label "
+                f"{int(labels[outside[0]])} at example {int(outside[0])}. Labels "
+                "must be class indices; pass class_names= with every class."
+            )
+
+
+class MultiLabel(Task):
+    name = "multi_label"
+    activation = "sigmoid"
+
+    def loss(self, label_smoothing: float) -> keras.losses.Loss:
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+
+    def compile_metrics(self) -> list:
+        return [keras.metrics.BinaryAccuracy(name="binary_accuracy")]
+
+    def validation_loss(self, labels, outputs) -> float:
+        return metrics_lib.binary_crossentropy(labels, outputs)
+
+    def report(self, labels, outputs, names) -> dict:
+        return metrics_lib.multi_label_metrics(labels, outputs, names)
+
+    def check_labels(self, labels, names, split) -> None:
+        super().check_labels(labels, names, split)
+        wrong = np.argwhere((labels != 0) & (labels != 1))
+        if wrong.size:
+            row, column = (int(i) for i in wrong[0])
+            raise DataError(
+                f"The {split} data has {len(wrong)} multi-label values that "
+                f"are neither 0 nor 1: {labels[row, column]!r} at example {row}, "
+                f"label {names[column]!r}. Labels must be multi-hot vectors."
+            )
+
+
+class Regression(Task):
+    name = "regression"
+    compared = "mean squared error"
+
+    def loss(self, label_smoothing: float) -> keras.losses.Loss:
+        if label_smoothing:
+            raise ConfigError(
+                "Label smoothing applies to class labels only; a regression "
+                f"task has none. Received: label_smoothing={label_smoothing}. "
+                "Leave it at 0."
+            )
+        return keras.losses.MeanSquaredError()
+
+    def compile_metrics(self) -> list:
+        return [keras.metrics.MeanAbsoluteError(name="mae")]
+
+    def validation_loss(self, labels, outputs) -> float:
+        labels = np.asarray(labels, np.float64)
+        return float(np.mean((np.asarray(outputs, np.float64) - labels) ** 2))
+
+    def describe(self, scores: tuple) -> str:
+        return f"validation mean squared error {-scores[0]:.4g}"
+
+    def report(self, labels, outputs, names) -> dict:
+        return metrics_lib.regression_metrics(labels, outputs, names)
+
+    def default_names(self, labels) -> list[str]:
+        width = labels.shape[1]
+        return ["target"] if width == 1 else [f"target_{i}" for i in range(width)]
+
+    def check_labels(self, labels, names, split) -> None:
+        super().check_labels(labels, names, split)
+        bad = np.argwhere(~np.isfinite(labels))
+        if bad.size:
+            row, column = (int(i) for i in bad[0])
+            raise DataError(
+                f"The {split} data has {len(bad)} regression targets that are "
+                f"not finite: {labels[row, column]!r} at example {row}, target "
+                f"{names[column]!r}. Drop those examples or fill them in."
+            )
+
+
+_TASKS = {task.name: task for task in (Classification(), MultiLabel(), Regression())}
+
+
+def get_task(name: str) -> Task:
+    """Returns the `Task` named `name` (one of `TASKS`).
+
+    Raises:
+        ConfigError: for any other name.
+
+    Example:
+
+    >>> get_task("multi_label").activation
+    'sigmoid'
+    """
+    if not isinstance(name, str) or name not in _TASKS:
+        raise ConfigError(
+            f"Expected task to be one of {TASKS}. Received: task={name!r}"
+        )
+    return _TASKS[name]
+
+
+def short_list(names: list[str], limit: int = 10) -> str:
+    """`names` for a message, at most `limit` of them."""
+    from tftransfer.config import short_repr
+
+    shown = ", ".join(short_repr(str(name)) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
