@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from export_fixtures import fitted_recipe
 
 import tftransfer
 from tftransfer.errors import ExportError
@@ -42,13 +43,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def recipe(model, backbone):
-    return types.SimpleNamespace(
-        model=model,
-        backbone=backbone,
-        class_names=CLASSES,
-        metrics={"accuracy": 0.5},
-        settings={"epochs": 1, "data_source": "image_folder:/data/x"},
-    )
+    return fitted_recipe(model, backbone, CLASSES, "image_folder:/data/x")
 
 
 def archive_of(model, backbone, **kwargs):

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from export_fixtures import fitted_recipe
 
 import tftransfer
 from tftransfer.backbones.description import Backbone
@@ -63,12 +64,8 @@ def image_model(image_backbone):
 
 @pytest.fixture(scope="module")
 def image_recipe(image_model, image_backbone):
-    return types.SimpleNamespace(
-        model=image_model,
-        backbone=image_backbone,
-        class_names=IMAGE_CLASSES,
-        metrics={"accuracy": 0.5},
-        settings={"epochs": 1, "data_source": "image_folder:/data/pets"},
+    return fitted_recipe(
+        image_model, image_backbone, IMAGE_CLASSES, "image_folder:/data/pets"
     )
 
 

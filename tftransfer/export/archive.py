@@ -52,6 +52,18 @@ class ServingArchive:
         top_k: How many classes `top_k_scores` / `top_k_classes` report (at
             most the number of classes).
 
+    Attributes:
+        model: The Keras model.
+        backbone: The backbone (`None` if not given).
+        class_names: The class names, in output order.
+        modality: `"image"` or `"text"`.
+        prepare: The training preparation, from a `[batch]` string tensor of
+            raw inputs to the prepared batch.
+        prepared_input_spec: The `tf.TensorSpec` (or dict of them) of the
+            prepared inputs, which `serving_prepared` takes.
+        top_k: How many classes `top_k_*` report.
+        card_info: The recipe's `ModelCardInfo` (empty for a Keras model).
+
     Raises:
         ExportError: if a recipe is not fitted or a model not built, the
             class names are missing, malformed or do not match the model's

@@ -77,15 +77,10 @@ def export(
             `saved_models/<name>` under the current directory.
         version: The version to write; `None` writes the next one (one more
             than the highest existing version, or 1).
-        backbone: The `Backbone` the model was built on (with a
-            `keras.Model`); gives the modality and the preparation.
-        class_names: Class names in output order (with a `keras.Model`).
-        prepare: The preparation function `raw input -> prepared input`
-            (one example or a batch). Defaults to
-            `tftransfer.data.prepare_fn(backbone)`.
-        top_k: How many classes `top_k_scores` / `top_k_classes` report
-            (default 5). `backbone`, `class_names`, `prepare` and `top_k`
-            make the archive: with a `ServingArchive`, give them to it.
+        backbone, class_names, prepare, top_k: What the `ServingArchive`
+            made of a recipe or a Keras model takes (see there: a Keras
+            model needs `backbone` and `class_names`; `top_k` defaults to
+            5). With an archive, give them to the archive instead.
         name: The model's name; defaults to the base path's last folder, or
             to the Keras model's name.
         overwrite: Replace `version` if it exists.
