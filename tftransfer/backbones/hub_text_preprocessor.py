@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tftransfer.backbones.text_preprocessing import pack_segments
 from tftransfer.errors import InputSpecError
+from tftransfer.export.serving_ops import graph_ops, unsupported_ops
 
 # Texts on which a rebuilt packing step must give the preprocessor's own
 # outputs: empty, blank, short, punctuation, case, accents, other scripts,
@@ -98,8 +99,6 @@ class HubTextPreprocessor(tf.Module):
         `None` where the original serves as it is, and, with a warning
         saying why, where the core-op packing does not serve or differs.
         """
-        from tftransfer.export.serving_ops import unsupported_ops
-
         unsupported = unsupported_ops(self._ops(None))
         if not unsupported:
             return None
@@ -116,9 +115,9 @@ class HubTextPreprocessor(tf.Module):
         if reason is None:
             return special_ids
         warnings.warn(
-            f"The TF Hub preprocessor {path!r} packs tokens with ops that TF "
-            f"Serving cannot load ({sorted(unsupported)}), and tftransfer "
-            f"cannot pack them with core TensorFlow ops instead: {reason}. "
+            f"The TF Hub preprocessor {path!r} uses ops that TF Serving cannot "
+            f"load ({sorted(unsupported)}), and tftransfer cannot replace its "
+            f"packing step with core TensorFlow ops: {reason}. "
             "Training works; `tftransfer.export` will refuse the model "
             f"unless given `allow_ops={sorted(unsupported)!r}`, for a server "
             "built with these ops.",
@@ -128,8 +127,6 @@ class HubTextPreprocessor(tf.Module):
 
     def _ops(self, special_ids: dict[str, int] | None) -> set:
         """The op types of preprocessing a `[batch]` string tensor."""
-        from tftransfer.export.serving_ops import graph_ops
-
         function = tf.function(
             lambda strings: self._pack(self._model.tokenize(strings), special_ids)
         )
@@ -143,6 +140,8 @@ class HubTextPreprocessor(tf.Module):
         tokens = self._model.tokenize(tf.constant(texts))
         original = self._pack(tokens, None)
         rebuilt = self._pack(tokens, special_ids)
+        if sorted(original) != sorted(rebuilt):
+            return f"its `bert_pack_inputs` returns {sorted(original)}"
         for key, value in original.items():
             differs = tf.reduce_any(value != rebuilt[key], axis=-1).numpy()
             if differs.any():
