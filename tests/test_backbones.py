@@ -5,8 +5,8 @@ from conftest, KerasHub presets and keras.applications models written to
 tmp_path); nothing downloads.
 """
 
+import json
 import os
-from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import tftransfer
 from tftransfer import Backbone
-from tftransfer.backbones import catalogue, reusable_saved_model
+from tftransfer.backbones import catalogue, hub_source, registry, reusable_saved_model
 from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
 
 VOCAB = [
@@ -66,6 +66,19 @@ def keras_hub_bert_preset(tmp_path_factory):
     return path
 
 
+def handmade(**kwargs):
+    """A hand-built image `Backbone`: a `Dense(2)` over 4x4 images."""
+    return Backbone(
+        name="handmade",
+        handle="handmade",
+        modality="image",
+        feature_dim=2,
+        image_size=(4, 4),
+        builder=lambda trainable: keras.layers.Dense(2),
+        **kwargs,
+    )
+
+
 def tiny_application(**kwargs):
     return Backbone.from_keras_application(
         "MobileNetV2", weights=None, image_size=(32, 32), **kwargs
@@ -107,16 +120,7 @@ def test_build_passes_load_options_to_hub_layers_only(image_model_path, bert_pat
             backbone.build(load_options=nowhere)
     assert tiny_application().build(load_options=nowhere).output_shape == (None, 1280)
     # A hand-written builder that takes no load options still builds (TPUs).
-    handmade = Backbone(
-        name="handmade",
-        handle="handmade",
-        source="keras_application",
-        modality="image",
-        feature_dim=2,
-        image_size=(4, 4),
-        builder=lambda trainable: keras.layers.Dense(2),
-    )
-    assert isinstance(handmade.build(load_options=nowhere), keras.layers.Dense)
+    assert isinstance(handmade().build(load_options=nowhere), keras.layers.Dense)
 
 
 def test_built_hub_layers_store_the_handle_given_not_a_local_path(
@@ -279,8 +283,39 @@ def test_bert_pack_inputs_trims_pairs_round_robin(keras_hub_bert_preset):
 
 
 def test_from_keras_hub_rejects_unknown_pooling(keras_hub_bert_preset):
-    with pytest.raises(tftransfer.HandleError, match="pooling"):
+    with pytest.raises(tftransfer.ConfigError, match="pooling"):
         Backbone.from_keras_hub(keras_hub_bert_preset, pooling="max")
+
+
+def test_from_keras_hub_first_pooling_takes_the_cls_token(keras_hub_bert_preset):
+    first = Backbone.from_keras_hub(
+        keras_hub_bert_preset, seq_length=12, pooling="first"
+    )
+    sequence = first.with_output("sequence_output")
+    inputs = first.text_preprocessor()(tf.constant(SENTENCES))
+    np.testing.assert_allclose(
+        first.build()(inputs), sequence.build()(inputs)[:, 0, :], atol=1e-6
+    )
+
+
+def test_old_pooling_spellings_name_the_vocabulary_word(
+    keras_hub_image_preset, keras_hub_bert_preset
+):
+    cases = [
+        (lambda: tiny_application(pooling="avg"), "'mean'"),
+        (
+            lambda: Backbone.from_keras_hub(keras_hub_image_preset, pooling="avg"),
+            "'mean'",
+        ),
+        (
+            lambda: Backbone.from_keras_hub(keras_hub_bert_preset, pooling="cls"),
+            "'first'",
+        ),
+    ]
+    for build, word in cases:
+        with pytest.raises(tftransfer.ConfigError, match=f"now spelled {word}"):
+            build()
+    assert tiny_application(pooling="max").feature_dim == 1280
 
 
 def test_from_keras_hub_names_the_preset_it_cannot_load(tmp_path):
@@ -292,15 +327,72 @@ def test_from_keras_hub_names_the_preset_it_cannot_load(tmp_path):
 # --- get_config / from_config ------------------------------------------------
 
 
-def test_config_round_trip_recreates_the_backbone(image_model_path):
-    for original in (tiny_application(), Backbone.from_hub(image_model_path)):
-        config = original.get_config()
+def test_config_round_trip_recreates_the_backbone(
+    image_model_path, bert_paths, keras_hub_bert_preset
+):
+    originals = (
+        tiny_application(),
+        Backbone.from_hub(image_model_path),
+        Backbone.from_hub_text(*bert_paths, seq_length=16),
+        tftransfer.backbone(keras_hub_bert_preset, seq_length=12, pooling="mean"),
+    )
+    for original in originals:
+        config = json.loads(json.dumps(original.get_config()))
         recreated = Backbone.from_config(config)
         assert recreated.get_config() == config
-        assert (recreated.image_size, recreated.feature_dim) == (
+        assert (recreated.source, recreated.image_size, recreated.feature_dim) == (
+            original.source,
             original.image_size,
             original.feature_dim,
         )
+
+
+def test_config_records_the_source_and_the_arguments_given():
+    backbone = tftransfer.backbone(
+        "keras:MobileNetV2", weights=None, image_size=(32, 32)
+    )
+    assert backbone.get_config() == {
+        "source": "keras_application",
+        "arguments": {
+            "handle": "keras:MobileNetV2",
+            "weights": None,
+            "image_size": [32, 32],
+        },
+    }
+
+
+def test_catalogue_backbones_record_the_catalogue_name_not_the_weights_cache(
+    keras_hub_bert_preset, monkeypatch
+):
+    from tftransfer.backbones.weights import minilm
+
+    monkeypatch.setattr(minilm, "preset_dir", lambda: keras_hub_bert_preset)
+    backbone = tftransfer.backbone("MiniLM", seq_length=12)
+    assert backbone.source == "keras_hub"  # the model is a KerasHub preset
+    assert backbone.name == "all-minilm-l6-v2"
+    assert backbone.get_config() == {
+        "source": "catalogue",
+        "arguments": {"handle": "MiniLM", "seq_length": 12},
+    }
+    sequence = backbone.with_output("sequence_output")
+    assert sequence.get_config()["arguments"]["output_key"] == "sequence_output"
+    assert Backbone.from_config(sequence.get_config()).output_key == "sequence_output"
+
+
+def test_hand_built_backbones_have_no_source_and_no_config():
+    assert handmade().source is None
+    with pytest.raises(tftransfer.ConfigError, match="BackboneSource"):
+        handmade().get_config()
+    with pytest.raises(tftransfer.ConfigError, match="'nowhere'"):
+        handmade(source="nowhere")
+
+
+def test_from_config_names_a_missing_source_and_how_to_register_it():
+    config = {"source": "onnx", "arguments": {"handle": "model.onnx"}}
+    with pytest.raises(tftransfer.ConfigError, match="'onnx'.*register_source"):
+        Backbone.from_config(config)
+    with pytest.raises(tftransfer.ConfigError, match="get_config"):
+        Backbone.from_config({"constructor": "from_hub", "arguments": {}})
 
 
 # --- tftransfer.backbone() ---------------------------------------------------
@@ -318,21 +410,13 @@ def test_backbone_picks_keras_hub(keras_hub_image_preset, keras_hub_bert_preset)
     assert tftransfer.backbone(keras_hub_bert_preset).modality == "text"
 
 
-def test_backbone_picks_kaggle_and_hf_handles_for_keras_hub(monkeypatch):
-    seen = []
-    monkeypatch.setattr(
-        Backbone, "from_keras_hub", classmethod(lambda cls, h, **kw: seen.append(h))
-    )
-    tftransfer.backbone(
-        "kaggle://keras/efficientnet/keras/efficientnet_lite0_ra_imagenet"
-    )
-    tftransfer.backbone("hf://keras/bert_tiny_en_uncased")
-    tftransfer.backbone("keras_hub:bert_tiny_en_uncased")
-    assert seen == [
+def test_backbone_picks_kaggle_and_hf_handles_for_keras_hub():
+    for handle in (
         "kaggle://keras/efficientnet/keras/efficientnet_lite0_ra_imagenet",
         "hf://keras/bert_tiny_en_uncased",
-        "bert_tiny_en_uncased",
-    ]
+        "keras_hub:bert_tiny_en_uncased",
+    ):
+        assert registry.find_source(handle).name == "keras_hub"
 
 
 def test_backbone_picks_tf_hub_for_folders_and_urls(image_model_path, bert_paths):
@@ -346,33 +430,45 @@ def test_backbone_picks_tf_hub_for_folders_and_urls(image_model_path, bert_paths
 
 
 def test_backbone_resolves_catalogue_names_to_published_handles(monkeypatch):
+    """The TF Hub sources' builds are recorded (nothing downloads); the
+    catalogue passes them the published handle and options."""
     calls = []
-    monkeypatch.setattr(
-        Backbone,
-        "from_hub",
-        classmethod(lambda cls, h, **kw: calls.append((h, kw)) or SimpleNamespace()),
-    )
-    monkeypatch.setattr(
-        Backbone,
-        "from_hub_text",
-        classmethod(
-            lambda cls, p, e, **kw: calls.append((p, e, kw)) or SimpleNamespace()
-        ),
-    )
-    tftransfer.backbone("EfficientNetV2_B0")
+
+    def recording(source):
+        def build(self, handle, **options):
+            calls.append((source, handle, options))
+            return handmade()
+
+        return build
+
+    monkeypatch.setattr(hub_source.HubImageSource, "build", recording("hub"))
+    monkeypatch.setattr(hub_source.HubTextSource, "build", recording("hub_text"))
+    image = tftransfer.backbone("EfficientNetV2_B0")
     tftransfer.backbone("bert-small", seq_length=64)
     tftransfer.backbone("universal-sentence-encoder")
-    handle, options = calls[0]
-    assert handle == (
-        "https://tfhub.dev/google/imagenet/efficientnet_v2_imagenet1k_b0/feature_vector/2"
+    assert calls[0] == (
+        "hub",
+        "https://tfhub.dev/google/imagenet/efficientnet_v2_imagenet1k_b0/feature_vector/2",
+        {
+            "image_size": (224, 224),
+            "value_range": (0.0, 1.0),
+            "name": "efficientnetv2-b0",
+        },
     )
-    assert options["image_size"] == (224, 224) and options["value_range"] == (0.0, 1.0)
-    assert calls[1][:2] == (
-        "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3",
+    assert calls[1] == (
+        "hub_text",
         "https://tfhub.dev/tensorflow/small_bert/bert_en_uncased_L-4_H-512_A-8/1",
+        {
+            "preprocessor": "https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3",
+            "name": "small-bert-small",
+            "seq_length": 64,
+        },
     )
-    assert calls[1][2]["seq_length"] == 64
-    assert calls[2][0] is None
+    assert calls[2][2]["preprocessor"] is None
+    assert image.get_config() == {
+        "source": "catalogue",
+        "arguments": {"handle": "EfficientNetV2_B0"},
+    }
 
 
 def test_catalogue_covers_the_families_with_sizes():
@@ -384,7 +480,10 @@ def test_catalogue_covers_the_families_with_sizes():
     ):  # fmt: skip
         _, entry = catalogue.lookup(name)
         assert entry["feature_dim"] > 0
-    assert catalogue.lookup("efficientnetv2-s")[1]["image_size"] == (384, 384)
+    assert catalogue.lookup("efficientnetv2-s")[1]["options"]["image_size"] == (
+        384,
+        384,
+    )
     assert catalogue.lookup("electra-small")[1]["feature_dim"] == 256
 
 
@@ -597,7 +696,7 @@ def test_unsupported_outputs_and_kwargs_are_config_errors_naming_the_choices(
         with pytest.raises(tftransfer.ConfigError, match="single output") as error:
             backbone.with_output("sequence_output")
         assert backbone.name in str(error.value)
-    with pytest.raises(tftransfer.ConfigError, match="no keyword arguments"):
+    with pytest.raises(tftransfer.ConfigError, match=r"takes \['name'\]"):
         tftransfer.backbone("efficientnet-lite0", image_size=(160, 160))
     with pytest.raises(tftransfer.ConfigError, match="'seq_length', 'output_key'"):
         tftransfer.backbone("all-minilm-l6-v2", pooling="cls")
@@ -619,7 +718,7 @@ def test_feature_extraction_pools_a_catalogue_bert_sequence_output(
         backbone,
         features="sequence_output",
         pooling="mean",
-        epochs=1,
+        head_epochs=1,
         cache_dir=tmp_path / "cache",
         run_dir=tmp_path / "run",
         verbose=0,

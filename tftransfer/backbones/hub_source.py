@@ -1,29 +1,109 @@
-"""`Backbone`s over TF Hub SavedModels: image feature vectors and text encoders."""
+"""Backbone sources over TF Hub SavedModels: image feature vectors ("hub")
+and text encoders with their preprocessor ("hub_text")."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from typing import Any
 
 import keras
 import tensorflow as tf
 
+from tftransfer.backbones.description import Backbone
 from tftransfer.backbones.hub_text_preprocessor import HubTextPreprocessor
-from tftransfer.errors import HandleError, InputSpecError
+from tftransfer.backbones.registry import register_source
+from tftransfer.backbones.source import BackboneSource
+from tftransfer.errors import ExportError, HandleError, InputSpecError
 
 _FEATURE_KEYS = ("default", "feature_vector", "pooled_output", "outputs")
+_SCHEMES = ("http://", "https://", "gs://", "file://")
 
 
-def image_backbone(
-    cls,
+class _HubSource(BackboneSource):
+    """What the TF Hub sources share: their handles, and hubify's refusal."""
+
+    form = "url"
+    # Text encoders are told apart by the `preprocessor=` they come with.
+    takes_preprocessor = False
+
+    def is_supported(self, handle: str, **options: Any) -> bool:
+        given = "preprocessor" in options
+        return given == self.takes_preprocessor and _is_saved_model(handle)
+
+    def check_hubify(self, backbone: Backbone) -> None:
+        raise ExportError(
+            f"Backbone {backbone.name!r} ({backbone.handle}) already is a TF Hub "
+            "SavedModel; use its handle directly instead of hubifying it."
+        )
+
+
+class HubImageSource(_HubSource):
+    """TF Hub image feature vector models (TF2 reusable SavedModels).
+
+    Handles: an `http(s)://`, `gs://` or `file://` URL, or a local
+    SavedModel folder. Implements `Backbone.from_hub`; see there.
+    """
+
+    name = "hub"
+    accepts = (
+        "an http(s)://, gs:// or file:// URL of a TF Hub model, or a local "
+        "TF Hub SavedModel folder (saved_model.pb)"
+    )
+
+    def works_offline(self, handle: str, **options: Any) -> bool:
+        return is_local_or_cached(handle)
+
+    def build(
+        self,
+        handle: str,
+        *,
+        image_size: tuple[int, int] | None = None,
+        value_range: tuple[float, float] | None = None,
+        output_key: str | None = None,
+        name: str | None = None,
+    ) -> Backbone:
+        return _image_backbone(handle, image_size, value_range, output_key, name)
+
+
+class HubTextSource(_HubSource):
+    """TF Hub text encoders with their preprocessor (BERT family, or none
+    for encoders of raw strings). Handles: the encoder's, as for
+    `HubImageSource`, with `preprocessor=`. Implements
+    `Backbone.from_hub_text`; see there.
+    """
+
+    name = "hub_text"
+    takes_preprocessor = True
+    accepts = (
+        "the same, with preprocessor=<its TF Hub preprocessor, or None> for a "
+        "text encoder"
+    )
+
+    def works_offline(self, handle: str, **options: Any) -> bool:
+        preprocessor = options.get("preprocessor")
+        return all(is_local_or_cached(h) for h in (handle, preprocessor) if h)
+
+    def build(
+        self,
+        handle: str,
+        *,
+        preprocessor: str | None,
+        seq_length: int = 128,
+        output_key: str | None = None,
+        name: str | None = None,
+    ) -> Backbone:
+        return _text_backbone(preprocessor, handle, seq_length, output_key, name)
+
+
+def _image_backbone(
     handle: str,
-    *,
     image_size: tuple[int, int] | None,
     value_range: tuple[float, float] | None,
     output_key: str | None,
     name: str | None,
-):
-    """Implements `Backbone.from_hub`; see there."""
+) -> Backbone:
     loaded = _load(handle)
     spec = _call_input_spec(loaded, handle)
     if not isinstance(spec, tf.TensorSpec) or spec.shape.rank != 4:
@@ -67,10 +147,9 @@ def image_backbone(
             handle, trainable, output_key, image_size, input_dtype, load_options
         )
 
-    return cls(
+    return Backbone(
         name=name or name_from_handle(handle),
         handle=handle,
-        source="hub",
         modality="image",
         feature_dim=int(features.shape[-1]),
         builder=builder,
@@ -78,27 +157,16 @@ def image_backbone(
         value_range=value_range,
         output_key=output_key,
         outputs=_output_keys(outputs),
-        config=_config(
-            "from_hub",
-            handle=handle,
-            image_size=list(image_size),
-            value_range=list(value_range),
-            output_key=output_key,
-            name=name,
-        ),
     )
 
 
-def text_backbone(
-    cls,
+def _text_backbone(
     preprocessor: str | None,
     encoder: str,
-    *,
     seq_length: int,
-    output_key: str,
+    output_key: str | None,
     name: str | None,
-):
-    """Implements `Backbone.from_hub_text`; see there."""
+) -> Backbone:
     from tftransfer.hub import resolve
 
     loaded = _load(encoder)
@@ -125,10 +193,9 @@ def text_backbone(
     def preprocessor_factory() -> HubTextPreprocessor:
         return HubTextPreprocessor(preprocessor_path, seq_length)
 
-    return cls(
+    return Backbone(
         name=name or name_from_handle(encoder),
         handle=encoder,
-        source="hub_text",
         modality="text",
         feature_dim=int(features.shape[-1]),
         builder=builder,
@@ -136,14 +203,25 @@ def text_backbone(
         output_key=key,
         outputs=_output_keys(outputs),
         preprocessor_factory=preprocessor_factory,
-        config=_config(
-            "from_hub_text",
-            preprocessor=preprocessor,
-            encoder=encoder,
-            seq_length=seq_length,
-            output_key=key,
-            name=name,
-        ),
+    )
+
+
+def is_local_or_cached(handle: str) -> bool:
+    """Whether `handle` is a local folder or already in tensorflow_hub's
+    cache (whose folders are named by the SHA-1 of the handle)."""
+    from tensorflow_hub import resolver
+
+    if os.path.isdir(handle):
+        return True
+    cache = resolver.tfhub_cache_dir(use_temp=True)
+    digest = hashlib.sha1(handle.encode("utf8")).hexdigest()
+    return os.path.isdir(os.path.join(cache, digest))
+
+
+def _is_saved_model(handle: str) -> bool:
+    """A URL a TF Hub resolver reads, or a local SavedModel folder."""
+    return handle.startswith(_SCHEMES) or os.path.exists(
+        os.path.join(handle, "saved_model.pb")
     )
 
 
@@ -235,5 +313,5 @@ def _image_hub_layer(
     return keras.Model(images, features, name=f"{layer.name}_float_input")
 
 
-def _config(constructor: str, **arguments: Any) -> dict[str, Any]:
-    return {"constructor": constructor, "arguments": arguments}
+register_source(HubImageSource())
+register_source(HubTextSource())

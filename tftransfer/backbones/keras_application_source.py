@@ -1,13 +1,22 @@
-"""`Backbone`s over `keras.applications` models."""
+"""The backbone source of `keras.applications` models ("keras_application")."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
+from typing import Any
 
 import keras
 
+from tftransfer.backbones.description import Backbone
+from tftransfer.backbones.registry import register_source
+from tftransfer.backbones.source import BackboneSource, check_pooling
 from tftransfer.errors import HandleError, HandleNotFoundError
+
+_PREFIXES = ("keras.applications.", "keras:")
+# The vocabulary's pooling words, as keras.applications spells them.
+_KERAS_POOLING = {"mean": "avg", "max": "max"}
 
 # Default input sizes that differ from 224 x 224.
 _DEFAULT_SIZES = {
@@ -31,15 +40,54 @@ _DEFAULT_SIZES = {
 }
 
 
-def application_backbone(
-    cls,
-    name: str,
-    *,
-    weights: str | None,
-    image_size: tuple[int, int] | None,
-    pooling: str,
-):
-    """Implements `Backbone.from_keras_application`; see there."""
+class KerasApplicationSource(BackboneSource):
+    """`keras.applications` models without their top.
+
+    Handles: `"keras:<Name>"` or `"keras.applications.<Name>"` (the bare
+    name too, through `Backbone.from_keras_application`, which this
+    implements; see there).
+    """
+
+    name = "keras_application"
+    form = "prefix"
+    accepts = (
+        '"keras.applications.<Name>" or "keras:<Name>" (e.g. "keras:EfficientNetV2B0")'
+    )
+
+    def is_supported(self, handle: str, **options: Any) -> bool:
+        return handle.startswith(_PREFIXES)
+
+    def build(
+        self,
+        handle: str,
+        *,
+        weights: str | None = "imagenet",
+        image_size: tuple[int, int] | None = None,
+        pooling: str = "mean",
+    ) -> Backbone:
+        name = _application_name(handle)
+        if weights not in (None, "imagenet"):
+            weights = os.fspath(weights)
+            if not os.path.exists(weights):
+                raise HandleNotFoundError(
+                    f"The weights file {weights!r} for {name} does not exist. Pass "
+                    "an existing `.h5`/`.weights.h5` file, 'imagenet' or None."
+                )
+        return application_backbone(
+            name,
+            image_size,
+            pooling,
+            lambda base: base,
+            weights=weights,
+        )
+
+
+def application(name: str) -> Callable[..., keras.Model]:
+    """Returns `keras.applications.<name>`.
+
+    Raises:
+        HandleError: listing the applications, if there is none by `name`.
+    """
     constructor = getattr(keras.applications, name, None)
     if not callable(constructor):
         available = sorted(n for n in dir(keras.applications) if n[:1].isupper())
@@ -47,56 +95,80 @@ def application_backbone(
             f"`keras.applications` has no model {name!r}. Use one of: "
             f"{', '.join(available)}."
         )
-    if weights not in (None, "imagenet"):
-        weights = os.fspath(weights)
-        if not os.path.exists(weights):
-            raise HandleNotFoundError(
-                f"The weights file {weights!r} for {name} does not exist. Pass "
-                "an existing `.h5`/`.weights.h5` file, 'imagenet' or None."
-            )
-    if pooling not in ("avg", "max"):
-        raise HandleError(
-            f"Expected pooling='avg' or 'max' for {name}. Received: pooling={pooling!r}."
-        )
+    return constructor
+
+
+def application_backbone(
+    application_name: str,
+    image_size: tuple[int, int] | None,
+    pooling: str,
+    load: Callable[[keras.Model], keras.Model],
+    *,
+    weights: str | None = None,
+    handle: str | None = None,
+    name: str | None = None,
+) -> Backbone:
+    """A `Backbone` over `keras.applications.<application_name>`, without
+    its top.
+
+    Args:
+        application_name: The application's name (see `application()`).
+        image_size: `(height, width)`, or `None` for its default size.
+        pooling: `"mean"` or `"max"` (`tftransfer.vocabulary.POOLINGS`).
+        load: Called with each new application model (built with
+            `weights`) before it is wrapped; returns it, with any weights
+            it assigns.
+        weights: What `keras.applications` loads itself: `"imagenet"`, a
+            weights file or `None`.
+        handle: The backbone's handle;
+            `"keras.applications.<application_name>"` by default.
+        name: The backbone's short name; `application_name` by default.
+
+    Returns:
+        A `Backbone` taking float32 images in `(0, 255)` (the application's
+        own preprocessing is inside).
+    """
+    constructor = application(application_name)
+    handle = handle or f"keras.applications.{application_name}"
+    pooling = check_pooling(handle, pooling, ("mean", "max"))
     if image_size is None:
-        size = _DEFAULT_SIZES.get(name, 224)
+        size = _DEFAULT_SIZES.get(application_name, 224)
         image_size = (size, size)
     image_size = (int(image_size[0]), int(image_size[1]))
     preprocess_input = importlib.import_module(constructor.__module__).preprocess_input
 
-    def builder(
-        trainable: bool, load_options=None, weights: str | None = weights
-    ) -> keras.Layer:
-        del load_options  # keras.applications read no SavedModel.
-        base = constructor(
+    def base_model(weights: str | None) -> keras.Model:
+        return constructor(
             include_top=False,
             weights=weights,
             input_shape=(*image_size, 3),
-            pooling=pooling,
+            pooling=_KERAS_POOLING[pooling],
         )
+
+    def builder(trainable: bool, load_options=None) -> keras.Layer:
+        del load_options  # keras.applications read no SavedModel.
+        base = load(base_model(weights))
         base.trainable = trainable
         images = keras.Input((*image_size, 3), dtype="float32", name="images")
         features = base(preprocess_input(images))
         return keras.Model(images, features, name=f"{base.name}_backbone")
 
-    feature_dim = builder(False, weights=None).output_shape[-1]
-    handle = f"keras.applications.{name}"
-    return cls(
-        name=name,
+    return Backbone(
+        name=name or application_name,
         handle=handle,
-        source="keras_application",
         modality="image",
-        feature_dim=feature_dim,
+        feature_dim=base_model(None).output_shape[-1],
         builder=builder,
         image_size=image_size,
         value_range=(0.0, 255.0),
-        config={
-            "constructor": "from_keras_application",
-            "arguments": {
-                "name": name,
-                "weights": weights,
-                "image_size": list(image_size),
-                "pooling": pooling,
-            },
-        },
     )
+
+
+def _application_name(handle: str) -> str:
+    for prefix in _PREFIXES:
+        if handle.startswith(prefix):
+            return handle[len(prefix) :]
+    return handle
+
+
+register_source(KerasApplicationSource())

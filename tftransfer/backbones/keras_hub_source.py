@@ -1,78 +1,93 @@
-"""`Backbone`s over KerasHub presets: image backbones and BERT encoders."""
+"""The backbone source of KerasHub presets ("keras_hub"): image backbones
+and BERT encoders."""
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import keras
 
-from tftransfer.backbones.description import check_output_key
+from tftransfer.backbones.description import Backbone, check_output_key
 from tftransfer.backbones.hub_source import name_from_handle
+from tftransfer.backbones.registry import register_source
+from tftransfer.backbones.source import BackboneSource, check_pooling
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import HandleError
 
-IMAGE_POOLINGS = ("avg", "max")
-TEXT_POOLINGS = ("pooled", "cls", "mean")
+IMAGE_POOLINGS = ("mean", "max")
+TEXT_POOLINGS = ("pooled", "first", "mean")
 # The outputs of a KerasHub BERT backbone that `output_key` selects.
 TEXT_OUTPUTS = ("pooled_output", "sequence_output")
+_PREFIX = "keras_hub:"
+_SCHEMES = ("kaggle://", "hf://")
+_CHECKPOINT_FILES = ("metadata.json", "config.json")
 
 
-def keras_hub_backbone(
-    cls,
-    preset: str,
-    *,
-    seq_length: int,
-    pooling: str | None,
-    output_key: str | None,
-    name: str | None,
-):
-    """Implements `Backbone.from_keras_hub`; see there."""
-    keras_hub = _import_keras_hub(preset)
-    try:
-        skeleton = keras_hub.models.Backbone.from_preset(preset, load_weights=False)
-    except (ValueError, FileNotFoundError, OSError) as error:
-        raise HandleError(
-            f"KerasHub cannot load the preset {preset!r}: {error}. Pass a "
-            "KerasHub preset name, a `kaggle://` or `hf://` handle (needs a "
-            "network), or a folder with a KerasHub, Hugging Face or timm "
-            "checkpoint."
-        ) from error
-    config = {
-        "constructor": "from_keras_hub",
-        "arguments": {
-            "preset": preset,
-            "seq_length": seq_length,
-            "pooling": pooling,
-            "output_key": output_key,
-            "name": name,
-        },
-    }
-    name = name or name_from_handle(preset)
-    is_text = isinstance(skeleton, keras_hub.models.BertBackbone)
-    outputs = TEXT_OUTPUTS if is_text else ()
-    check_output_key(name, preset, output_key, outputs)
-    if is_text:
-        return _text_backbone(
-            cls,
-            keras_hub,
-            preset,
-            skeleton,
-            seq_length,
-            pooling,
-            output_key,
-            name,
-            config,
-        )
-    if len(skeleton.output_shape) == 4:
-        return _image_backbone(cls, keras_hub, preset, skeleton, pooling, name, config)
-    raise HandleError(
-        f"The KerasHub preset {preset!r} holds a {type(skeleton).__name__}; "
-        "tftransfer takes image backbones with a feature map output and "
-        "BERT-family text encoders."
+class KerasHubSource(BackboneSource):
+    """KerasHub presets: image backbones and BERT-family text encoders.
+
+    Handles: `"keras_hub:<preset name or folder>"`, a `kaggle://` or
+    `hf://` handle, or a local folder with a KerasHub, Hugging Face or timm
+    checkpoint (`metadata.json` or `config.json`, and no `saved_model.pb`).
+    Implements `Backbone.from_keras_hub`; see there.
+    """
+
+    name = "keras_hub"
+    form = "prefix"
+    accepts = (
+        '"keras_hub:<preset>" (a KerasHub preset name or folder), a '
+        '"kaggle://..." / "hf://..." KerasHub handle, or a local KerasHub, '
+        "Hugging Face or timm checkpoint folder (metadata.json or config.json)"
     )
 
+    def is_supported(self, handle: str, **options: Any) -> bool:
+        if handle.startswith((_PREFIX, *_SCHEMES)):
+            return True
+        return (
+            os.path.isdir(handle)
+            and not os.path.exists(os.path.join(handle, "saved_model.pb"))
+            and any(os.path.exists(os.path.join(handle, f)) for f in _CHECKPOINT_FILES)
+        )
 
-def _image_backbone(cls, keras_hub, preset, skeleton, pooling, name, config):
-    pooling = pooling or "avg"
-    _check_choice(preset, "pooling", pooling, IMAGE_POOLINGS)
+    def build(
+        self,
+        handle: str,
+        *,
+        seq_length: int = 128,
+        pooling: str | None = None,
+        output_key: str | None = None,
+        name: str | None = None,
+    ) -> Backbone:
+        preset = handle[len(_PREFIX) :] if handle.startswith(_PREFIX) else handle
+        keras_hub = _import_keras_hub(preset)
+        try:
+            skeleton = keras_hub.models.Backbone.from_preset(preset, load_weights=False)
+        except (ValueError, FileNotFoundError, OSError) as error:
+            raise HandleError(
+                f"KerasHub cannot load the preset {preset!r}: {error}. Pass a "
+                "KerasHub preset name, a `kaggle://` or `hf://` handle (needs a "
+                "network), or a folder with a KerasHub, Hugging Face or timm "
+                "checkpoint."
+            ) from error
+        name = name or name_from_handle(preset)
+        is_text = isinstance(skeleton, keras_hub.models.BertBackbone)
+        check_output_key(name, preset, output_key, TEXT_OUTPUTS if is_text else ())
+        if is_text:
+            return _text_backbone(
+                keras_hub, preset, skeleton, seq_length, pooling, output_key, name
+            )
+        if len(skeleton.output_shape) == 4:
+            return _image_backbone(keras_hub, preset, skeleton, pooling, name)
+        raise HandleError(
+            f"The KerasHub preset {preset!r} holds a {type(skeleton).__name__}; "
+            "tftransfer takes image backbones with a feature map output and "
+            "BERT-family text encoders."
+        )
+
+
+def _image_backbone(keras_hub, preset, skeleton, pooling, name) -> Backbone:
+    pooling = check_pooling(preset, pooling or "mean", IMAGE_POOLINGS)
     converter = keras_hub.layers.ImageConverter.from_preset(preset)
     if converter is None or converter.image_size is None:
         raise HandleError(
@@ -94,29 +109,26 @@ def _image_backbone(cls, keras_hub, preset, skeleton, pooling, name, config):
         feature_map = backbone(scaled)
         pool = (
             keras.layers.GlobalAveragePooling2D()
-            if pooling == "avg"
+            if pooling == "mean"
             else keras.layers.GlobalMaxPooling2D()
         )
         return keras.Model(images, pool(feature_map), name=f"{name}_backbone")
 
-    return cls(
+    return Backbone(
         name=name,
         handle=preset,
-        source="keras_hub",
         modality="image",
         feature_dim=int(skeleton.output_shape[-1]),
         builder=builder,
         image_size=image_size,
         value_range=(0.0, 255.0),
-        config=config,
     )
 
 
 def _text_backbone(
-    cls, keras_hub, preset, skeleton, seq_length, pooling, output_key, name, config
-):
-    pooling = pooling or "pooled"
-    _check_choice(preset, "pooling", pooling, TEXT_POOLINGS)
+    keras_hub, preset, skeleton, seq_length, pooling, output_key, name
+) -> Backbone:
+    pooling = check_pooling(preset, pooling or "pooled", TEXT_POOLINGS)
     tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
     vocabulary = tokenizer.get_vocabulary()
     lowercase = bool(getattr(tokenizer, "lowercase", False))
@@ -132,10 +144,9 @@ def _text_backbone(
             vocabulary, lowercase=lowercase, seq_length=seq_length
         )
 
-    return cls(
+    return Backbone(
         name=name,
         handle=preset,
-        source="keras_hub",
         modality="text",
         feature_dim=int(skeleton.hidden_dim),
         builder=builder,
@@ -143,7 +154,6 @@ def _text_backbone(
         output_key=output_key,
         outputs=TEXT_OUTPUTS,
         preprocessor_factory=preprocessor_factory,
-        config=config,
     )
 
 
@@ -154,7 +164,8 @@ def bert_feature_model(
 
     Args:
         backbone: A `keras_hub.models.BertBackbone`.
-        pooling: `"pooled"`, `"cls"` or `"mean"` (masked mean over tokens).
+        pooling: `"pooled"`, `"first"` (the `[CLS]` token) or `"mean"`
+            (masked mean over tokens).
         name: Name of the returned model.
         output_key: `"pooled_output"` or `"sequence_output"` to return that
             backbone output instead of the `pooling` result.
@@ -180,21 +191,13 @@ def bert_feature_model(
         features = outputs[output_key]
     elif pooling == "pooled":
         features = outputs["pooled_output"]
-    elif pooling == "cls":
+    elif pooling == "first":
         features = outputs["sequence_output"][:, 0, :]
     else:
         mask = keras.ops.cast(inputs["input_mask"], "float32")[:, :, None]
         total = keras.ops.sum(outputs["sequence_output"] * mask, axis=1)
         features = total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
     return keras.Model(inputs, features, name=f"{name}_backbone")
-
-
-def _check_choice(preset: str, field: str, value: str, choices: tuple[str, ...]):
-    if value not in choices:
-        raise HandleError(
-            f"Expected {field} to be one of {choices} for the KerasHub preset "
-            f"{preset!r}. Received: {field}={value!r}."
-        )
 
 
 def _import_keras_hub(preset: str):
@@ -206,3 +209,6 @@ def _import_keras_hub(preset: str):
             "tftransfer[keras-hub]` (keras-hub and safetensors)."
         ) from error
     return keras_hub
+
+
+register_source(KerasHubSource())

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
+from tftransfer.backbones import registry
 from tftransfer.backbones.description import Backbone
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import ExportError
@@ -100,7 +101,8 @@ def hubify(
     existing folder at a target is an error.
 
     Args:
-        model: A `Backbone` from KerasHub or `keras.applications`, or a
+        model: A `Backbone` whose source can hubify it (every one but the
+            TF Hub sources, see `BackboneSource.check_hubify`), or a
             `keras.Model` with fixed inputs (its own input specs are used and
             its inputs are passed through unchanged).
         path: Folder for the encoder SavedModel.
@@ -111,8 +113,9 @@ def hubify(
         A `HubModel(path, preprocessor_path)`.
 
     Raises:
-        ExportError: if the target exists, the backbone already comes from
-            TF Hub, or the preprocessor would need ops TF Serving lacks.
+        ExportError: if the target exists, the backbone's source refuses
+            (it already is a TF Hub SavedModel), or the preprocessor would
+            need ops TF Serving lacks.
 
     Example:
 
@@ -151,11 +154,8 @@ def hubify(
 
 
 def _backbone_parts(backbone: Backbone):
-    if backbone.source not in ("keras_hub", "keras_application"):
-        raise ExportError(
-            f"Backbone {backbone.name!r} ({backbone.handle}) already is a TF Hub "
-            "SavedModel; use its handle directly instead of hubifying it."
-        )
+    if backbone.source is not None:
+        registry.get_source(backbone.source).check_hubify(backbone)
     layer = backbone.build(trainable=True)
     if backbone.modality == "image":
         spec = tf.TensorSpec([None, *backbone.image_size, 3], tf.float32)

