@@ -85,17 +85,26 @@ class Tokenize(tf.Module):
         }
 
 
-class RoundRobinBertPreprocessor(tf.Module):
-    """A BERT preprocessor packing with `text.RoundRobinTrimmer`.
+class HubBertPreprocessor(tf.Module):
+    """A TF Hub-style BERT preprocessor packing with `trimmer`.
 
+    `trimmer` is `text.RoundRobinTrimmer` (as TF Hub's, whose op TF Serving
+    lacks) or `text.WaterfallTrimmer` (core TF ops).
     `keep="head"` keeps each segment's first tokens, as TF Hub's do;
     `keep="tail"` its last ones (trimming the reversed segments), a packing
     that the core-op rewrite does not reproduce. Without
     `special_tokens_dict`, the special ids are only in the vocabulary asset.
     """
 
-    def __init__(self, vocab_file, keep="head", special_tokens_dict=True):
+    def __init__(
+        self,
+        vocab_file,
+        trimmer=text.RoundRobinTrimmer,
+        keep="head",
+        special_tokens_dict=True,
+    ):
         super().__init__()
+        self.trimmer = trimmer
         self.keep = keep
         self.tokenize = Tokenize(vocab_file, special_tokens_dict)
         self.ids = [int(i) for i in self.tokenize.special_tokens.numpy()]
@@ -110,7 +119,7 @@ class RoundRobinBertPreprocessor(tf.Module):
 
     def _pack(self, segments, seq_length):
         segments = [s.merge_dims(-2, -1) for s in segments]
-        trimmer = text.RoundRobinTrimmer(seq_length - 1 - len(segments))
+        trimmer = self.trimmer(seq_length - 1 - len(segments))
         if self.keep == "tail":
             reverse = [tf.reverse(s, axis=[1]) for s in segments]
             trimmed = [tf.reverse(s, axis=[1]) for s in trimmer.trim(reverse)]
@@ -128,10 +137,10 @@ class RoundRobinBertPreprocessor(tf.Module):
 
 
 def save_preprocessor(directory, **kwargs) -> str:
-    """Saves a `RoundRobinBertPreprocessor` (vocabulary as an asset) in `directory`."""
+    """Saves a `HubBertPreprocessor` (vocabulary as an asset) in `directory`."""
     os.makedirs(directory, exist_ok=True)
     vocab_file = hub_fixtures.write_vocab(os.path.join(directory, "vocab.txt"))
-    module = RoundRobinBertPreprocessor(vocab_file, **kwargs)
+    module = HubBertPreprocessor(vocab_file, **kwargs)
     return hub_fixtures.save_as_hub_model(module, os.path.join(directory, "saved"))
 
 
@@ -202,9 +211,8 @@ def test_rewritten_packing_gives_the_preprocessors_outputs_without_its_ops(
     assert received["input_mask"].numpy()[-2].all()
 
 
-def test_serving_safe_preprocessor_keeps_its_own_packing(bert_paths):
-    # The shared fixture packs with WaterfallTrimmer: nothing to rewrite.
-    preprocessor, _ = bert_paths
+def test_serving_safe_preprocessor_keeps_its_own_packing(tmp_path):
+    preprocessor = save_preprocessor(tmp_path, trimmer=text.WaterfallTrimmer)
     original = original_preprocessing(preprocessor, SEQ_LENGTH)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
