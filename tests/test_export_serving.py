@@ -456,7 +456,7 @@ def test_fitted_feature_extraction_recipe_is_exported(image_backbone, tmp_path):
     ).batch(4)
     recipe = FeatureExtraction(
         image_backbone,
-        epochs=1,
+        head_epochs=1,
         cache_dir=tmp_path / "cache",
         run_dir=tmp_path / "run",
         strategy="default",
