@@ -2,12 +2,20 @@
 
 `write_report()` turns what a run produced (its metrics as numbers, its
 training history, and the test predictions) into files a person reads:
-`metrics.json`, `per_class.csv`, `training_curves.png`,
-`confusion_matrix.png`, the most confidently wrong examples (image
-thumbnails or text snippets) and `report.html`, which shows all of it in one
-self-contained page. The numbers come from
-`tftransfer.recipes.metrics.classification_metrics`; this module only
-presents them. Plots need `matplotlib` (`pip install tftransfer[report]`).
+`metrics.json`, a per-class (per-label, per-target) CSV,
+`training_curves.png`, a picture of the errors, the worst predictions
+(image thumbnails or text snippets) and `report.html`, which shows all of
+it in one self-contained page. Each task has its own numbers and picture:
+
+| task | numbers | picture |
+| --- | --- | --- |
+| classification | accuracy, top-k, macro F1, per-class P/R/F1 | `confusion_matrix.png` |
+| multi_label | micro/macro F1, subset accuracy, per-label P/R/F1 | `per_label_f1.png` |
+| regression | MAE, RMSE, R², per target | `predicted_vs_true.png` |
+
+The numbers come from `tftransfer.recipes.tasks.task_metrics`; this module
+only presents them. Plots need `matplotlib` (`pip install
+tftransfer[report]`).
 """
 
 from __future__ import annotations
@@ -46,12 +54,14 @@ def _pyplot():
 def plot_training_curves(
     history: Mapping[str, Sequence[float]], path: str | os.PathLike
 ) -> Path:
-    """Plots loss and accuracy per epoch, train and validation, to a PNG.
+    """Plots the loss and the task's metric per epoch, train and
+    validation, to a PNG.
 
     Args:
         history: `keras.callbacks.History.history`: lists per epoch under
-            `loss`, `accuracy`, `val_loss`, `val_accuracy` (missing ones are
-            left out).
+            `loss` and `val_loss`, and the task's metric (`accuracy`,
+            `binary_accuracy` or `mae`) and its `val_` twin (missing ones
+            are left out).
         path: The PNG file to write.
 
     Returns:
@@ -63,7 +73,11 @@ def plot_training_curves(
     """
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+    # The task's metric beside the loss: accuracy, binary_accuracy, mae.
+    task_metric = next(
+        (k for k in history if k != "loss" and not k.startswith("val_")), "accuracy"
+    )
+    for axis, metric in zip(axes, ("loss", task_metric), strict=True):
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
             values = history.get(key) or []
             if values:
@@ -114,6 +128,96 @@ def plot_confusion_matrix(
     return Path(path)
 
 
+def plot_per_label_f1(
+    per_label: Mapping[str, Mapping[str, float]], path: str | os.PathLike
+) -> Path:
+    """Plots each label's F1 (multi-label) as horizontal bars, to a PNG.
+
+    Example:
+
+    >>> plot_per_label_f1(metrics["per_label"], "per_label_f1.png")
+    """
+    plt = _pyplot()
+    names = list(per_label)
+    scores = [per_label[name]["f1"] for name in names]
+    figure, axis = plt.subplots(figsize=(6, max(2.5, 0.35 * len(names) + 1)))
+    axis.barh(range(len(names)), scores, color="tab:blue")
+    axis.set_yticks(range(len(names)), names)
+    axis.invert_yaxis()
+    axis.set_xlim(0.0, 1.0)
+    axis.set_xlabel("F1 at threshold 0.5")
+    axis.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_predicted_vs_true(
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    target_names: Sequence[str],
+    path: str | os.PathLike,
+) -> Path:
+    """Plots predicted against true values (regression), one colour per
+    target, with the diagonal of perfect predictions, to a PNG.
+
+    Example:
+
+    >>> plot_predicted_vs_true(y, recipe.predict(test), ["price"], "scatter.png")
+    """
+    plt = _pyplot()
+    targets = np.asarray(targets, np.float64).reshape(len(targets), -1)
+    predictions = np.asarray(predictions, np.float64).reshape(len(targets), -1)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for index, name in enumerate(target_names):
+        axis.scatter(
+            targets[:, index], predictions[:, index], s=12, alpha=0.6, label=name
+        )
+    values = np.concatenate([targets.ravel(), predictions.ravel()])
+    low, high = (values.min(), values.max()) if values.size else (0.0, 1.0)
+    axis.plot([low, high], [low, high], color="grey", linewidth=1)
+    axis.set_xlabel("true")
+    axis.set_ylabel("predicted")
+    axis.grid(alpha=0.3)
+    if len(target_names) > 1:
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
+def worst_predictions(
+    task: str, labels: np.ndarray, outputs: np.ndarray, count: int
+) -> list[int]:
+    """Returns the indices of up to `count` worst predictions, worst first.
+
+    Classification: the wrong ones, most confident first (see
+    `confidently_wrong()`). Multi-label: examples with a wrong label at
+    threshold 0.5, by their largest |probability - label|. Regression: by
+    the sum of absolute errors.
+
+    Example:
+
+    >>> worst_predictions("regression", np.array([[1.0], [2.0]]),
+    ...                   np.array([[1.1], [3.0]]), 5)
+    [1, 0]
+    """
+    if task == "classification":
+        return confidently_wrong(labels, outputs, count)
+    labels = np.asarray(labels, np.float64).reshape(len(labels), -1)
+    outputs = np.asarray(outputs, np.float64).reshape(len(labels), -1)
+    errors = np.abs(outputs - labels)
+    if task == "multi_label":
+        wrong = np.flatnonzero(((outputs >= 0.5) != (labels >= 0.5)).any(axis=1))
+        worst = errors[wrong].max(axis=1)
+    else:
+        wrong, worst = np.arange(len(labels)), errors.sum(axis=1)
+    order = np.argsort(-worst, kind="stable")
+    return [int(i) for i in wrong[order][:count]]
+
+
 def confidently_wrong(
     labels: np.ndarray, probabilities: np.ndarray, count: int
 ) -> list[int]:
@@ -151,17 +255,21 @@ def write_report(
 
     Args:
         run_dir: The run folder.
-        metrics: What `classification_metrics()` returned for the held-out
-            split, with `"split"` naming it (`"test"` if absent).
+        metrics: What `tftransfer.recipes.tasks.task_metrics()` returned
+            for the held-out split (its `"task"` says which report to
+            write; classification if absent, as `classification_metrics()`
+            returns), with `"split"` naming the split (`"test"` if absent).
         history: Per-epoch training history (`History.history`).
-        labels: True labels of the test examples `[n]`.
-        probabilities: Predicted class probabilities `[n, num_classes]`.
+        labels: True labels of the test examples: class indices `[n]`,
+            multi-hot vectors or targets `[n, outputs]`.
+        probabilities: The model's outputs `[n, outputs]`: class or label
+            probabilities, or predicted values (regression).
         inputs: The raw test inputs, in the same order: strings (text),
             file paths or encoded image bytes, or pixel arrays.
         input_format: `LabeledData.input_format` of `inputs`.
         title: The page title (the run's name).
         settings: The run's settings, shown at the end of the page.
-        confidently_wrong_count: How many confident mistakes to show.
+        confidently_wrong_count: How many of the worst predictions to show.
         skipped: The inputs the reader left out, with the reason
             (`LabeledData.skipped`): counted and listed in the report.
         fallbacks: The inputs read by a fallback (`LabeledData.fallbacks`,
@@ -178,62 +286,120 @@ def write_report(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    task = metrics.get("task", "classification")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _write_per_class_csv(metrics, run_dir / "per_class.csv")
+    rows_key, column = _ROWS[task]
+    _write_per_class_csv(metrics[rows_key], column, run_dir / f"{_CSV[task]}.csv")
     curves = plot_training_curves(history, run_dir / "training_curves.png")
-    confusion = plot_confusion_matrix(
-        metrics["confusion_matrix"],
-        metrics["class_names"],
-        run_dir / "confusion_matrix.png",
-    )
+    picture = _picture(task, metrics, labels, probabilities, run_dir)
     mistakes = _write_mistakes(
         run_dir,
-        confidently_wrong(labels, probabilities, confidently_wrong_count),
+        worst_predictions(task, labels, probabilities, confidently_wrong_count),
+        task,
         labels,
         probabilities,
         inputs,
         input_format,
-        metrics["class_names"],
+        metrics[_NAMES[task]],
     )
     data_notes = _data_notes(skipped, fallbacks)
     page = _page(
-        run_dir, title, metrics, curves, confusion, mistakes, settings or {}, data_notes
+        run_dir, title, metrics, curves, picture, mistakes, settings or {}, data_notes
     )
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
 
 
-def _write_per_class_csv(metrics: Mapping[str, Any], path: Path) -> None:
+# Per task: the metrics' rows, the CSV's first column and file name, the
+# key of the output names, and the picture's title.
+_ROWS = {
+    "classification": ("per_class", "class"),
+    "multi_label": ("per_label", "label"),
+    "regression": ("per_target", "target"),
+}
+_CSV = {
+    "classification": "per_class",
+    "multi_label": "per_label",
+    "regression": "per_target",
+}
+_NAMES = {
+    "classification": "class_names",
+    "multi_label": "label_names",
+    "regression": "target_names",
+}
+_PICTURES = {
+    "classification": "Confusion matrix",
+    "multi_label": "F1 per label",
+    "regression": "Predicted vs true",
+}
+
+
+def _picture(task, metrics, labels, outputs, run_dir: Path) -> Path:
+    """The task's picture of the errors."""
+    if task == "multi_label":
+        return plot_per_label_f1(metrics["per_label"], run_dir / "per_label_f1.png")
+    if task == "regression":
+        return plot_predicted_vs_true(
+            labels, outputs, metrics["target_names"], run_dir / "predicted_vs_true.png"
+        )
+    return plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        metrics["class_names"],
+        run_dir / "confusion_matrix.png",
+    )
+
+
+def _write_per_class_csv(rows: Mapping[str, Mapping], column: str, path: Path):
+    """One row per class (label, target): its metrics, 4 decimals."""
+    keys = list(next(iter(rows.values()), {}))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for name, row in metrics["per_class"].items():
+        writer.writerow([column, *keys])
+        for name, row in rows.items():
             writer.writerow(
-                [
-                    name,
-                    f"{row['precision']:.4f}",
-                    f"{row['recall']:.4f}",
-                    f"{row['f1']:.4f}",
-                    row["support"],
-                ]
+                [name, *(f"{row[k]:.4f}" if k != "support" else row[k] for k in keys)]
             )
 
 
+def _described(task: str, label, output, names) -> tuple[str, str, dict]:
+    """`(true, predicted, score)` of one example, for the mistakes list."""
+    if task == "classification":
+        predicted = int(np.argmax(output))
+        return (
+            names[int(label)],
+            names[predicted],
+            {"confidence": float(output[predicted])},
+        )
+    label, output = np.ravel(label), np.ravel(output)
+    if task == "multi_label":
+
+        def listed(hot):
+            return ", ".join(n for n, on in zip(names, hot, strict=True) if on)
+
+        return (
+            listed(label >= 0.5) or "(none)",
+            listed(output >= 0.5) or "(none)",
+            {"confidence": float(np.abs(output - label).max())},
+        )
+
+    def values(row):
+        return ", ".join(f"{n}={v:.4g}" for n, v in zip(names, row, strict=True))
+
+    return values(label), values(output), {"error": float(np.abs(output - label).sum())}
+
+
 def _write_mistakes(
-    run_dir, indices, labels, probabilities, inputs, input_format, class_names
+    run_dir, indices, task, labels, probabilities, inputs, input_format, names
 ):
     """Writes `confidently_wrong.json` (and thumbnails); returns the rows."""
     rows = []
     folder = run_dir / "confidently_wrong"
     for rank, index in enumerate(indices):
-        predicted = int(np.argmax(probabilities[index]))
-        row = {
-            "index": index,
-            "true": class_names[int(labels[index])],
-            "predicted": class_names[predicted],
-            "confidence": float(probabilities[index][predicted]),
-        }
+        true, predicted, score = _described(
+            task, labels[index], probabilities[index], names
+        )
+        row = {"index": index, "true": true, "predicted": predicted, **score}
         value = inputs[index]
         if input_format == "text":
             text = (
@@ -309,30 +475,64 @@ def _data_notes(skipped: Sequence[str], fallbacks: Sequence[str], shown: int = 2
     return f"<h2>Data</h2>{''.join(parts)}" if parts else ""
 
 
-def _page(
-    run_dir, title, metrics, curves, confusion, mistakes, settings, data_notes
-) -> str:
-    e = html.escape
-    cards = "".join(
-        f'<div class="card">{e(label)}<b>{value}</b></div>'
-        for label, value in (
+def _cards(task: str, metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    if task == "multi_label":
+        main = [
+            ("micro F1", f"{metrics['micro_f1']:.3f}"),
+            ("macro F1", f"{metrics['macro_f1']:.3f}"),
+            ("subset accuracy", f"{metrics['subset_accuracy']:.3f}"),
+        ]
+    elif task == "regression":
+        main = [
+            ("MAE", f"{metrics['mae']:.4g}"),
+            ("RMSE", f"{metrics['rmse']:.4g}"),
+            ("R²", f"{metrics['r2']:.3f}"),
+        ]
+    else:
+        main = [
             ("accuracy", f"{metrics['accuracy']:.3f}"),
             (f"top-{metrics['k']} accuracy", f"{metrics['top_k_accuracy']:.3f}"),
             ("macro F1", f"{metrics['macro_f1']:.3f}"),
-            (f"{metrics.get('split', 'test')} examples", metrics["num_examples"]),
-            *((("model kept", metrics["chosen"]),) if "chosen" in metrics else ()),
-        )
+        ]
+    return [
+        *main,
+        (f"{metrics.get('split', 'test')} examples", metrics["num_examples"]),
+        *((("model kept", metrics["chosen"]),) if "chosen" in metrics else ()),
+    ]
+
+
+def _page(
+    run_dir, title, metrics, curves, picture, mistakes, settings, data_notes
+) -> str:
+    e = html.escape
+    task = metrics.get("task", "classification")
+    cards = "".join(
+        f'<div class="card">{e(label)}<b>{value}</b></div>'
+        for label, value in _cards(task, metrics)
     )
-    per_class = "".join(
-        f"<tr><td>{e(name)}</td><td>{row['precision']:.3f}</td><td>{row['recall']:.3f}</td>"
-        f"<td>{row['f1']:.3f}</td><td>{row['support']}</td></tr>"
-        for name, row in metrics["per_class"].items()
+    rows_key, column = _ROWS[task]
+    rows = metrics[rows_key]
+    keys = list(next(iter(rows.values()), {}))
+    header = "".join(f"<th>{e(key)}</th>" for key in [column, *keys])
+    table = "".join(
+        f"<tr><td>{e(name)}</td>"
+        + "".join(
+            f"<td>{row[k]}</td>" if k == "support" else f"<td>{row[k]:.3f}</td>"
+            for k in keys
+        )
+        + "</tr>"
+        for name, row in rows.items()
     )
     items = []
     for row in mistakes:
-        header = (
-            f"true <b>{e(row['true'])}</b>, predicted <b>{e(row['predicted'])}</b> "
+        score = (
             f"({row['confidence']:.1%})"
+            if "confidence" in row
+            else f"(error {row['error']:.4g})"
+        )
+        header_html = (
+            f"true <b>{e(row['true'])}</b>, predicted <b>{e(row['predicted'])}</b> "
+            f"{score}"
         )
         if "text" in row:
             body = f"<div>{e(row['text'])}…</div>"
@@ -340,19 +540,22 @@ def _page(
             src = _embedded(run_dir / row["image"])
             caption = e(row.get("file", ""))
             body = f'<img src="{src}" alt="example"> <small>{caption}</small>'
-        items.append(f'<div class="mistake">{header}{body}</div>')
+        items.append(f'<div class="mistake">{header_html}{body}</div>')
     mistakes_html = "".join(items) or "<p>No mistakes on this split.</p>"
+    worst = "Largest errors" if task == "regression" else "Most confidently wrong"
+    picture_title = _PICTURES[task]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}: tftransfer run report</title>
 <style>{_STYLE}</style></head><body>
 <h1>{e(title)}</h1>
+<p>Task: {e(task)}</p>
 <div class="cards">{cards}</div>
 <h2>Training curves</h2><img class="plot" src="{_embedded(curves)}" alt="training curves">
-<h2>Confusion matrix</h2><img class="plot" src="{_embedded(confusion)}" alt="confusion matrix">
-<h2>Per-class metrics</h2>
-<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>
-{per_class}</table>
-<h2>Most confidently wrong</h2>{mistakes_html}
+<h2>{picture_title}</h2><img class="plot" src="{_embedded(picture)}" alt="{picture_title.lower()}">
+<h2>Per-{column} metrics</h2>
+<table><tr>{header}</tr>
+{table}</table>
+<h2>{worst}</h2>{mistakes_html}
 {data_notes}
 <h2>Settings</h2><pre>{e(json.dumps(settings, indent=2, default=str))}</pre>
 <p>TensorBoard logs: <code>tensorboard --logdir logs</code> in this folder.</p>

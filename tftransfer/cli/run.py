@@ -188,8 +188,9 @@ def held_out_split(config: RunConfig, parts) -> tuple[str, Any]:
 
 
 def predictions(recipe, data) -> tuple[np.ndarray, np.ndarray]:
-    """Returns `(labels, probabilities)` of the trained recipe on `data`,
-    in the order of `data` (feature extraction reuses cached features)."""
+    """Returns `(labels, outputs)` of the trained recipe on `data`, in the
+    order of `data` (feature extraction reuses cached features); outputs
+    are class or label probabilities, or predicted values."""
     labels = np.array([label for _, label in data.dataset.as_numpy_iterator()])
     return labels, recipe.predict(data)
 
@@ -210,7 +211,15 @@ def _train(config: RunConfig, folder: Path, trained: dict | None = None):
             for name, part in zip(parts._fields, parts, strict=True)
             if part
         )
-        print(f"    {data.num_examples} examples, {data.num_classes} classes ({sizes})")
+        outputs = {
+            "classification": "classes",
+            "multi_label": "labels",
+            "regression": "targets",
+        }[data.task]
+        print(
+            f"    {data.num_examples} examples, {data.num_classes} {outputs} "
+            f"({sizes}; task {data.task})"
+        )
         for count, what in (
             (len(data.skipped), "skipped"),
             (len(data.fallbacks), "read by a fallback"),
@@ -315,13 +324,13 @@ def _serving_examples(data, count: int = 4) -> list:
 
 
 def _evaluate(recipe, split_name: str, held_out) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Returns `(labels, probabilities, metrics)` on the held-out split;
-    `metrics["split"]` names it."""
-    from tftransfer.recipes.metrics import classification_metrics
+    """Returns `(labels, outputs, metrics)` on the held-out split (the
+    task's metrics); `metrics["split"]` names it."""
+    from tftransfer.recipes.tasks import task_metrics
 
-    labels, probabilities = predictions(recipe, held_out)
-    metrics = classification_metrics(labels, probabilities, recipe.class_names)
-    return labels, probabilities, {**metrics, "split": split_name, **recipe.choices}
+    labels, outputs = predictions(recipe, held_out)
+    metrics = task_metrics(recipe.task, labels, outputs, recipe.class_names)
+    return labels, outputs, {**metrics, "split": split_name, **recipe.choices}
 
 
 def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:
@@ -370,6 +379,7 @@ def run(config: RunConfig) -> Path:
     PosixPath('runs/bbc-news-topics')
     """
     from tftransfer import evaluation
+    from tftransfer.recipes.tasks import get_task
 
     folder = run_dir(config)
     folder.mkdir(parents=True, exist_ok=True)
@@ -396,10 +406,7 @@ def run(config: RunConfig) -> Path:
             skipped=data.skipped,
             fallbacks=data.fallbacks,
         )
-    print(
-        f"\n{split_name} accuracy: {metrics['accuracy']:.4f} "
-        f"(macro F1 {metrics['macro_f1']:.4f}, {metrics['num_examples']} examples)"
-    )
+    print(f"\n{split_name} {get_task(recipe.task).headline(metrics)}")
     export_path = None
     if config.export.enabled:
         export_path = _export(config, recipe, data, metrics, held_out)

@@ -26,7 +26,7 @@ from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
 from tftransfer.recipes.run_lock import RunLock
-from tftransfer.recipes.tasks import get_task, short_list
+from tftransfer.recipes.tasks import get_task, short_list, task_metrics
 
 # Settings that do not change what a phase trains, left out of its key.
 _NOT_TRAINING_SETTINGS = ("steps_per_execution", "jit_compile")
@@ -611,10 +611,7 @@ class Recipe:
         return predictor
 
     def _report(self, labels: np.ndarray, outputs: np.ndarray) -> dict:
-        self.metrics = {
-            "task": self.task,
-            **get_task(self.task).report(labels, outputs, self.class_names),
-        }
+        self.metrics = task_metrics(self.task, labels, outputs, self.class_names)
         return self.metrics
 
     def _require_fitted(self) -> None:

@@ -16,6 +16,8 @@ report's numbers. `get_task(name)` returns one of `TASKS`:
 
 from __future__ import annotations
 
+import abc
+
 import keras
 import numpy as np
 
@@ -24,7 +26,7 @@ from tftransfer.recipes import metrics as metrics_lib
 from tftransfer.vocabulary import TASKS
 
 
-class Task:
+class Task(abc.ABC):
     """What one task kind needs from a recipe; see the module docstring.
 
     Attributes:
@@ -37,18 +39,18 @@ class Task:
     activation = "linear"
     compared = "loss"
 
+    @abc.abstractmethod
     def loss(self, label_smoothing: float) -> keras.losses.Loss:
         """The training loss."""
-        raise NotImplementedError
 
     def compile_metrics(self) -> list:
         """The metrics Keras logs while training."""
         return []
 
+    @abc.abstractmethod
     def validation_loss(self, labels: np.ndarray, outputs: np.ndarray) -> float:
         """The plain loss (no smoothing, no weight penalty), so that models
         trained with different settings compare fairly."""
-        raise NotImplementedError
 
     def scores(self, labels: np.ndarray, outputs: np.ndarray) -> tuple:
         """A tuple to compare models by, higher is better."""
@@ -104,6 +106,12 @@ class Classification(Task):
     def report(self, labels, outputs, names) -> dict:
         return metrics_lib.classification_metrics(labels, outputs, names)
 
+    def headline(self, metrics: dict) -> str:
+        return (
+            f"accuracy: {metrics['accuracy']:.4f} (macro F1 "
+            f"{metrics['macro_f1']:.4f}, {metrics['num_examples']} examples)"
+        )
+
     def default_names(self, labels) -> list[str]:
         return [str(i) for i in range(int(labels.max()) + 1)]
 
@@ -141,6 +149,13 @@ class MultiLabel(Task):
 
     def report(self, labels, outputs, names) -> dict:
         return metrics_lib.multi_label_metrics(labels, outputs, names)
+
+    def headline(self, metrics: dict) -> str:
+        return (
+            f"micro F1: {metrics['micro_f1']:.4f} (macro F1 "
+            f"{metrics['macro_f1']:.4f}, subset accuracy "
+            f"{metrics['subset_accuracy']:.4f}, {metrics['num_examples']} examples)"
+        )
 
     def check_labels(self, labels, names, split) -> None:
         super().check_labels(labels, names, split)
@@ -180,6 +195,12 @@ class Regression(Task):
     def report(self, labels, outputs, names) -> dict:
         return metrics_lib.regression_metrics(labels, outputs, names)
 
+    def headline(self, metrics: dict) -> str:
+        return (
+            f"MAE: {metrics['mae']:.4g} (RMSE {metrics['rmse']:.4g}, R² "
+            f"{metrics['r2']:.4f}, {metrics['num_examples']} examples)"
+        )
+
     def default_names(self, labels) -> list[str]:
         width = labels.shape[1]
         return ["target"] if width == 1 else [f"target_{i}" for i in range(width)]
@@ -215,6 +236,20 @@ def get_task(name: str) -> Task:
             f"Expected task to be one of {TASKS}. Received: task={name!r}"
         )
     return _TASKS[name]
+
+
+def task_metrics(
+    task: str, labels: np.ndarray, outputs: np.ndarray, names: list[str]
+) -> dict:
+    """Returns the evaluation metrics of `task` (`Task.report`), with
+    `"task"` naming it.
+
+    Example:
+
+    >>> task_metrics("regression", [1.0, 2.0], [1.5, 2.0], ["price"])["mae"]
+    0.25
+    """
+    return {"task": task, **get_task(task).report(labels, outputs, names)}
 
 
 def short_list(names: list[str], limit: int = 10) -> str:
