@@ -2,8 +2,9 @@
 
 `add_default_signatures()` adds them to a `ServingArchive` through its
 public `add_signature()`, as a user adds their own. Also here: the
-preparation the raw signature runs, the classification outputs, the labels
-asset and the signatures' description for the model card.
+preparation the raw signature runs, the outputs of each task
+(classification, multi-label, regression), the labels asset and the
+signatures' description for the model card.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ RAW_INPUT_NAMES = {"image": "image_bytes", "text": "text"}
 PREPARED_INPUT_NAMES = {"image": "images", "text": "text"}
 DEFAULT_SIGNATURE = "serving_default"
 PREPARED_SIGNATURE = "serving_prepared"
+# A multi-label model's label applies where its probability reaches this
+# (as in `tftransfer.recipes.metrics.multi_label_metrics`).
+MULTI_LABEL_THRESHOLD = 0.5
 
 
 def preparation(backbone: Any, prepare: Callable | None) -> Callable:
@@ -143,6 +147,51 @@ def classification_outputs(
     }
 
 
+def multi_label_outputs(
+    probabilities: tf.Tensor, label_names: Sequence[str], threshold: float
+) -> dict:
+    """The outputs of every default signature of a multi-label model.
+
+    Args:
+        probabilities: float32 `[batch, labels]`, one sigmoid each.
+        label_names: The label names, in output order.
+        threshold: A label applies where its probability reaches this.
+
+    Returns:
+        `probabilities` and `labels`: string `[batch, labels]`, the names
+        of the labels that apply, most probable first, then `""`.
+    """
+    scores, indices = tf.math.top_k(probabilities, k=len(label_names))
+    names = tf.gather(tf.constant(list(label_names)), indices)
+    return {
+        "probabilities": probabilities,
+        "labels": tf.where(scores >= threshold, names, tf.constant("")),
+    }
+
+
+def regression_outputs(predictions: tf.Tensor, target_names: Sequence[str]) -> dict:
+    """The outputs of every default signature of a regression model.
+
+    Returns:
+        `predictions` float32 `[batch, targets]` and `target_names` string
+        `[batch, targets]` (the name of each column).
+    """
+    names = tf.constant(list(target_names))[None, :]
+    return {
+        "predictions": predictions,
+        "target_names": tf.broadcast_to(names, tf.shape(predictions)),
+    }
+
+
+def task_of(card_info) -> str:
+    """The task of the model an archive serves: the `task` of its
+    settings, else of its metrics (`tftransfer.recipes.tasks.task_metrics`
+    records it), else `"classification"`."""
+    settings = dict(card_info.settings or {})
+    metrics = dict(card_info.metrics or {})
+    return settings.get("task") or metrics.get("task") or "classification"
+
+
 def add_default_signatures(archive) -> None:
     """Adds the two default signatures through `archive.add_signature()`.
 
@@ -155,20 +204,38 @@ def add_default_signatures(archive) -> None:
       of int32 token tensors, or `text` strings for an encoder that takes
       raw text).
 
-    Both return `archive.classify()`'s outputs.
+    Both return the outputs of the model's task (`task_of()`):
+    classification, `archive.classify()`'s; multi-label,
+    `multi_label_outputs()` (`probabilities`, `labels`); regression,
+    `regression_outputs()` (`predictions`, `target_names`).
 
     Args:
         archive: A `tftransfer.export.ServingArchive`.
     """
+    serve = _task_serving(archive, task_of(archive.card_info))
     raw_spec = tf.TensorSpec([None], tf.string, name=RAW_INPUT_NAMES[archive.modality])
     archive.add_signature(
         DEFAULT_SIGNATURE,
-        lambda raw: archive.classify(archive.prepare(raw)),
+        lambda raw: serve(archive.prepare(raw)),
         raw_spec,
     )
-    archive.add_signature(
-        PREPARED_SIGNATURE, archive.classify, archive.prepared_input_spec
-    )
+    archive.add_signature(PREPARED_SIGNATURE, serve, archive.prepared_input_spec)
+
+
+def _task_serving(archive, task: str) -> Callable:
+    """The function from prepared inputs to the outputs of `task`."""
+    if task == "classification":
+        return archive.classify
+
+    def serve(prepared) -> dict:
+        outputs = tf.cast(archive.model(prepared, training=False), tf.float32)
+        if task == "multi_label":
+            return multi_label_outputs(
+                outputs, archive.class_names, MULTI_LABEL_THRESHOLD
+            )
+        return regression_outputs(outputs, archive.class_names)
+
+    return serve
 
 
 def write_labels(class_names: Sequence[str], path: str | os.PathLike) -> None:

@@ -137,8 +137,7 @@ class Recipe:
         self._model: keras.Model | None = None
         self._predictors: dict[str, training_loop.Predictor] = {}
         self.head_choice = head
-        # The task trained: `task`, or else the training data's (set by fit).
-        self.task: str | None = task
+        self._task_setting = task
         self.class_names: list[str] | None = None
         self.history: keras.callbacks.History | None = None
         self.metrics: dict | None = None
@@ -171,15 +170,24 @@ class Recipe:
         return choices
 
     @property
+    def task(self) -> str | None:
+        """The task: the `task` argument until `fit()`, then the task
+        trained (the argument, or else the training data's)."""
+        return self.settings["task"]
+
+    @property
     def run_dir(self) -> Path:
         """Checkpoints, logs and remembered choices: the `run_dir` argument,
-        or `runs/<recipe>-<hash of all settings>`.
+        or `runs/<recipe>-<hash of the settings>`.
 
         The default is worked out when first read, from the settings of the
-        fully constructed recipe (a subclass's own settings included).
+        fully constructed recipe (a subclass's own settings included) but
+        the task, which `fit()` may take from the data (the checkpoints
+        inside are keyed by it).
         """
         if self._run_dir is None:
-            self._run_dir = Path("runs") / f"{self.kind}-{fingerprint(self.settings)}"
+            settings = {k: v for k, v in self.settings.items() if k != "task"}
+            self._run_dir = Path("runs") / f"{self.kind}-{fingerprint(settings)}"
         return self._run_dir
 
     def _phase_settings(self, phase: str) -> dict:
@@ -214,7 +222,8 @@ class Recipe:
         """
         self.tuned = {}
         self.chosen = None
-        self.task = self._task_of(train)
+        # From here on the settings record the task trained.
+        self.settings["task"] = self._task_of(train)
         if validation is None:
             train, validation = self.hold_out(train)
         validation = self._with_class_names(
@@ -229,7 +238,7 @@ class Recipe:
         Raises:
             ConfigError: if the setting and the data's task differ.
         """
-        setting = self.settings["task"]
+        setting = self._task_setting
         data_task = getattr(train, "task", None)
         if setting is not None and data_task is not None and setting != data_task:
             raise ConfigError(

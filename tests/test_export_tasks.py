@@ -1,0 +1,91 @@
+"""Serving outputs of multi-label and regression models: label names above
+the threshold, predicted values with their target names."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_fixtures import seeded_image_backbone
+from PIL import Image
+
+import tftransfer
+from tftransfer import data
+from tftransfer.export import signatures
+from tftransfer.recipes import FeatureExtraction
+
+
+def _images(count=32, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 128, size=(count, 8, 8, 3)).astype("float32")
+    signal = rng.random(count)
+    pixels[..., 0] += 120 * signal[:, None, None]
+    return pixels.astype("uint8"), signal
+
+
+def _png(pixels) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _exported(tmp_path, labels, names, task):
+    pixels, _ = _images()
+    train = data.from_arrays(pixels, labels, names, task=task)
+    recipe = FeatureExtraction(
+        seeded_image_backbone("tiny", conv_filters=4),
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        strategy="default",
+        head_epochs=3,
+        learning_rate=1e-2,
+        verbose=0,
+    )
+    recipe.fit(train, train)  # No evaluate(): the settings carry the task.
+    path = tftransfer.export(recipe, tmp_path / "model")
+    served = tf.saved_model.load(str(path)).signatures["serving_default"]
+    outputs = served(image_bytes=tf.constant([_png(p) for p in pixels[:4]]))
+    expected = recipe.model.predict(pixels[:4].astype("float32") / 255, verbose=0)
+    return outputs, expected
+
+
+def test_multi_label_export_serves_probabilities_and_the_labels_that_apply(tmp_path):
+    _, signal = _images()
+    labels = np.stack([signal > 0.5, signal < 0.5, signal >= 0], axis=1)
+    outputs, expected = _exported(
+        tmp_path, labels.astype("float32"), ["bright", "dark", "all"], "multi_label"
+    )
+    assert set(outputs) == {"probabilities", "labels"}
+    probabilities = outputs["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    for row, names in zip(probabilities, outputs["labels"].numpy(), strict=True):
+        order = np.argsort(-row, kind="stable")
+        applying = [
+            ["bright", "dark", "all"][i]
+            for i in order
+            if row[i] >= signatures.MULTI_LABEL_THRESHOLD
+        ]
+        assert [n.decode() for n in names if n] == applying
+        assert len(names) == 3
+
+
+def test_regression_export_serves_values_and_target_names(tmp_path):
+    _, signal = _images()
+    targets = np.stack([10 * signal, -signal], axis=1)
+    outputs, expected = _exported(tmp_path, targets, ["up", "down"], "regression")
+    assert set(outputs) == {"predictions", "target_names"}
+    np.testing.assert_allclose(outputs["predictions"].numpy(), expected, atol=1e-4)
+    assert outputs["target_names"].numpy().tolist() == [[b"up", b"down"]] * 4
+
+
+@pytest.mark.parametrize(
+    ("card", "task"),
+    [
+        ({}, "classification"),
+        ({"settings": {"task": "regression"}}, "regression"),
+        ({"metrics": {"task": "multi_label"}}, "multi_label"),
+    ],
+)
+def test_the_task_comes_from_the_settings_or_the_metrics(card, task):
+    info = tftransfer.export.ModelCardInfo(**card)
+    assert signatures.task_of(info) == task
