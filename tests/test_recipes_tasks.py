@@ -34,7 +34,7 @@ def _recipe(cls, tmp_path, name="run", **settings):
     return cls(seeded_image_backbone("tiny", conv_filters=4), **arguments)
 
 
-@keras.saving.register_keras_serializable(package="tftransfer_tests")
+@keras.saving.register_keras_serializable(package="recipe_tests")
 class TwoLayerHead(keras.layers.Layer):
     """A custom head: a hidden ReLU layer, then `units` raw outputs."""
 
