@@ -1,9 +1,15 @@
-"""Transfer-learning recipes: feature extraction and fine-tuning."""
+"""Transfer-learning recipes: feature extraction and fine-tuning, for
+classification, multi-label and regression tasks."""
 
 from tftransfer.recipes.feature_extraction import FeatureExtraction
 from tftransfer.recipes.fine_tuning import FineTuning, fine_tune
 from tftransfer.recipes.heads import FeaturePooling, build_head
-from tftransfer.recipes.metrics import classification_metrics
+from tftransfer.recipes.metrics import (
+    classification_metrics,
+    multi_label_metrics,
+    regression_metrics,
+)
+from tftransfer.recipes.tasks import get_task, task_metrics
 
 __all__ = [
     "FeatureExtraction",
@@ -12,4 +18,8 @@ __all__ = [
     "build_head",
     "classification_metrics",
     "fine_tune",
+    "get_task",
+    "multi_label_metrics",
+    "regression_metrics",
+    "task_metrics",
 ]

@@ -28,6 +28,13 @@ from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_dige
 from tftransfer.recipes.run_lock import RunLock
 from tftransfer.recipes.tasks import get_task, short_list, task_metrics
 
+# How `split` chooses the held-out part of each task's data.
+_HELD_OUT_BY = {
+    "classification": "of each class",
+    "multi_label": "stratified by each example's rarest label",
+    "regression": "at random",
+}
+
 # Settings that do not change what a phase trains, left out of its key.
 _NOT_TRAINING_SETTINGS = ("steps_per_execution", "jit_compile")
 
@@ -286,7 +293,8 @@ class Recipe:
         self.say(
             f"No validation data: holding out {parts.validation.num_examples} of "
             f"the {train.num_examples} training examples "
-            f"({defaults.HOLD_OUT:.0%} of each class) for early stopping and "
+            f"({defaults.HOLD_OUT:.0%}, {_HELD_OUT_BY[train.task]}) for early "
+            "stopping and "
             "learning rate selection."
         )
         return parts.train, parts.validation

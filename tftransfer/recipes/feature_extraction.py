@@ -29,16 +29,23 @@ PREDICTION_BATCH_SIZE = 1024
 
 
 class FeatureExtraction(Recipe):
-    """Trains a classification head on features of a frozen backbone.
+    """Trains a head on features of a frozen backbone.
 
     The backbone runs once over each split, in inference mode, and its
     features are cached on disk (sharded, written atomically, keyed by a
     fingerprint of backbone, feature choice, data and preparation): a rerun
     reuses them and any change computes new ones. Features larger than
-    `memory_budget` are streamed from disk. The head (linear, or a small MLP
-    with dropout) then trains on the cached features in seconds. The result,
-    `model`, is one `keras.Model` (backbone + head) from prepared inputs to
-    class probabilities, whose predictions equal `head(features)`.
+    `memory_budget` are streamed from disk. The head (by default linear, or
+    a small MLP with dropout; or any Keras layer, see `head`) then trains on
+    the cached features in seconds. The result, `model`, is one
+    `keras.Model` (backbone + head) from prepared inputs to the task's
+    outputs, whose predictions equal `head(features)`.
+
+    The task (`task`, or the training data's `LabeledData.task`) decides
+    the outputs and the loss: `"classification"` (softmax, cross-entropy),
+    `"multi_label"` (sigmoid per label, binary cross-entropy) or
+    `"regression"` (linear, mean squared error); see
+    `tftransfer.recipes.tasks`.
 
     Training runs under a `tf.distribute` strategy (`"auto"` picks TPU,
     multi-worker, multi-GPU or default), resumes from the last checkpoint in
@@ -49,18 +56,37 @@ class FeatureExtraction(Recipe):
         backbone: a `tftransfer.Backbone`, or a `keras.Layer` mapping
             prepared inputs to features (then pass datasets, not
             `LabeledData`).
+        task: `"classification"`, `"multi_label"` or `"regression"`
+            (`tftransfer.vocabulary.TASKS`); `None` takes the training
+            data's (`LabeledData.task`; classification for a dataset).
+            Given, it must match a `LabeledData`'s task.
+        head: `None` (the default head: `hidden_units`, `dropout`,
+            `head_weight_decay`); a `keras.Layer` mapping features
+            `[batch, feature_dim]` to `[batch, num_outputs]` raw outputs
+            (logits, or values for regression: the task's activation is
+            added after it); or a callable `(features_spec, num_outputs) ->
+            keras.Layer`, `features_spec` a `tf.TensorSpec` `[None,
+            feature_dim]`. The layer must be Keras-serialisable (a
+            registered class whose `get_config()` gives its constructor
+            arguments): every candidate of the learning-rate search trains
+            a fresh copy, and export saves it. A custom head regularises
+            itself (a `kernel_regularizer`): `head_weight_decay` applies to
+            the default head only, and `"auto"` then searches the learning
+            rate alone.
         features: which backbone output to use (e.g. `"sequence_output"`);
             `None` uses the backbone's feature output.
         pooling: `"mean"`, `"max"` or `"first"` for sequence outputs.
         hidden_units: hidden layer sizes of the head (`()`: linear).
         dropout: dropout rate in the head.
-        label_smoothing: label smoothing of the cross-entropy loss.
+        label_smoothing: label smoothing of the cross-entropy loss
+            (classification and multi-label).
         learning_rate: Adam learning rate of the head, or `"auto"`: chosen
             on the validation data from `tftransfer.defaults.HEAD_LEARNING_RATES` (each
             candidate trained to its best validation loss on the cached
-            features; see `tftransfer.recipes.learning_rates`).
-        head_weight_decay: L2 penalty on the head's kernels, or `"auto"`:
-            chosen like the learning rate, from
+            features, and scored by the task's plain validation loss; see
+            `tftransfer.recipes.learning_rates`).
+        head_weight_decay: L2 penalty on the default head's kernels, or
+            `"auto"`: chosen like the learning rate, from
             `tftransfer.defaults.HEAD_WEIGHT_DECAYS`.
         head_epochs: the most head training epochs: training stops earlier
             when the validation loss has not improved for `patience` epochs.
@@ -117,7 +143,7 @@ class FeatureExtraction(Recipe):
 
     @property
     def model(self) -> keras.Model | None:
-        """Backbone + head, from prepared inputs to class probabilities.
+        """Backbone + head, from prepared inputs to the task's outputs.
 
         Built when first read (training and evaluation need only the head
         and the cached features); `None` before `fit()`.
@@ -132,7 +158,8 @@ class FeatureExtraction(Recipe):
 
         Args:
             train: a `tftransfer.data.LabeledData`, or a `tf.data.Dataset`
-                of batched `(prepared inputs, int labels)`.
+                of batched `(prepared inputs, labels)`: int class indices,
+                or float multi-hot vectors or targets `[batch, outputs]`.
             validation: the same kind of data, or `None`: then a part of
                 `train` is held out for validation (10% of each class, or
                 one example in ten of a dataset, by a hash of its content),
@@ -326,8 +353,9 @@ class FeatureExtraction(Recipe):
         return chosen[0], chosen[1]
 
     def predict(self, data, *, split: str = "test") -> np.ndarray:
-        """Returns the class probabilities `[num_examples, num_classes]` of
-        the trained model on `data`, in the order of `data`.
+        """Returns the outputs `[num_examples, num_outputs]` of the trained
+        model on `data`, in the order of `data`: class probabilities,
+        label probabilities (multi-label) or predicted values (regression).
 
         The head runs on the cached features of `data` (computed and cached
         under `split` the first time), which gives the same predictions as
@@ -346,8 +374,12 @@ class FeatureExtraction(Recipe):
         return self._labels_and_probabilities(data, split)[1]
 
     def evaluate(self, test, *, split: str = "test") -> dict:
-        """Returns accuracy, top-k, per-class precision/recall/F1 and the
-        confusion matrix of the trained model on `test`, as numbers.
+        """Returns the task's metrics of the trained model on `test`, as
+        numbers (`tftransfer.recipes.tasks.task_metrics`): for
+        classification accuracy, top-k, per-class precision/recall/F1 and
+        the confusion matrix; for multi-label micro/macro F1, subset
+        accuracy and per-label precision/recall/F1 at 0.5; for regression
+        MAE, RMSE and R².
 
         Like `predict()`, the head runs on the cached features of `test`.
 

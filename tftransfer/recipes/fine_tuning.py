@@ -54,9 +54,10 @@ class FineTuning(FeatureExtraction):
     search on the cached features (see `FeatureExtraction`), phase 2's peak
     rate from a learning-rate range test on the unfrozen model, which
     starts from the best phase-1 head. After phase 2 the fine-tuned model
-    is compared with the frozen one on the validation data, and the better
-    one is kept (`chosen` is `"fine_tuned"` or `"frozen"`): fine-tuning
-    never ends worse than frozen features. `predict()` and `evaluate()` run
+    is compared with the frozen one on the validation data (by accuracy,
+    then cross-entropy, for classification; by the task's plain validation
+    loss otherwise), and the better one is kept (`chosen` is `"fine_tuned"`
+    or `"frozen"`): fine-tuning never ends worse than frozen features. `predict()` and `evaluate()` run
     the kept model on the prepared inputs.
 
     Args:
@@ -89,9 +90,10 @@ class FineTuning(FeatureExtraction):
         train_batchnorm: let BatchNorm statistics update in phase 2 (the
             backbone then follows the model's `training` flag, so its
             dropout is active too).
-        **kwargs: `FeatureExtraction` arguments (`hidden_units`, `dropout`,
-            `label_smoothing`, `patience`, `batch_size`, `run_dir`,
-            `strategy`, `cache_dir`, `mixed_precision`, ...).
+        **kwargs: `FeatureExtraction` arguments (`task`, `head`,
+            `head_epochs`, `hidden_units`, `dropout`, `label_smoothing`,
+            `patience`, `batch_size`, `run_dir`, `strategy`, `cache_dir`,
+            `mixed_precision`, ...).
 
     Example:
 

@@ -5,8 +5,10 @@ Two methods, one per phase, each picked for what a step costs there:
 - `search_head()`: the head trains on cached features, where an epoch costs
   milliseconds, so the candidates are simply trained to convergence (early
   stopping on the validation loss, best epoch restored) and the one with the
-  lowest plain validation cross-entropy wins (without the weight penalty,
-  which would otherwise count against every candidate that has one). Learning rate first, then weight decay at that rate: a
+  lowest plain validation loss of the task wins (cross-entropy, binary
+  cross-entropy or mean squared error; without label smoothing or the
+  weight penalty, which would otherwise count against every candidate that
+  has one). Learning rate first, then weight decay at that rate: a
   coordinate search, `len(rates) + len(decays) - 1` short trainings.
 - `find_learning_rate()`: fine-tuning steps run the whole backbone, so one
   short run decides (a learning-rate range test, as fastai's `lr_find` and
@@ -48,7 +50,7 @@ class HeadChoice:
     Attributes:
         learning_rate: the chosen learning rate.
         weight_decay: the chosen L2 weight decay of the head's kernels.
-        trials: `{(learning_rate, weight_decay): validation cross-entropy}`.
+        trials: `{(learning_rate, weight_decay): validation loss}`.
     """
 
     learning_rate: float

@@ -246,6 +246,10 @@ def _local_count(labels) -> tf.Tensor:
 
 
 def _correct(labels, predictions) -> tf.Tensor:
+    """Examples whose top class is their label; 0 for float labels
+    (multi-label, regression), whose loss is what this loop logs."""
+    if labels.dtype.is_floating:
+        return tf.constant(0.0)
     predicted = tf.argmax(predictions, axis=-1, output_type=tf.int64)
     matches = tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int64))
     return tf.reduce_sum(tf.cast(matches, tf.float32))
