@@ -52,10 +52,7 @@ class NpzWeightsSource(BackboneSource):
 
     name = "npz"
     form = "path"
-    accepts = (
-        'a ".npz" of keras.applications weights ("__application__", '
-        '"__image_size__" and one array per variable path)'
-    )
+    accepts = 'a ".npz" of keras.applications weights, named by variable path'
 
     def is_supported(self, handle: str, **options: Any) -> bool:
         return handle.lower().endswith(".npz")
