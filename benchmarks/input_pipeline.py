@@ -76,7 +76,6 @@ def main() -> None:
     backbone = Backbone(
         name="input_pipeline_benchmark",
         handle="benchmark",
-        source="hub",
         modality="image",
         feature_dim=3,
         builder=lambda trainable: keras.layers.GlobalAveragePooling2D(),
