@@ -78,3 +78,30 @@ def seeded_image_backbone(name: str, conv_filters: int | None = None) -> Backbon
         builder=build,
         image_size=(8, 8),
     )
+
+
+def signal_images(count: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`count` 8x8 uint8 images and a signal in [0, 1) each: the brighter
+    the first channel, the larger the signal (labels and targets follow
+    it)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 128, size=(count, 8, 8, 3)).astype("float32")
+    signal = rng.random(count)
+    pixels[..., 0] += 120 * signal[:, None, None]
+    return pixels.astype("uint8"), signal
+
+
+def tiny_recipe(cls, tmp_path, name: str = "run", **settings):
+    """A quiet recipe of class `cls` on a seeded 4-filter image backbone,
+    training into `tmp_path / name` (3 head epochs at learning rate 0.01
+    unless `settings` say otherwise)."""
+    arguments = dict(
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / name,
+        strategy="default",
+        head_epochs=3,
+        learning_rate=1e-2,
+        verbose=0,
+    )
+    arguments.update(settings)
+    return cls(seeded_image_backbone("tiny", conv_filters=4), **arguments)

@@ -6,21 +6,13 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import seeded_image_backbone
+from data_fixtures import signal_images, tiny_recipe
 from PIL import Image
 
 import tftransfer
 from tftransfer import data
 from tftransfer.export import signatures
 from tftransfer.recipes import FeatureExtraction
-
-
-def _images(count=32, seed=0):
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 128, size=(count, 8, 8, 3)).astype("float32")
-    signal = rng.random(count)
-    pixels[..., 0] += 120 * signal[:, None, None]
-    return pixels.astype("uint8"), signal
 
 
 def _png(pixels) -> bytes:
@@ -30,17 +22,9 @@ def _png(pixels) -> bytes:
 
 
 def _exported(tmp_path, labels, names, task):
-    pixels, _ = _images()
+    pixels, _ = signal_images(32)
     train = data.from_arrays(pixels, labels, names, task=task)
-    recipe = FeatureExtraction(
-        seeded_image_backbone("tiny", conv_filters=4),
-        cache_dir=tmp_path / "cache",
-        run_dir=tmp_path / "run",
-        strategy="default",
-        head_epochs=3,
-        learning_rate=1e-2,
-        verbose=0,
-    )
+    recipe = tiny_recipe(FeatureExtraction, tmp_path)
     recipe.fit(train, train)  # No evaluate(): the settings carry the task.
     path = tftransfer.export(recipe, tmp_path / "model")
     served = tf.saved_model.load(str(path)).signatures["serving_default"]
@@ -50,7 +34,7 @@ def _exported(tmp_path, labels, names, task):
 
 
 def test_multi_label_export_serves_probabilities_and_the_labels_that_apply(tmp_path):
-    _, signal = _images()
+    _, signal = signal_images(32)
     labels = np.stack([signal > 0.5, signal < 0.5, signal >= 0], axis=1)
     outputs, expected = _exported(
         tmp_path, labels.astype("float32"), ["bright", "dark", "all"], "multi_label"
@@ -70,7 +54,7 @@ def test_multi_label_export_serves_probabilities_and_the_labels_that_apply(tmp_p
 
 
 def test_regression_export_serves_values_and_target_names(tmp_path):
-    _, signal = _images()
+    _, signal = signal_images(32)
     targets = np.stack([10 * signal, -signal], axis=1)
     outputs, expected = _exported(tmp_path, targets, ["up", "down"], "regression")
     assert set(outputs) == {"predictions", "target_names"}

@@ -5,33 +5,11 @@ order in which subclasses set themselves up."""
 import keras
 import numpy as np
 import pytest
-from data_fixtures import seeded_image_backbone
+from data_fixtures import seeded_image_backbone, signal_images, tiny_recipe
 
 from tftransfer import data
 from tftransfer.errors import ConfigError, DataError
 from tftransfer.recipes import FeatureExtraction, FineTuning
-
-
-def _pixels(count=48, seed=0):
-    """Images whose first channel's mean tells the labels apart."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 128, size=(count, 8, 8, 3)).astype("float32")
-    signal = rng.random(count)
-    pixels[..., 0] += 120 * signal[:, None, None]
-    return pixels.astype("uint8"), signal
-
-
-def _recipe(cls, tmp_path, name="run", **settings):
-    arguments = dict(
-        cache_dir=tmp_path / "cache",
-        run_dir=tmp_path / name,
-        strategy="default",
-        head_epochs=3,
-        learning_rate=1e-2,
-        verbose=0,
-    )
-    arguments.update(settings)
-    return cls(seeded_image_backbone("tiny", conv_filters=4), **arguments)
 
 
 @keras.saving.register_keras_serializable(package="recipe_tests")
@@ -99,11 +77,11 @@ def test_old_epochs_argument_is_refused():
 
 
 def test_custom_head_layer_trains_with_auto_learning_rate_and_resumes(tmp_path):
-    pixels, signal = _pixels()
+    pixels, signal = signal_images()
     train = data.from_arrays(pixels, (signal > 0.5).astype("int64"))
     steps = _Steps()
     head = TwoLayerHead(2, hidden=6)
-    recipe = _recipe(
+    recipe = tiny_recipe(
         FeatureExtraction,
         tmp_path,
         head=head,
@@ -126,7 +104,7 @@ def test_custom_head_layer_trains_with_auto_learning_rate_and_resumes(tmp_path):
     )
     trained = steps.count
     assert trained > 0
-    again = _recipe(
+    again = tiny_recipe(
         FeatureExtraction,
         tmp_path,
         head=TwoLayerHead(2, hidden=6),
@@ -139,14 +117,14 @@ def test_custom_head_layer_trains_with_auto_learning_rate_and_resumes(tmp_path):
 
 
 def test_head_factory_gets_the_feature_spec_and_the_number_of_outputs(tmp_path):
-    pixels, signal = _pixels()
+    pixels, signal = signal_images()
     seen = []
 
     def factory(features_spec, num_outputs):
         seen.append((tuple(features_spec.shape), num_outputs))
         return keras.layers.Dense(num_outputs)
 
-    recipe = _recipe(FeatureExtraction, tmp_path, head=factory)
+    recipe = tiny_recipe(FeatureExtraction, tmp_path, head=factory)
     recipe.fit(data.from_arrays(pixels, np.arange(48) % 3))
     assert seen == [((None, 4), 3)]
     assert recipe.predict(data.from_arrays(pixels, np.arange(48) % 3)).shape == (48, 3)
@@ -155,37 +133,37 @@ def test_head_factory_gets_the_feature_spec_and_the_number_of_outputs(tmp_path):
 
 def test_a_head_that_cannot_be_serialised_is_refused_when_given(tmp_path):
     with pytest.raises(ConfigError, match="register_keras_serializable"):
-        _recipe(FeatureExtraction, tmp_path, head=UnregisteredHead(2))
+        tiny_recipe(FeatureExtraction, tmp_path, head=UnregisteredHead(2))
 
 
 def test_a_head_of_the_wrong_width_names_the_width_needed(tmp_path):
-    pixels, _ = _pixels()
-    recipe = _recipe(FeatureExtraction, tmp_path, head=keras.layers.Dense(5))
+    pixels, _ = signal_images()
+    recipe = tiny_recipe(FeatureExtraction, tmp_path, head=keras.layers.Dense(5))
     with pytest.raises(ConfigError, match=r"needs \[batch, 2\]"):
         recipe.fit(data.from_arrays(pixels, np.arange(48) % 2))
 
 
 def test_default_head_settings_are_refused_with_a_custom_head(tmp_path):
     with pytest.raises(ConfigError, match="kernel_regularizer"):
-        _recipe(
+        tiny_recipe(
             FeatureExtraction,
             tmp_path,
             head=keras.layers.Dense(2),
             head_weight_decay=1e-3,
         )
     with pytest.raises(ConfigError, match="hidden_units"):
-        _recipe(
+        tiny_recipe(
             FeatureExtraction, tmp_path, head=keras.layers.Dense(2), hidden_units=(4,)
         )
     with pytest.raises(ConfigError, match="head=None"):
-        _recipe(FeatureExtraction, tmp_path, head="big")
+        tiny_recipe(FeatureExtraction, tmp_path, head="big")
 
 
 # Unfreeze ----------------------------------------------------------------
 
 
 def test_unfreeze_callable_chooses_what_phase_two_trains(tmp_path):
-    pixels, signal = _pixels()
+    pixels, signal = signal_images()
     train = data.from_arrays(pixels, (signal > 0.5).astype("int64"))
     given = []
 
@@ -193,7 +171,7 @@ def test_unfreeze_callable_chooses_what_phase_two_trains(tmp_path):
         given.append(backbone_layer)
         return [backbone_layer.get_layer("conv").kernel]
 
-    recipe = _recipe(
+    recipe = tiny_recipe(
         FineTuning,
         tmp_path,
         head_epochs=1,
@@ -216,7 +194,7 @@ def test_unfreeze_callable_chooses_what_phase_two_trains(tmp_path):
 
 
 def test_unfreeze_callable_returning_layers_unfreezes_their_weights(tmp_path):
-    recipe = _recipe(
+    recipe = tiny_recipe(
         FineTuning, tmp_path, unfreeze=lambda layer: [layer.get_layer("conv")]
     )
     chosen = recipe.unfreeze()
@@ -227,10 +205,10 @@ def test_unfreeze_callable_returning_layers_unfreezes_their_weights(tmp_path):
 
 def test_unfreeze_callable_naming_foreign_variables_is_refused(tmp_path):
     foreign = keras.Variable(np.zeros(2), name="elsewhere")
-    recipe = _recipe(FineTuning, tmp_path, unfreeze=lambda layer: [foreign])
+    recipe = tiny_recipe(FineTuning, tmp_path, unfreeze=lambda layer: [foreign])
     with pytest.raises(ConfigError, match="not a trainable variable of the backbone"):
         recipe.unfreeze()
-    recipe = _recipe(FineTuning, tmp_path, unfreeze=lambda layer: [])
+    recipe = tiny_recipe(FineTuning, tmp_path, unfreeze=lambda layer: [])
     with pytest.raises(ConfigError, match="chose no backbone variable"):
         recipe.unfreeze()
 
@@ -245,11 +223,13 @@ def _multi_hot(signal):
 
 
 def test_multi_label_trains_sigmoid_outputs_and_reports_its_metrics(tmp_path):
-    pixels, signal = _pixels(64)
+    pixels, signal = signal_images(64)
     labels = _multi_hot(signal)
     names = ["bright", "dark", "never"]
     train = data.from_arrays(pixels, labels, names, task="multi_label")
-    recipe = _recipe(FeatureExtraction, tmp_path, head_epochs=20, learning_rate=3e-2)
+    recipe = tiny_recipe(
+        FeatureExtraction, tmp_path, head_epochs=20, learning_rate=3e-2
+    )
     recipe.fit(train, train)
     assert recipe.task == "multi_label"
     assert recipe.class_names == names
@@ -267,13 +247,13 @@ def test_multi_label_trains_sigmoid_outputs_and_reports_its_metrics(tmp_path):
 
 
 def test_multi_label_validation_columns_follow_the_training_names(tmp_path):
-    pixels, signal = _pixels(64)
+    pixels, signal = signal_images(64)
     labels = _multi_hot(signal)
     train = data.from_arrays(pixels, labels, ["a", "b", "c"], task="multi_label")
     swapped = data.from_arrays(
         pixels, labels[:, [1, 0, 2]], ["b", "a", "c"], task="multi_label"
     )
-    recipe = _recipe(FeatureExtraction, tmp_path)
+    recipe = tiny_recipe(FeatureExtraction, tmp_path)
     recipe.fit(train, swapped)
     np.testing.assert_allclose(recipe.predict(swapped), recipe.predict(train))
     assert recipe.evaluate(swapped) == recipe.evaluate(train)
@@ -283,10 +263,10 @@ def test_multi_label_validation_columns_follow_the_training_names(tmp_path):
 
 
 def test_regression_trains_linear_outputs_and_reports_mae_rmse_r2(tmp_path):
-    pixels, signal = _pixels(64)
+    pixels, signal = signal_images(64)
     targets = np.stack([10 * signal, -5 * signal + 1], axis=1)
     train = data.from_arrays(pixels, targets, ["up", "down"], task="regression")
-    recipe = _recipe(
+    recipe = tiny_recipe(
         FeatureExtraction,
         tmp_path,
         head_epochs=200,
@@ -307,9 +287,9 @@ def test_regression_trains_linear_outputs_and_reports_mae_rmse_r2(tmp_path):
 
 
 def test_regression_fine_tuning_that_hurts_keeps_the_frozen_model(tmp_path):
-    pixels, signal = _pixels(64)
+    pixels, signal = signal_images(64)
     train = data.from_arrays(pixels, 10 * signal, task="regression")
-    recipe = _recipe(
+    recipe = tiny_recipe(
         FineTuning,
         tmp_path,
         head_epochs=10,
@@ -327,19 +307,19 @@ def test_regression_fine_tuning_that_hurts_keeps_the_frozen_model(tmp_path):
 
 
 def test_task_setting_must_match_the_data_and_regression_has_no_smoothing(tmp_path):
-    pixels, signal = _pixels()
+    pixels, signal = signal_images()
     classes = data.from_arrays(pixels, np.arange(48) % 2)
     with pytest.raises(ConfigError, match="task='regression'"):
-        _recipe(FeatureExtraction, tmp_path, task="regression").fit(classes)
+        tiny_recipe(FeatureExtraction, tmp_path, task="regression").fit(classes)
     with pytest.raises(ConfigError, match="Expected task to be one of"):
-        _recipe(FeatureExtraction, tmp_path, task="ranking")
+        tiny_recipe(FeatureExtraction, tmp_path, task="ranking")
     targets = data.from_arrays(pixels, signal, task="regression")
     with pytest.raises(ConfigError, match="label_smoothing"):
-        _recipe(FeatureExtraction, tmp_path, label_smoothing=0.1).fit(targets)
+        tiny_recipe(FeatureExtraction, tmp_path, label_smoothing=0.1).fit(targets)
 
 
 def test_classification_recipe_refuses_vector_labels_with_the_fix(tmp_path):
-    pixels, signal = _pixels()
+    pixels, signal = signal_images()
     import tensorflow as tf
 
     batches = tf.data.Dataset.from_tensor_slices(

@@ -51,6 +51,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: str | os.PathLike) -> Path:
+    """Writes `figure` to the PNG `path` and closes it."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return Path(path)
+
+
 def plot_training_curves(
     history: Mapping[str, Sequence[float]], path: str | os.PathLike
 ) -> Path:
@@ -88,10 +96,7 @@ def plot_training_curves(
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return _save(plt, figure, path)
 
 
 def plot_confusion_matrix(
@@ -122,10 +127,7 @@ def plot_confusion_matrix(
         for (row, column), count in np.ndenumerate(counts):
             colour = "white" if shares[row, column] > 0.5 else "black"
             axis.text(column, row, str(count), ha="center", va="center", color=colour)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return _save(plt, figure, path)
 
 
 def plot_per_label_f1(
@@ -147,10 +149,7 @@ def plot_per_label_f1(
     axis.set_xlim(0.0, 1.0)
     axis.set_xlabel("F1 at threshold 0.5")
     axis.grid(alpha=0.3, axis="x")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return _save(plt, figure, path)
 
 
 def plot_predicted_vs_true(
@@ -182,10 +181,7 @@ def plot_predicted_vs_true(
     axis.grid(alpha=0.3)
     if len(target_names) > 1:
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return Path(path)
+    return _save(plt, figure, path)
 
 
 def worst_predictions(

@@ -9,7 +9,11 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.data.labeled_data import LabeledData
-from tftransfer.data.labels import encode_labels, encode_multi_labels
+from tftransfer.data.labels import (
+    default_target_names,
+    encode_labels,
+    encode_multi_labels,
+)
 from tftransfer.errors import DataError
 from tftransfer.vocabulary import TASKS
 
@@ -193,8 +197,7 @@ def _encoded_labels(labels, class_names, task: str) -> tuple[np.ndarray, list[st
             f"infinite (the first at index {int(bad[0])}); drop or fill them."
         )
     width = targets.shape[1]
-    default = ["target"] if width == 1 else [f"target_{i}" for i in range(width)]
-    names = list(class_names or default)
+    names = list(class_names or default_target_names(width))
     if len(names) != width:
         raise DataError(
             f"{source} got {width} targets per example and {len(names)} "

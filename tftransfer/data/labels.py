@@ -89,6 +89,17 @@ def encode_labels(
     return np.asarray([index[s] for s in strings], dtype=np.int64), names
 
 
+def default_target_names(count: int) -> list[str]:
+    """The names of `count` regression targets where none are given.
+
+    Example:
+
+    >>> default_target_names(1), default_target_names(2)
+    (['target'], ['target_0', 'target_1'])
+    """
+    return ["target"] if count == 1 else [f"target_{i}" for i in range(count)]
+
+
 def encode_multi_labels(
     values: Sequence[Sequence],
     label_names: Sequence[str] | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tftransfer.data.labels import default_target_names
 from tftransfer.errors import DataError
 
 
@@ -212,8 +213,7 @@ def regression_metrics(targets, predictions, target_names=None) -> dict:
             f"{predictions.shape}"
         )
     width = targets.shape[1]
-    default = ["target"] if width == 1 else [f"target_{i}" for i in range(width)]
-    names = list(target_names) if target_names else default
+    names = list(target_names) if target_names else default_target_names(width)
     if len(names) != width:
         raise DataError(
             f"Expected {width} target names (one per output). "

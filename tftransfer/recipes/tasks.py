@@ -21,6 +21,7 @@ import abc
 import keras
 import numpy as np
 
+from tftransfer.data.labels import default_target_names
 from tftransfer.errors import ConfigError, DataError
 from tftransfer.recipes import metrics as metrics_lib
 from tftransfer.vocabulary import TASKS
@@ -32,12 +33,13 @@ class Task(abc.ABC):
     Attributes:
         name: one of `tftransfer.vocabulary.TASKS`.
         activation: the activation of the head's output layer.
-        compared: what fine-tuning compares besides the loss (for messages).
+        headline_format: the evaluation in one line, the main metric first
+            (`str.format` over the metrics).
     """
 
     name = ""
     activation = "linear"
-    compared = "loss"
+    headline_format = ""
 
     @abc.abstractmethod
     def loss(self, label_smoothing: float) -> keras.losses.Loss:
@@ -60,9 +62,13 @@ class Task(abc.ABC):
         """`scores` in words, for the log."""
         return f"validation loss {-scores[-1]:.4f}"
 
+    @abc.abstractmethod
     def report(self, labels: np.ndarray, outputs: np.ndarray, names: list[str]) -> dict:
         """The evaluation metrics, as plain numbers."""
-        raise NotImplementedError
+
+    def headline(self, metrics: dict) -> str:
+        """The evaluation in one line (`headline_format`)."""
+        return self.headline_format.format(**metrics)
 
     def default_names(self, labels: np.ndarray) -> list[str]:
         """Names for the outputs when neither the data nor the caller gives
@@ -83,7 +89,9 @@ class Task(abc.ABC):
 class Classification(Task):
     name = "classification"
     activation = "softmax"
-    compared = "accuracy"
+    headline_format = (
+        "accuracy: {accuracy:.4f} (macro F1 {macro_f1:.4f}, {num_examples} examples)"
+    )
 
     def loss(self, label_smoothing: float) -> keras.losses.Loss:
         from tftransfer.recipes.heads import sparse_crossentropy
@@ -105,12 +113,6 @@ class Classification(Task):
 
     def report(self, labels, outputs, names) -> dict:
         return metrics_lib.classification_metrics(labels, outputs, names)
-
-    def headline(self, metrics: dict) -> str:
-        return (
-            f"accuracy: {metrics['accuracy']:.4f} (macro F1 "
-            f"{metrics['macro_f1']:.4f}, {metrics['num_examples']} examples)"
-        )
 
     def default_names(self, labels) -> list[str]:
         return [str(i) for i in range(int(labels.max()) + 1)]
@@ -137,6 +139,10 @@ class Classification(Task):
 class MultiLabel(Task):
     name = "multi_label"
     activation = "sigmoid"
+    headline_format = (
+        "micro F1: {micro_f1:.4f} (macro F1 {macro_f1:.4f}, subset accuracy "
+        "{subset_accuracy:.4f}, {num_examples} examples)"
+    )
 
     def loss(self, label_smoothing: float) -> keras.losses.Loss:
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
@@ -150,28 +156,23 @@ class MultiLabel(Task):
     def report(self, labels, outputs, names) -> dict:
         return metrics_lib.multi_label_metrics(labels, outputs, names)
 
-    def headline(self, metrics: dict) -> str:
-        return (
-            f"micro F1: {metrics['micro_f1']:.4f} (macro F1 "
-            f"{metrics['macro_f1']:.4f}, subset accuracy "
-            f"{metrics['subset_accuracy']:.4f}, {metrics['num_examples']} examples)"
-        )
-
     def check_labels(self, labels, names, split) -> None:
         super().check_labels(labels, names, split)
-        wrong = np.argwhere((labels != 0) & (labels != 1))
-        if wrong.size:
-            row, column = (int(i) for i in wrong[0])
-            raise DataError(
-                f"The {split} data has {len(wrong)} multi-label values that "
-                f"are neither 0 nor 1: {labels[row, column]!r} at example {row}, "
-                f"label {names[column]!r}. Labels must be multi-hot vectors."
-            )
+        _refuse_values(
+            labels,
+            (labels != 0) & (labels != 1),
+            names,
+            f"The {split} data has {{count}} multi-label values that are neither "
+            "0 nor 1",
+            "Labels must be multi-hot vectors.",
+        )
 
 
 class Regression(Task):
     name = "regression"
-    compared = "mean squared error"
+    headline_format = (
+        "MAE: {mae:.4g} (RMSE {rmse:.4g}, R² {r2:.4f}, {num_examples} examples)"
+    )
 
     def loss(self, label_smoothing: float) -> keras.losses.Loss:
         if label_smoothing:
@@ -195,26 +196,30 @@ class Regression(Task):
     def report(self, labels, outputs, names) -> dict:
         return metrics_lib.regression_metrics(labels, outputs, names)
 
-    def headline(self, metrics: dict) -> str:
-        return (
-            f"MAE: {metrics['mae']:.4g} (RMSE {metrics['rmse']:.4g}, R² "
-            f"{metrics['r2']:.4f}, {metrics['num_examples']} examples)"
-        )
-
     def default_names(self, labels) -> list[str]:
-        width = labels.shape[1]
-        return ["target"] if width == 1 else [f"target_{i}" for i in range(width)]
+        return default_target_names(labels.shape[1])
 
     def check_labels(self, labels, names, split) -> None:
         super().check_labels(labels, names, split)
-        bad = np.argwhere(~np.isfinite(labels))
-        if bad.size:
-            row, column = (int(i) for i in bad[0])
-            raise DataError(
-                f"The {split} data has {len(bad)} regression targets that are "
-                f"not finite: {labels[row, column]!r} at example {row}, target "
-                f"{names[column]!r}. Drop those examples or fill them in."
-            )
+        _refuse_values(
+            labels,
+            ~np.isfinite(labels),
+            names,
+            f"The {split} data has {{count}} regression targets that are not finite",
+            "Drop those examples or fill them in.",
+        )
+
+
+def _refuse_values(labels, bad, names, problem: str, fix: str) -> None:
+    """Raises a `DataError` naming the first of the `bad` label values
+    (`problem` holds `{count}`), where any."""
+    wrong = np.argwhere(bad)
+    if wrong.size:
+        row, column = (int(i) for i in wrong[0])
+        raise DataError(
+            f"{problem.format(count=len(wrong))}: {labels[row, column]!r} at "
+            f"example {row}, column {names[column]!r}. {fix}"
+        )
 
 
 _TASKS = {task.name: task for task in (Classification(), MultiLabel(), Regression())}
