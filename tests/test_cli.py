@@ -469,3 +469,41 @@ def test_export_of_a_folder_that_is_not_a_run_folder_exits_2(tmp_path, capsys):
     assert f"error: {tmp_path} is not a run folder: it has no recipe.yaml" in stderr(
         capsys
     )
+
+
+@pytest.mark.slow
+def test_run_trains_reports_and_exports_a_multi_label_csv(bert_paths, tmp_path, capsys):
+    rows = [
+        ("text", "tags"),
+        *((text, "sport") for text in TEXTS["sport"]),
+        *((text, "tech|news") for text in TEXTS["tech"]),
+    ]
+    csv_path = tmp_path / "tags.csv"
+    csv_path.write_text("".join(f"{text},{tags}\n" for text, tags in rows))
+    path = run_recipe(
+        tmp_path,
+        bert_paths,
+        data={
+            "format": "csv",
+            "path": str(csv_path),
+            "options": {"label_column": "tags", "task": "multi_label"},
+            "validation": 0.25,
+            "test": 0.25,
+            "batch_size": 4,
+        },
+    )
+    assert cli.main(["run", path]) == 0
+    out = capsys.readouterr().out
+    assert "3 labels" in out and "task multi_label" in out
+    assert "test micro F1: " in out
+    folder = tmp_path / "runs" / "topics"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["task"] == "multi_label"
+    assert metrics["label_names"] == ["news", "sport", "tech"]
+    assert (folder / "per_label_f1.png").is_file()
+    assert not (folder / "confusion_matrix.png").exists()
+    card = json.loads(
+        (tmp_path / "saved_models" / "topics" / "1" / "model_card.json").read_text()
+    )
+    outputs = card["signatures"]["serving_default"]["outputs"]
+    assert set(outputs) == {"probabilities", "labels"}
