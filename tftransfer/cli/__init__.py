@@ -10,7 +10,7 @@ traceback and TensorFlow's logs instead.
 
 Example:
 
-    tftransfer run recipes/default.yaml --set recipe.epochs=5
+    tftransfer run recipes/default.yaml --set recipe.head_epochs=5
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting, e.g. --set recipe.epochs=5 (repeatable)",
+        help="override a setting, e.g. --set recipe.head_epochs=5 (repeatable)",
     )
     run.add_argument(
         "--check", action="store_true", help="only validate the recipe file"

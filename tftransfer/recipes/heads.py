@@ -2,9 +2,11 @@
 
 A recipe model is `head(feature_model(inputs))`: the feature model maps
 prepared inputs to the feature vector `[batch, feature_dim]` (the backbone,
-an output chosen by key, pooling); the head maps features to class
-probabilities. Feature extraction trains the head on cached features and
-then joins the two, so predictions on raw inputs equal `head(features)`.
+an output chosen by key, pooling); the head maps features to the task's
+outputs (class or label probabilities, or values): `build_head()` the
+default one, `custom_head()` one from a user's layer or factory. Feature
+extraction trains the head on cached features and then joins the two, so
+predictions on raw inputs equal `head(features)`.
 """
 
 from __future__ import annotations
