@@ -411,12 +411,18 @@ class Recipe:
             )
         if columns:
             order = tf.constant([names.index(name) for name in class_names])
-            relabel = lambda inputs, label: (inputs, tf.gather(label, order))  # noqa: E731
+
+            def relabel(inputs, label):
+                return inputs, tf.gather(label, order)
+
         else:
             position = tf.constant(
                 [class_names.index(name) for name in names], tf.int64
             )
-            relabel = lambda inputs, label: (inputs, tf.gather(position, label))  # noqa: E731
+
+            def relabel(inputs, label):
+                return inputs, tf.gather(position, label)
+
         return dataclasses.replace(
             data, dataset=data.dataset.map(relabel), class_names=class_names
         )
