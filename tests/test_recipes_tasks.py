@@ -346,3 +346,25 @@ def test_classification_recipe_refuses_vector_labels_with_the_fix(tmp_path):
     recipe.fit(batches, batches)
     assert recipe.class_names == ["0", "1", "2"]
     assert recipe.predict(batches).shape == (48, 3)
+
+
+def test_owned_training_loop_logs_accuracy_only_for_class_indices():
+    import tensorflow as tf
+
+    from tftransfer.recipes.training_loop import OwnedLoop
+
+    strategy = tf.distribute.get_strategy()
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    for labels, loss, logged in (
+        (
+            np.arange(32) % 2,
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            {"loss", "accuracy"},
+        ),
+        (x[:, :2] * 3, keras.losses.MeanSquaredError(), {"loss"}),
+    ):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile("adam", loss)
+        batches = tf.data.Dataset.from_tensor_slices((x, labels)).batch(8)
+        history = OwnedLoop(model, strategy).fit(batches, epochs=1, verbose=0)
+        assert set(history.history) == logged

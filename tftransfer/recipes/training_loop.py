@@ -99,6 +99,7 @@ class OwnedLoop:
     def __init__(self, model: keras.Model, strategy: tf.distribute.Strategy):
         self.model = model
         self.strategy = strategy
+        self._classes = True  # Whether the labels are class indices.
         if not model.optimizer.built:
             with strategy.scope():
                 model.optimizer.build(model.trainable_variables)
@@ -119,6 +120,8 @@ class OwnedLoop:
         """Trains like `keras.Model.fit` (same arguments, same `History`)."""
         repeats = steps_per_epoch is not None
         steps = steps_per_epoch if repeats else self._steps_of(train_data)
+        # Class indices: accuracy is logged too (float labels: the loss only).
+        self._classes = not train_data.element_spec[1].dtype.is_floating
         verbose = 1 if verbose == "auto" else verbose
         callback_list = keras.callbacks.CallbackList(
             callbacks,
@@ -143,10 +146,10 @@ class OwnedLoop:
             for step in range(steps):
                 callback_list.on_train_batch_begin(step)
                 totals += [float(t) for t in self._train_step(iterator)]
-                callback_list.on_train_batch_end(step, _logs(totals))
+                callback_list.on_train_batch_end(step, self._logs(totals))
                 if self.model.stop_training:
                     break
-            logs = _logs(totals)
+            logs = self._logs(totals)
             if validation_batches is not None:
                 validation_logs = self._evaluate(validation_batches, validation_data)
                 logs.update({f"val_{k}": v for k, v in validation_logs.items()})
@@ -161,7 +164,15 @@ class OwnedLoop:
         iterator = iter(batches)
         for _ in range(self._steps_of(dataset)):
             totals += [float(t) for t in self._test_step(iterator)]
-        return _logs(totals)
+        return self._logs(totals)
+
+    def _logs(self, totals: np.ndarray) -> dict[str, float]:
+        loss_sum, correct, count = totals
+        count = max(count, 1.0)
+        logs = {"loss": loss_sum / count}
+        if self._classes:
+            logs["accuracy"] = correct / count
+        return logs
 
     @staticmethod
     def _steps_of(dataset: tf.data.Dataset) -> int:
@@ -247,18 +258,12 @@ def _local_count(labels) -> tf.Tensor:
 
 def _correct(labels, predictions) -> tf.Tensor:
     """Examples whose top class is their label; 0 for float labels
-    (multi-label, regression), whose loss is what this loop logs."""
+    (multi-label, regression), where only the loss is logged."""
     if labels.dtype.is_floating:
         return tf.constant(0.0)
     predicted = tf.argmax(predictions, axis=-1, output_type=tf.int64)
     matches = tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int64))
     return tf.reduce_sum(tf.cast(matches, tf.float32))
-
-
-def _logs(totals: np.ndarray) -> dict[str, float]:
-    loss_sum, correct, count = totals
-    count = max(count, 1.0)
-    return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
 class Predictor:
