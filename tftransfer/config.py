@@ -102,7 +102,9 @@ class RecipeConfig:
         dropout: Dropout before the classification layer.
         patience: Epochs without validation improvement before stopping
             early, or `null` to never stop early.
-        options: More keyword arguments for the recipe class.
+        options: More keyword arguments for the recipe class, under their
+            Python names (for example `unfreeze: 0.3`, `hidden_units: [256]`,
+            `head_weight_decay: 0.0001`, `task: multi_label`).
 
     Every setting has the name of the recipe's Python argument, so
     `recipe.head_epochs: 5` here, `--set recipe.head_epochs=5` and
