@@ -63,7 +63,7 @@ def compare(count, size):
     with tempfile.TemporaryDirectory() as work:
         recipe = FeatureExtraction(
             random_mobilenet_v3_small(size),
-            epochs=EPOCHS,
+            head_epochs=EPOCHS,
             patience=None,
             batch_size=BATCH,
             cache_dir=f"{work}/cache",
@@ -85,7 +85,7 @@ def peak_memory(count, size):
     with tempfile.TemporaryDirectory() as work:
         recipe = FeatureExtraction(
             random_mobilenet_v3_small(size),
-            epochs=EPOCHS,
+            head_epochs=EPOCHS,
             patience=None,
             batch_size=BATCH,
             memory_budget=0,

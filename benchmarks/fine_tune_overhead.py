@@ -80,7 +80,7 @@ def recipe(train, epochs):
         fine_tuning = FineTuning(
             random_mobilenet_v3_small(SIZE),
             head_epochs=1,
-            epochs=epochs,
+            fine_tune_epochs=epochs,
             patience=None,
             batch_size=BATCH,
             cache_dir=f"{work}/cache",

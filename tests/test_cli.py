@@ -241,7 +241,7 @@ def test_run_trains_reports_exports_and_reuses_its_cache(bert_paths, tmp_path, c
         evaluation={"split": "validation"},
         export={
             "base_path": str(tmp_path / "saved_models" / "topics"),
-            "format": "tflite",
+            "tflite": True,
         },
     )
     assert cli.main(["run", path]) == 0

@@ -267,7 +267,7 @@ def test_recipes_build_hub_backbones_with_the_strategy_load_options(
 
     backbone = Backbone.from_hub(image_model_path)
     recipe = FeatureExtraction(
-        backbone, epochs=1, cache_dir=tmp_path / "cache", run_dir=tmp_path / "run"
+        backbone, head_epochs=1, cache_dir=tmp_path / "cache", run_dir=tmp_path / "run"
     )
     images = np.zeros((4, *backbone.image_size, 3), "float32")
     data = tf.data.Dataset.from_tensor_slices((images, np.array([0, 1, 0, 1])))

@@ -146,7 +146,7 @@ def _worker(index, ports, out_dir):
         recipe = FeatureExtraction(
             backbone,
             strategy=strategy,
-            epochs=epochs,
+            head_epochs=epochs,
             patience=None,
             learning_rate=0.1,
             batch_size=8,

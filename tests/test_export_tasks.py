@@ -27,8 +27,12 @@ def _exported(tmp_path, labels, names, task):
     recipe = tiny_recipe(FeatureExtraction, tmp_path)
     recipe.fit(train, train)  # No evaluate(): the settings carry the task.
     path = tftransfer.export(recipe, tmp_path / "model")
+    examples = [_png(p) for p in pixels[:4]]
+    # A fresh TensorFlow-only process serves what the recipe computes.
+    report = tftransfer.export.verify(path, examples, model=recipe)
+    assert report.max_abs_difference < 1e-4
     served = tf.saved_model.load(str(path)).signatures["serving_default"]
-    outputs = served(image_bytes=tf.constant([_png(p) for p in pixels[:4]]))
+    outputs = served(image_bytes=tf.constant(examples))
     expected = recipe.model.predict(pixels[:4].astype("float32") / 255, verbose=0)
     return outputs, expected
 

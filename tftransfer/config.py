@@ -159,14 +159,16 @@ class ExportConfig:
         enabled: Whether the run exports at all.
         base_path: Folder of the model's versions; defaults to
             `saved_models/<name>`.
-        format: `saved_model` (TF Serving) or `tflite`.
+        tflite: Also convert to `model.tflite` (dynamic-range quantized)
+            and record its accuracy change on the evaluation split in the
+            model card, as `export(..., tflite=TFLiteOptions(...))` does.
         verify: Reload the export in a fresh process and compare it with
             the trained model.
     """
 
     enabled: bool = True
     base_path: str | None = None
-    format: Literal["saved_model", "tflite"] = "saved_model"
+    tflite: bool = False
     verify: bool = True
 
 
@@ -207,7 +209,7 @@ class RunConfig:
 
 # Keys that older recipe files used, and their names now (one name per
 # setting in Python, YAML and `--set`).
-RENAMED_KEYS = {"recipe.epochs": "recipe.head_epochs"}
+RENAMED_KEYS = {"recipe.epochs": "recipe.head_epochs", "export.format": "export.tflite"}
 
 # Values that must be positive, or fractions, whatever their section.
 _POSITIVE = {

@@ -341,7 +341,7 @@ def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:
 
     base = str(export_base(config))
     tflite = None
-    if config.export.format == "tflite":
+    if config.export.tflite:
         tflite = tftransfer.export.TFLiteOptions(
             make_pipeline(held_out, recipe.backbone, config.data.batch_size)
         )
@@ -508,7 +508,7 @@ def export_run(config: RunConfig, folder: str | Path, record: dict | None) -> Pa
     Rebuilds the recipe, which restores its trained weights from the run's
     checkpoints and its features from the cache, evaluates it on the split
     that `evaluation.split` names (for the model card) and exports again as
-    the next version, in the recipe's `export.format`.
+    the next version, with `model.tflite` where `export.tflite` is set.
 
     Call `check_export()` first: it returns `config` and `record`.
 

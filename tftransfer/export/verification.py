@@ -170,12 +170,12 @@ def verify(
     difference = None
     if expected is not None:
         difference = max(
-            float(np.abs(expected - _probabilities(ran[name])).max())
+            float(np.abs(expected - _model_outputs(ran[name])).max())
             for name in compared
         )
         if difference > atol:
             raise ExportError(
-                f"Served probabilities of {str(path)!r} differ from the "
+                f"Served outputs of {str(path)!r} differ from the "
                 f"in-memory model's by up to {difference:.3g} (> atol={atol}). "
                 "The serving graph prepares inputs differently from the "
                 "`prepare` given here; export with the training preparation."
@@ -266,14 +266,17 @@ def _feed(prepared, input_names) -> dict:
     return {name: np.asarray(prepared)}
 
 
-def _probabilities(outputs: Mapping) -> np.ndarray:
-    return np.asarray(outputs["probabilities"]["values"], dtype=np.float32)
+def _model_outputs(outputs: Mapping) -> np.ndarray:
+    """What the model itself computes in a signature's outputs: the
+    probabilities, or a regression's predictions."""
+    key = "probabilities" if "probabilities" in outputs else "predictions"
+    return np.asarray(outputs[key]["values"], dtype=np.float32)
 
 
 def _check_classes(path: Path, name: str, outputs: Mapping, class_names: list) -> None:
     """Refuses top-1 classes that are not the labels of the highest
     probabilities."""
-    best = [class_names[i] for i in _probabilities(outputs).argmax(-1)]
+    best = [class_names[i] for i in _model_outputs(outputs).argmax(-1)]
     if outputs["classes"]["values"] != best:
         raise ExportError(
             f"Served classes {outputs['classes']['values']} of signature "
