@@ -46,7 +46,6 @@ def image_backbone(size=(16, 16), value_range=(0.0, 1.0)) -> Backbone:
     return Backbone(
         name="tiny_image",
         handle="test://tiny_image",
-        source="hub",
         modality="image",
         feature_dim=3,
         builder=lambda trainable: keras.layers.GlobalAveragePooling2D(),
@@ -72,7 +71,6 @@ def seeded_image_backbone(name: str, conv_filters: int | None = None) -> Backbon
     return Backbone(
         name=name,
         handle=f"test://{name}",
-        source="keras_application",
         modality="image",
         feature_dim=conv_filters or 3,
         builder=build,

@@ -51,7 +51,6 @@ def _image_backbone():
     return Backbone(
         name="tiny",
         handle="test://tiny",
-        source="keras_application",
         modality="image",
         feature_dim=6,
         builder=lambda trainable: _backbone(),
@@ -323,7 +322,6 @@ def _saved_weights_backbone(tmp_path, builds):
     return Backbone(
         name="tiny",
         handle=str(weights.parent),
-        source="keras_application",
         modality="image",
         feature_dim=6,
         image_size=(8, 8),

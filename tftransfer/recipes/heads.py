@@ -15,8 +15,10 @@ import keras
 import tensorflow as tf
 
 from tftransfer.errors import ConfigError
+from tftransfer.vocabulary import POOLINGS
 
-POOLING_MODES = ("mean", "max", "first")
+# The vocabulary's poolings that reduce a sequence; "pooled" is a model's own.
+POOLING_MODES = tuple(mode for mode in POOLINGS if mode != "pooled")
 
 
 @keras.saving.register_keras_serializable(package="tftransfer")
