@@ -22,7 +22,17 @@ from tftransfer.errors import (
 )
 
 if TYPE_CHECKING:
-    from tftransfer import config, data, defaults, distribute, export, hub, recipes
+    from tftransfer import (
+        backbones,
+        config,
+        data,
+        defaults,
+        distribute,
+        export,
+        hub,
+        recipes,
+        vocabulary,
+    )
     from tftransfer.backbones import Backbone, backbone, hubify
     from tftransfer.hub import HubLayer, resolve
     from tftransfer.recipes import fine_tune
@@ -34,6 +44,7 @@ _LAZY_EXPORTS = {
     "Backbone": ("tftransfer.backbones", "Backbone"),
     "HubLayer": ("tftransfer.hub", "HubLayer"),
     "backbone": ("tftransfer.backbones", "backbone"),
+    "backbones": ("tftransfer.backbones", None),
     "config": ("tftransfer.config", None),
     "data": ("tftransfer.data", None),
     "defaults": ("tftransfer.defaults", None),
@@ -44,6 +55,7 @@ _LAZY_EXPORTS = {
     "hubify": ("tftransfer.backbones", "hubify"),
     "recipes": ("tftransfer.recipes", None),
     "resolve": ("tftransfer.hub", "resolve"),
+    "vocabulary": ("tftransfer.vocabulary", None),
 }
 
 __all__ = [
@@ -60,6 +72,7 @@ __all__ = [
     "Backbone",
     "HubLayer",
     "backbone",
+    "backbones",
     "config",
     "data",
     "defaults",
@@ -70,6 +83,7 @@ __all__ = [
     "hubify",
     "recipes",
     "resolve",
+    "vocabulary",
 ]
 
 
