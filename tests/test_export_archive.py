@@ -72,7 +72,7 @@ def test_default_signatures_are_added_through_add_signature(model, backbone):
     assert sorted(archive.signatures()) == ["serving_default", "serving_prepared"]
     spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     with pytest.raises(ExportError, match="already has a signature named 'serving_"):
-        archive.add_signature("serving_default", archive.classify, spec)
+        archive.add_signature("serving_default", archive.serve, spec)
     assert sorted(archive.signatures()) == ["serving_default", "serving_prepared"]
 
 
@@ -80,7 +80,7 @@ def test_added_signatures_are_saved_described_and_verified(model, backbone, tmp_
     archive = archive_of(model, backbone, top_k=2)
     archive.add_signature(
         "serving_uint8",
-        lambda images: archive.classify(tf.cast(images, tf.float32) / 255.0),
+        lambda images: archive.serve(tf.cast(images, tf.float32) / 255.0),
         tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="images"),
     )
     archive.add_signature(
@@ -176,7 +176,7 @@ def test_add_signature_refusals_name_the_value(
 ):
     archive = archive_of(model, backbone)
     with pytest.raises(ExportError, match=message):
-        archive.add_signature(name, fn or archive.classify, spec)
+        archive.add_signature(name, fn or archive.serve, spec)
 
 
 def test_archive_arguments_belong_to_the_archive(model, backbone, tmp_path):
@@ -225,7 +225,7 @@ def test_litert_interpreter_runs_the_tflite_check_when_installed(recipe, tmp_pat
     facts = json.loads((path / "model_card.json").read_text())["tflite"]
     assert facts["interpreter"] == "ai_edge_litert.interpreter.Interpreter"
     assert facts["validation_examples"] == 8
-    assert facts["max_abs_probability_difference"] <= 1e-5
+    assert facts["max_abs_output_difference"] <= 1e-5
     assert facts["accuracy_change"] == 0.0
 
 
@@ -236,12 +236,16 @@ def test_tensorflow_interpreter_runs_the_tflite_check_without_litert(
 ):
     spec = tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="images")
     flatbuffer = tflite.convert(model, spec, "none")
-    installed = tflite.accuracy_change(model, flatbuffer, validation_batches())
+    installed = tflite.compare(
+        model, flatbuffer, validation_batches(), "classification", CLASSES
+    )
     # An import of ai_edge_litert.interpreter now fails as if not installed.
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     assert tflite.interpreter_class() is tf.lite.Interpreter
-    fallback = tflite.accuracy_change(model, flatbuffer, validation_batches())
+    fallback = tflite.compare(
+        model, flatbuffer, validation_batches(), "classification", CLASSES
+    )
     assert fallback["interpreter"].startswith("tensorflow.")
     assert fallback["validation_examples"] == 8
-    assert fallback["max_abs_probability_difference"] <= 1e-5
+    assert fallback["max_abs_output_difference"] <= 1e-5
     assert fallback["accuracy_tflite"] == installed["accuracy_tflite"]

@@ -502,7 +502,7 @@ def test_model_with_loaded_weights_is_exported(
 
 
 def test_class_names_must_match_outputs(image_model, image_backbone, tmp_path):
-    with pytest.raises(ExportError, match="outputs 3 class probabilities but 2"):
+    with pytest.raises(ExportError, match="has 3 outputs per example but 2"):
         tftransfer.export(
             image_model, tmp_path / "m", backbone=image_backbone, class_names=["a", "b"]
         )
@@ -527,7 +527,7 @@ def test_tflite_export_records_accuracy_change(image_recipe, tmp_path, quantizat
     assert facts["accuracy_change"] == pytest.approx(
         facts["accuracy_tflite"] - facts["accuracy_keras"]
     )
-    assert facts["max_abs_probability_difference"] < 0.05
+    assert facts["max_abs_output_difference"] < 0.05
 
 
 def test_hub_text_export_serves_raw_strings_like_in_memory_model(
@@ -582,5 +582,5 @@ def test_hub_text_tflite_takes_the_token_tensors(
         assert detail["shape_signature"].tolist() == [-1, HUB_SEQ_LENGTH]
     facts = json.loads((path / "model_card.json").read_text())["tflite"]
     assert facts["validation_examples"] == 4
-    assert facts["max_abs_probability_difference"] <= 1e-5
+    assert facts["max_abs_output_difference"] <= 1e-5
     assert facts["accuracy_change"] == 0.0

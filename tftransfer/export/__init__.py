@@ -1,4 +1,4 @@
-"""Export trained classifiers for TF Serving (and TFLite), and verify them.
+"""Export trained models for TF Serving (and TFLite), and verify them.
 
 `tftransfer.export` is a callable module:
 

@@ -1,4 +1,4 @@
-"""`ServingArchive`: a trained classifier and the serving signatures to export.
+"""`ServingArchive`: a trained model and the serving signatures to export.
 
 Built on `tf.Module` rather than `keras.Model.export`, whose signatures fall
 short for dict inputs and several named outputs (keras-team/keras#20835,
@@ -28,11 +28,12 @@ DEFAULT_TOP_K = 5
 
 
 class ServingArchive:
-    """A trained classifier and the serving signatures to export with it.
+    """A trained model and the serving signatures to export with it.
 
     Made with the two default signatures (`serving_default` on raw inputs,
     `serving_prepared` on prepared inputs; see `docs/serving.md`), both added
-    through `add_signature()`. Add your own the same way, then write the
+    through `add_signature()` and returning `serve()`'s outputs for the
+    model's task. Add your own the same way, then write the
     archive with `tftransfer.export(archive, base_path)`, which checks every
     signature's ops against stock TF Serving and records each in the model
     card.
@@ -41,40 +42,48 @@ class ServingArchive:
         model_or_recipe: A fitted recipe (`FeatureExtraction`,
             `FineTuning`: `fit()` sets its `model`; its `backbone`,
             `class_names`, `metrics` and `settings` are used too), or a
-            built `keras.Model` from prepared inputs to class probabilities
-            `[batch, classes]`.
+            built `keras.Model` from prepared inputs to one output per
+            class, label or target `[batch, outputs]`.
         backbone: The `Backbone` the model was built on (with a
             `keras.Model`); gives the modality and the preparation.
-        class_names: Class names in output order (with a `keras.Model`).
+        class_names: The class, label or target names in output order
+            (with a `keras.Model`).
         prepare: The preparation function `raw input -> prepared input`
             (one example or a batch). Defaults to
             `tftransfer.data.prepare_fn(backbone)`.
-        top_k: How many classes `top_k_scores` / `top_k_classes` report (at
-            most the number of classes).
+        top_k: Classification: how many classes `top_k_scores` /
+            `top_k_classes` report (at most the number of classes).
+        task: What the outputs are, one of `tftransfer.vocabulary.TASKS`:
+            `"classification"` (class probabilities), `"multi_label"`
+            (one probability per label) or `"regression"` (predicted
+            values). Defaults to the recipe's task, else
+            `"classification"`.
 
     Attributes:
         model: The Keras model.
         backbone: The backbone (`None` if not given).
-        class_names: The class names, in output order.
+        class_names: The class, label or target names, in output order.
+        task: The task whose outputs the default signatures return.
         modality: `"image"` or `"text"`.
         prepare: The training preparation, from a `[batch]` string tensor of
             raw inputs to the prepared batch.
         prepared_input_spec: The `tf.TensorSpec` (or dict of them) of the
             prepared inputs, which `serving_prepared` takes.
-        top_k: How many classes `top_k_*` report.
+        top_k: How many classes `top_k_*` report (classification).
         card_info: The recipe's `ModelCardInfo` (empty for a Keras model).
 
     Raises:
         ExportError: if a recipe is not fitted or a model not built, the
-            class names are missing, malformed or do not match the model's
-            outputs, or the backbone's modality is unknown.
+            names are missing, malformed or do not match the model's
+            outputs, the backbone's modality is unknown, or `task` is
+            unknown or not the recipe's.
 
     Example:
 
     >>> archive = tftransfer.export.ServingArchive(recipe)
     >>> archive.add_signature(
     ...     "serving_uint8",
-    ...     lambda images: archive.classify(tf.cast(images, "float32") / 255),
+    ...     lambda images: archive.serve(tf.cast(images, "float32") / 255),
     ...     tf.TensorSpec([None, 224, 224, 3], tf.uint8, name="images"))
     >>> tftransfer.export(archive, "saved_models/flowers")
     """
@@ -87,6 +96,7 @@ class ServingArchive:
         class_names: Sequence[str] | None = None,
         prepare: Callable | None = None,
         top_k: int = DEFAULT_TOP_K,
+        task: str | None = None,
     ):
         model, backbone, class_names, card_info = _unpack(
             model_or_recipe, backbone, class_names
@@ -97,6 +107,7 @@ class ServingArchive:
         self.class_names = class_names
         self.modality = _modality(backbone)
         self.card_info = card_info
+        self.task = signatures.resolve_task(task, card_info)
         self.prepare = signatures.batched(signatures.preparation(backbone, prepare))
         self.top_k = max(1, min(int(top_k), len(class_names)))
         raw_spec = tf.TensorSpec(
@@ -113,8 +124,8 @@ class ServingArchive:
         self._functions: dict[str, Any] = {}
         signatures.add_default_signatures(self)
 
-    def classify(self, prepared) -> dict:
-        """Runs the model on prepared inputs and names its classes.
+    def serve(self, prepared) -> dict:
+        """Runs the model on prepared inputs and names its outputs.
 
         Call it inside a signature function to return what the default
         signatures return.
@@ -123,14 +134,25 @@ class ServingArchive:
             prepared: A prepared batch, as `prepared_input_spec` describes.
 
         Returns:
-            `probabilities` float32 `[batch, classes]`, `classes` string
-            `[batch]` (top-1 label), `top_k_scores` float32 `[batch, k]` and
-            `top_k_classes` string `[batch, k]`.
+            By `task`: classification, `probabilities` float32
+            `[batch, classes]`, `classes` string `[batch]` (top-1 label),
+            `top_k_scores` float32 `[batch, k]` and `top_k_classes` string
+            `[batch, k]`; multi-label, `probabilities` float32
+            `[batch, labels]` and `labels` string `[batch, labels]` (the
+            names at or above 0.5, most probable first, then `""`);
+            regression, `predictions` float32 `[batch, targets]` and
+            `target_names` string `[batch, targets]`.
         """
-        probabilities = tf.cast(self.model(prepared, training=False), tf.float32)
-        return signatures.classification_outputs(
-            probabilities, self._module.labels, self.top_k
-        )
+        outputs = tf.cast(self.model(prepared, training=False), tf.float32)
+        if self.task == "classification":
+            return signatures.classification_outputs(
+                outputs, self._module.labels, self.top_k
+            )
+        if self.task == "multi_label":
+            return signatures.multi_label_outputs(
+                outputs, self.class_names, signatures.MULTI_LABEL_THRESHOLD
+            )
+        return signatures.regression_outputs(outputs, self.class_names)
 
     def add_signature(self, name: str, fn: Callable, input_spec: Any) -> None:
         """Adds a serving signature.
@@ -156,7 +178,7 @@ class ServingArchive:
 
         >>> archive.add_signature(
         ...     "probabilities_only",
-        ...     lambda text: {"scores": archive.classify(
+        ...     lambda text: {"scores": archive.serve(
         ...         archive.prepare(text))["probabilities"]},
         ...     tf.TensorSpec([None], tf.string, name="text"))
         """
@@ -200,7 +222,7 @@ class ServingArchive:
 
 
 class _Module(tf.Module):
-    """What the SavedModel holds: the label table and what the signatures
+    """What the SavedModel holds: the class name table and what the signatures
     capture. The Keras model is deliberately not an attribute:
     tracking it would save its optimizer's state, and the weights of a hub
     layer's SavedModel under two owners."""
@@ -270,7 +292,7 @@ def _owners_of_captures(functions) -> list:
 
 
 def _unpack(model_or_recipe, backbone, class_names):
-    """The model, backbone, class names and model card facts of a recipe or
+    """The model, backbone, output names and model card facts of a recipe or
     a Keras model."""
     if isinstance(model_or_recipe, keras.Model):
         model = model_or_recipe
@@ -300,8 +322,9 @@ def _unpack(model_or_recipe, backbone, class_names):
         )
     if not class_names:
         raise ExportError(
-            "Export needs the class names in output order: pass "
-            "`class_names=[...]` (a recipe provides them after `fit()`)."
+            "Export needs the names of the model's outputs (classes, labels "
+            "or targets) in output order: pass `class_names=[...]` (a recipe "
+            "provides them after `fit()`)."
         )
     return model, backbone, list(class_names), card_info
 
@@ -313,12 +336,12 @@ def _check_model(model: keras.Model, class_names: list) -> None:
             f"Model {model.name!r} is not built: it has no weights yet. Build "
             "it on its inputs and train it (or load trained weights) first."
         )
-    classes = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
-    if classes is not None and classes != len(class_names):
+    width = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+    if width is not None and width != len(class_names):
         raise ExportError(
-            f"Model {model.name!r} outputs {classes} class probabilities but "
+            f"Model {model.name!r} has {width} outputs per example but "
             f"{len(class_names)} class names were given: {class_names}. "
-            "Pass one name per output, in output order."
+            "Pass one name per output (class, label or target), in output order."
         )
 
 

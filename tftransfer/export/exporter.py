@@ -1,4 +1,4 @@
-"""`tftransfer.export()`: a trained classifier as a TF Serving model version."""
+"""`tftransfer.export()`: a trained model as a TF Serving model version."""
 
 from __future__ import annotations
 
@@ -25,18 +25,19 @@ def export(
     class_names: Sequence[str] | None = None,
     prepare: Callable | None = None,
     top_k: int | None = None,
+    task: str | None = None,
     name: str | None = None,
     overwrite: bool = False,
     card: ModelCardInfo | None = None,
     allow_ops: Iterable[str] = (),
     tflite: TFLiteOptions | None = None,
 ) -> Path:
-    """Exports a trained classifier as the next version of a served model.
+    """Exports a trained model as the next version of a served model.
 
     Writes `<base_path>/<version>/`, a SavedModel in the layout that
     `tensorflow_model_server --model_base_path=<base_path>` watches:
-    `saved_model.pb`, `variables/`, `assets/labels.txt` (class names, one per
-    line, read by the graph) and `model_card.json`. The version
+    `saved_model.pb`, `variables/`, `assets/labels.txt` (the class, label or
+    target names, one per line) and `model_card.json`. The version
     is written into a hidden temporary sibling and renamed into place, so
     the server never sees a partial version; earlier versions are left
     alone.
@@ -46,8 +47,11 @@ def export(
     encoded bytes as `image_bytes`; text: raw strings as `text`) and
     prepares them inside the graph with the same function that prepared the
     training data, and `serving_prepared`, which takes already-prepared
-    tensors; both return `probabilities`, `classes`, `top_k_scores` and
-    `top_k_classes`. To add signatures of your own, make the archive,
+    tensors. Both return the outputs of the model's task: classification,
+    `probabilities`, `classes`, `top_k_scores` and `top_k_classes`;
+    multi-label, `probabilities` and `labels` (the names at or above 0.5);
+    regression, `predictions` and `target_names`. The model card records
+    the same task. To add signatures of your own, make the archive,
     call its `add_signature()` and pass the archive here. Before anything is
     written, every op of every signature is checked against those the stock
     TF Serving build loads (core TensorFlow and its bundled TF Text
@@ -71,36 +75,43 @@ def export(
         model_or_recipe: A fitted recipe (`FeatureExtraction`,
             `FineTuning`: `fit()` sets its `model`; its `backbone`,
             `class_names`, `metrics` and `settings` are used too), a built
-            `keras.Model` from prepared inputs to class probabilities
-            `[batch, classes]`, or a `ServingArchive` (made of either).
+            `keras.Model` from prepared inputs to one output per class,
+            label or target `[batch, outputs]`, or a `ServingArchive` (made
+            of either).
         base_path: The model's base path. Defaults to
             `saved_models/<name>` under the current directory.
         version: The version to write; `None` writes the next one (one more
             than the highest existing version, or 1).
-        backbone, class_names, prepare, top_k: What the `ServingArchive`
-            made of a recipe or a Keras model takes (see there: a Keras
-            model needs `backbone` and `class_names`; `top_k` defaults to
-            5). With an archive, give them to the archive instead.
+        backbone, class_names, prepare, top_k, task: What the
+            `ServingArchive` made of a recipe or a Keras model takes (see
+            there: a Keras model needs `backbone` and `class_names`; `top_k`
+            defaults to 5; `task` to the recipe's, else
+            `"classification"`). With an archive, give them to the archive
+            instead.
         name: The model's name; defaults to the base path's last folder, or
             to the Keras model's name.
         overwrite: Replace `version` if it exists.
         card: A `ModelCardInfo`: data source, metrics and training settings
-            for the model card (each defaults to the recipe's).
+            for the model card (each defaults to the recipe's). A task its
+            settings or metrics record must be the one served.
         allow_ops: Op names to accept although stock TF Serving lacks them
             (for a server built with them).
         tflite: A `TFLiteOptions` to also write `model.tflite` (on prepared
             inputs: images, or a text model's token tensors; the
             preparation is not part of it) into the version folder, with
-            its accuracy change on the options' validation data recorded in
-            the model card.
+            the change of the task's main metric (classification: accuracy;
+            multi-label: micro F1; regression: MAE) and the largest output
+            difference on the options' validation data recorded in the
+            model card.
 
     Returns:
         The path of the version folder written.
 
     Raises:
         ExportError: if a recipe is not fitted or a model not built, the
-            class names do not match its outputs, an archive comes with
-            `backbone`, `class_names`, `prepare` or `top_k`, a signature
+            names do not match its outputs, an archive comes with
+            `backbone`, `class_names`, `prepare`, `top_k` or `task`, `card`
+            records another task than the one served, a signature
             uses an op stock TF Serving cannot load, the base path is a file, the
             version exists (without `overwrite`), or the folder cannot be
             written (no permission, no space left).
@@ -132,13 +143,18 @@ def export(
     >>> archive = tftransfer.export.ServingArchive(recipe)
     >>> archive.add_signature(
     ...     "serving_uint8",
-    ...     lambda images: archive.classify(tf.cast(images, "float32") / 255),
+    ...     lambda images: archive.serve(tf.cast(images, "float32") / 255),
     ...     tf.TensorSpec([None, 224, 224, 3], tf.uint8, name="images"))
     >>> tftransfer.export(
     ...     archive, "saved_models/flowers",
     ...     tflite=tftransfer.export.TFLiteOptions(validation_batches))
+
+    A Keras model that predicts prices:
+
+    >>> tftransfer.export(model, "saved_models/prices", backbone=backbone,
+    ...                   class_names=["price"], task="regression")
     """
-    archive = _archive(model_or_recipe, backbone, class_names, prepare, top_k)
+    archive = _archive(model_or_recipe, backbone, class_names, prepare, top_k, task)
     if card is not None and not isinstance(card, ModelCardInfo):
         raise ExportError(
             "Expected `card` to be a `tftransfer.export.ModelCardInfo`. "
@@ -151,6 +167,7 @@ def export(
             "`tflite=TFLiteOptions(validation_data)`."
         )
     info = (card or ModelCardInfo()).or_else(archive.card_info)
+    signatures.resolve_task(archive.task, info)
     name = name or (Path(base_path).name if base_path else archive.model.name)
     base = Path(base_path) if base_path else Path(DEFAULT_BASE_DIR) / name
     version = writer.resolve_version(base, version, overwrite)
@@ -162,12 +179,11 @@ def export(
         archive.save(tmp)
         tflite_facts = None
         if tflite is not None:
-            tflite_facts = export_tflite(
-                archive.model, archive.prepared_input_spec, tmp / TFLITE_FILE, tflite
-            )
+            tflite_facts = export_tflite(archive, tmp / TFLITE_FILE, tflite)
         card_dict = model_card.build_model_card(
             name=name,
             version=version,
+            task=archive.task,
             modality=archive.modality,
             backbone=archive.backbone,
             class_names=archive.class_names,
@@ -182,7 +198,9 @@ def export(
     return base / str(version)
 
 
-def _archive(model_or_recipe, backbone, class_names, prepare, top_k) -> ServingArchive:
+def _archive(
+    model_or_recipe, backbone, class_names, prepare, top_k, task
+) -> ServingArchive:
     """`model_or_recipe` if it is an archive, else an archive made of it."""
     if not isinstance(model_or_recipe, ServingArchive):
         return ServingArchive(
@@ -191,12 +209,14 @@ def _archive(model_or_recipe, backbone, class_names, prepare, top_k) -> ServingA
             class_names=class_names,
             prepare=prepare,
             top_k=DEFAULT_TOP_K if top_k is None else top_k,
+            task=task,
         )
     given = {
         "backbone": backbone,
         "class_names": class_names,
         "prepare": prepare,
         "top_k": top_k,
+        "task": task,
     }
     given = sorted(key for key, value in given.items() if value is not None)
     if given:

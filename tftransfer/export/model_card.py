@@ -92,6 +92,7 @@ def build_model_card(
     *,
     name: str,
     version: int,
+    task: str,
     modality: str,
     backbone: Any,
     class_names: Sequence[str],
@@ -107,16 +108,18 @@ def build_model_card(
     Args:
         name: The model's name (the base path's last folder).
         version: The version number written.
+        task: The task the signatures serve (`"classification"`,
+            `"multi_label"` or `"regression"`).
         modality: `"image"` or `"text"`.
         backbone: The `Backbone` the model was built on, or `None`.
-        class_names: The class names, in output order.
+        class_names: The class, label or target names, in output order.
         data_source: Where the training data came from, or `None`.
         metrics: Evaluation metrics (for example from `recipe.evaluate()`).
         settings: The recipe's settings.
         signatures: Signature name to `{"inputs": ..., "outputs": ...}`.
         serving_ops: The TF Serving compatibility check's result.
-        tflite: The TFLite export's facts (file, quantization, accuracy), if
-            any.
+        tflite: The TFLite export's facts (file, quantization, the task's
+            main metric on Keras and TFLite), if any.
 
     Returns:
         A JSON-serialisable dict.
@@ -125,7 +128,7 @@ def build_model_card(
         "name": name,
         "version": int(version),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "task": "classification",
+        "task": task,
         "modality": modality,
         "backbone": backbone_summary(backbone),
         "data_source": data_source,

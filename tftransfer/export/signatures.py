@@ -16,6 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from tftransfer.errors import ExportError
+from tftransfer.vocabulary import TASKS
 
 RAW_INPUT_NAMES = {"image": "image_bytes", "text": "text"}
 # `serving_prepared`'s input where the preparation returns one tensor, not a
@@ -126,7 +127,8 @@ def prepared_spec(prepare: Callable, raw_spec: tf.TensorSpec, modality: str):
 def classification_outputs(
     probabilities: tf.Tensor, labels: tf.lookup.StaticHashTable, top_k: int
 ) -> dict:
-    """The outputs of every default signature, from the class probabilities.
+    """The outputs of a classifier's default signatures, from the class
+    probabilities.
 
     Args:
         probabilities: float32 `[batch, classes]`.
@@ -150,7 +152,7 @@ def classification_outputs(
 def multi_label_outputs(
     probabilities: tf.Tensor, label_names: Sequence[str], threshold: float
 ) -> dict:
-    """The outputs of every default signature of a multi-label model.
+    """The outputs of a multi-label model's default signatures.
 
     Args:
         probabilities: float32 `[batch, labels]`, one sigmoid each.
@@ -170,7 +172,7 @@ def multi_label_outputs(
 
 
 def regression_outputs(predictions: tf.Tensor, target_names: Sequence[str]) -> dict:
-    """The outputs of every default signature of a regression model.
+    """The outputs of a regression model's default signatures.
 
     Returns:
         `predictions` float32 `[batch, targets]` and `target_names` string
@@ -183,13 +185,37 @@ def regression_outputs(predictions: tf.Tensor, target_names: Sequence[str]) -> d
     }
 
 
-def task_of(card_info) -> str:
-    """The task of the model an archive serves: the `task` of its
-    settings, else of its metrics (`tftransfer.recipes.tasks.task_metrics`
-    records it), else `"classification"`."""
+def recorded_task(card_info) -> str | None:
+    """The task a `ModelCardInfo` records: the `task` of its settings (a
+    recipe's), else of its metrics (`tftransfer.recipes.tasks.task_metrics`
+    records it), else `None`."""
     settings = dict(card_info.settings or {})
     metrics = dict(card_info.metrics or {})
-    return settings.get("task") or metrics.get("task") or "classification"
+    return settings.get("task") or metrics.get("task")
+
+
+def resolve_task(task: str | None, card_info) -> str:
+    """The task an archive serves: `task`, else the one `card_info` records,
+    else `"classification"`.
+
+    Raises:
+        ExportError: if `task` is not one of `TASKS`, or `card_info`
+            records another task (the model card and the signatures would
+            disagree).
+    """
+    recorded = recorded_task(card_info)
+    task = task or recorded or "classification"
+    if task not in TASKS:
+        raise ExportError(
+            f"Expected task to be one of {TASKS}. Received: task={task!r}."
+        )
+    if recorded is not None and recorded != task:
+        raise ExportError(
+            f"The model card records task={recorded!r} (in its settings or "
+            f"metrics) but the signatures serve task={task!r}; they must agree. "
+            f"Pass task={recorded!r} to serve it, or correct the card."
+        )
+    return task
 
 
 def add_default_signatures(archive) -> None:
@@ -204,15 +230,14 @@ def add_default_signatures(archive) -> None:
       of int32 token tensors, or `text` strings for an encoder that takes
       raw text).
 
-    Both return the outputs of the model's task (`task_of()`):
-    classification, `archive.classify()`'s; multi-label,
-    `multi_label_outputs()` (`probabilities`, `labels`); regression,
-    `regression_outputs()` (`predictions`, `target_names`).
+    Both return `archive.serve()`'s outputs, those of the archive's task:
+    classification, `classification_outputs()`; multi-label,
+    `multi_label_outputs()`; regression, `regression_outputs()`.
 
     Args:
         archive: A `tftransfer.export.ServingArchive`.
     """
-    serve = _task_serving(archive, task_of(archive.card_info))
+    serve = archive.serve
     raw_spec = tf.TensorSpec([None], tf.string, name=RAW_INPUT_NAMES[archive.modality])
     archive.add_signature(
         DEFAULT_SIGNATURE,
@@ -220,22 +245,6 @@ def add_default_signatures(archive) -> None:
         raw_spec,
     )
     archive.add_signature(PREPARED_SIGNATURE, serve, archive.prepared_input_spec)
-
-
-def _task_serving(archive, task: str) -> Callable:
-    """The function from prepared inputs to the outputs of `task`."""
-    if task == "classification":
-        return archive.classify
-
-    def serve(prepared) -> dict:
-        outputs = tf.cast(archive.model(prepared, training=False), tf.float32)
-        if task == "multi_label":
-            return multi_label_outputs(
-                outputs, archive.class_names, MULTI_LABEL_THRESHOLD
-            )
-        return regression_outputs(outputs, archive.class_names)
-
-    return serve
 
 
 def write_labels(class_names: Sequence[str], path: str | os.PathLike) -> None:

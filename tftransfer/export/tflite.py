@@ -1,14 +1,15 @@
-"""Optional TFLite export, with its validation accuracy change measured.
+"""Optional TFLite export, measured against the Keras model on validation data.
 
-The accuracy is measured with the LiteRT interpreter (`ai_edge_litert`, the
+The TFLite model runs in the LiteRT interpreter (`ai_edge_litert`, the
 successor of the deprecated `tf.lite.Interpreter`) when it is installed, and
-with TensorFlow's otherwise.
+in TensorFlow's otherwise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -22,6 +23,13 @@ from tftransfer.errors import ExportError
 
 TFLITE_FILE = "model.tflite"
 QUANTIZATIONS = ("dynamic_range", "float16", "none")
+# The metric of `tftransfer.recipes.tasks.task_metrics` that the TFLite
+# model is judged by, per task (the first of each task's headline).
+MAIN_METRICS = {
+    "classification": "accuracy",
+    "multi_label": "micro_f1",
+    "regression": "mae",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,13 +37,17 @@ class TFLiteOptions:
     """Asks `tftransfer.export()` to also write `model.tflite`, and how.
 
     The TFLite model takes the prepared inputs of `serving_prepared` (images,
-    or a text model's token tensors; the preparation is not part of it). Its
-    top-1 accuracy and the Keras model's are measured on `validation_data`
-    and recorded in the model card.
+    or a text model's token tensors; the preparation is not part of it). It
+    and the Keras model are scored on `validation_data` by the task's main
+    metric (classification: accuracy; multi-label: micro F1; regression:
+    MAE), and their largest output difference is found; the model card
+    records both (see `compare()`).
 
     Args:
-        validation_data: Batched `(prepared inputs, integer label)` pairs,
-            as `tftransfer.data.make_pipeline()` gives them.
+        validation_data: Batched `(prepared inputs, labels)` pairs, the
+            labels as the task takes them (class indices, multi-hot vectors
+            or target values), as `tftransfer.data.make_pipeline()` gives
+            them.
         quantization: `"dynamic_range"` (int8 weights), `"float16"`
             (float16 weights) or `"none"`.
 
@@ -57,8 +69,8 @@ class TFLiteOptions:
         if self.validation_data is None:
             raise ExportError(
                 "TFLiteOptions needs `validation_data` (batched (prepared "
-                "inputs, label) pairs) to measure the TFLite model's accuracy "
-                "change. Received: validation_data=None; pass "
+                "inputs, labels) pairs) to measure the TFLite model against the "
+                "Keras model. Received: validation_data=None; pass "
                 "`tftransfer.data.make_pipeline(validation, backbone, 32)`."
             )
         if self.quantization not in QUANTIZATIONS:
@@ -87,7 +99,7 @@ def convert(model: keras.Model, input_signature, quantization: str) -> bytes:
     """Converts a Keras model on prepared inputs to a TFLite flatbuffer.
 
     Args:
-        model: The Keras model (prepared inputs -> probabilities).
+        model: The Keras model (prepared inputs -> outputs).
         input_signature: The prepared inputs' `tf.TensorSpec` (or dict of
             them), as the `serving_prepared` signature takes them.
         quantization: `"dynamic_range"` (int8 weights), `"float16"` (float16
@@ -95,7 +107,7 @@ def convert(model: keras.Model, input_signature, quantization: str) -> bytes:
 
     Returns:
         The TFLite model: inputs named as in `input_signature`, one output
-        (the probabilities).
+        (the Keras model's).
     """
     serve = tf.function(
         lambda inputs: model(inputs, training=False), input_signature=[input_signature]
@@ -111,31 +123,51 @@ def convert(model: keras.Model, input_signature, quantization: str) -> bytes:
     return converter.convert()
 
 
-def accuracy_change(
-    model: keras.Model, tflite_model: bytes, validation_data: tf.data.Dataset
+def compare(
+    model: keras.Model,
+    tflite_model: bytes,
+    validation_data: tf.data.Dataset,
+    task: str,
+    names: Sequence[str],
 ) -> dict:
-    """Measures top-1 accuracy of the Keras and the TFLite model on the same data.
+    """Scores the Keras and the TFLite model on the same data, by the task's
+    main metric.
+
+    The metric (`MAIN_METRICS`: classification, `accuracy`; multi-label,
+    `micro_f1`; regression, `mae`) is computed by
+    `tftransfer.recipes.tasks.task_metrics`, as the recipe's evaluation is.
 
     Args:
         model: The Keras model.
         tflite_model: Its conversion by `convert()`.
-        validation_data: Batched `(prepared inputs, integer label)` pairs.
+        validation_data: Batched `(prepared inputs, labels)` pairs, the
+            labels as the task takes them (class indices, multi-hot vectors
+            or target values).
+        task: `"classification"`, `"multi_label"` or `"regression"`.
+        names: The class, label or target names, in output order.
 
     Returns:
-        `{"interpreter", "validation_examples", "accuracy_keras",
-        "accuracy_tflite", "accuracy_change",
-        "max_abs_probability_difference"}`; `interpreter` names the
+        `{"interpreter", "validation_examples", "metric", "<metric>_keras",
+        "<metric>_tflite", "<metric>_change", "max_abs_output_difference"}`:
+        `metric` names the main metric, `<metric>_change` is TFLite's value
+        minus Keras's (for `mae` a positive change is a loss), and
+        `max_abs_output_difference` the largest absolute difference of any
+        output (probability or predicted value). `interpreter` names the
         interpreter class that ran the TFLite model (see
         `interpreter_class()`).
+
+    Raises:
+        ExportError: if `validation_data` is empty.
     """
+    from tftransfer.recipes.tasks import task_metrics
+
     interpreter_type = interpreter_class()
     interpreter = interpreter_type(model_content=tflite_model)
     inputs_by_name = {d["name"]: d["index"] for d in interpreter.get_input_details()}
     (output,) = interpreter.get_output_details()
-    total = keras_hits = tflite_hits = 0
-    max_difference = 0.0
-    for inputs, labels in validation_data:
-        expected = np.asarray(model(inputs, training=False))
+    keras_outputs, tflite_outputs, labels = [], [], []
+    for inputs, batch_labels in validation_data:
+        keras_outputs.append(np.asarray(model(inputs, training=False)))
         feed = (
             inputs
             if isinstance(inputs, dict)
@@ -147,49 +179,55 @@ def accuracy_change(
         for name, value in feed.items():
             interpreter.set_tensor(inputs_by_name[name], np.asarray(value))
         interpreter.invoke()
-        got = interpreter.get_tensor(output["index"])
-        labels = np.asarray(labels).reshape(-1)
-        total += labels.size
-        keras_hits += int((expected.argmax(-1) == labels).sum())
-        tflite_hits += int((got.argmax(-1) == labels).sum())
-        max_difference = max(max_difference, float(np.abs(expected - got).max()))
-    if total == 0:
+        tflite_outputs.append(interpreter.get_tensor(output["index"]))
+        labels.append(np.asarray(batch_labels))
+    if not labels:
         raise ExportError(
             "`validation_data` is empty; pass batches of (prepared inputs, "
-            "label) to measure the TFLite model's accuracy."
+            "labels) to measure the TFLite model against the Keras model."
         )
+    labels = np.concatenate(labels)
+    expected = np.concatenate(keras_outputs)
+    got = np.concatenate(tflite_outputs)
+    metric = MAIN_METRICS[task]
+    keras_value = task_metrics(task, labels, expected, list(names))[metric]
+    tflite_value = task_metrics(task, labels, got, list(names))[metric]
     return {
         "interpreter": f"{interpreter_type.__module__}.{interpreter_type.__name__}",
-        "validation_examples": total,
-        "accuracy_keras": keras_hits / total,
-        "accuracy_tflite": tflite_hits / total,
-        "accuracy_change": (tflite_hits - keras_hits) / total,
-        "max_abs_probability_difference": max_difference,
+        "validation_examples": len(labels),
+        "metric": metric,
+        f"{metric}_keras": keras_value,
+        f"{metric}_tflite": tflite_value,
+        f"{metric}_change": tflite_value - keras_value,
+        "max_abs_output_difference": float(np.abs(expected - got).max()),
     }
 
 
-def export_tflite(
-    model: keras.Model,
-    input_signature,
-    path: str | os.PathLike,
-    options: TFLiteOptions,
-) -> dict:
+def export_tflite(archive, path: str | os.PathLike, options: TFLiteOptions) -> dict:
     """Writes `model.tflite` and returns its facts for the model card.
 
     Args:
-        model: The Keras model.
-        input_signature: The prepared inputs' spec (see `convert()`).
+        archive: The `ServingArchive` exported: its model, prepared input
+            spec, task and output names.
         path: Where to write the `.tflite` file.
         options: The quantization and the validation data.
 
     Returns:
-        The file name, quantization, size and `accuracy_change()`'s result.
+        The file name, quantization, size and `compare()`'s result.
     """
-    tflite_model = convert(model, input_signature, options.quantization)
+    tflite_model = convert(
+        archive.model, archive.prepared_input_spec, options.quantization
+    )
     Path(path).write_bytes(tflite_model)
     return {
         "file": Path(path).name,
         "quantization": options.quantization,
         "size_bytes": len(tflite_model),
-        **accuracy_change(model, tflite_model, options.validation_data),
+        **compare(
+            archive.model,
+            tflite_model,
+            options.validation_data,
+            archive.task,
+            archive.class_names,
+        ),
     }
