@@ -2,11 +2,13 @@
 
 Both load the SavedModel with TensorFlow alone and call its
 `serving_default` signature on raw inputs (encoded image bytes or text), as
-TF Serving would.
+TF Serving would, and read its outputs as the task its model card records
+(classification, multi-label or regression).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -49,8 +51,22 @@ def find_export(model_dir: str) -> Path:
     return path
 
 
+def export_task(model_dir: str) -> str:
+    """The task an export serves, as its model card records it, without
+    loading it: `"classification"`, `"multi_label"` or `"regression"`
+    (`"classification"` where there is no card or it does not say).
+
+    `model_dir` is a version folder or a base folder (see `find_export`).
+    """
+    card = find_export(model_dir) / "model_card.json"
+    recorded = json.loads(card.read_text()).get("task") if card.exists() else None
+    return recorded or "classification"
+
+
 def load_serving(model_dir: str):
-    """Returns `(serving function, input name, class names)` of an export.
+    """Returns `(serving function, input name, output names, task)` of an
+    export: the output names are its class, label or target names, the task
+    `export_task()`'s.
 
     `model_dir` is a version folder or a base folder (see `find_export`).
     """
@@ -61,8 +77,8 @@ def load_serving(model_dir: str):
     serving = tf.saved_model.load(str(path)).signatures["serving_default"]
     (input_name,) = serving.structured_input_signature[1]
     labels = path / "assets" / "labels.txt"
-    class_names = labels.read_text().splitlines() if labels.exists() else []
-    return serving, input_name, class_names
+    names = labels.read_text().splitlines() if labels.exists() else []
+    return serving, input_name, names, export_task(str(path))
 
 
 def _batches(items: Sequence, size: int = BATCH) -> Iterator[Sequence]:
@@ -150,25 +166,60 @@ def _reason(error) -> str:
     return (said or lines or [type(error).__name__])[-1][:200]
 
 
+def _prediction(task: str, row: dict, top_k: int) -> tuple[dict, str]:
+    """One input's row of the signature's outputs as `predict` returns it,
+    and as it prints it."""
+    if task == "regression":
+        names = [name.decode() for name in row["target_names"]]
+        values = [float(value) for value in row["predictions"]]
+        line = "  ".join(f"{n} {v:.4g}" for n, v in zip(names, values, strict=True))
+        return {"predictions": dict(zip(names, values, strict=True))}, line
+    if task == "multi_label":
+        # `labels` holds the names that apply, most probable first.
+        names = [name.decode() for name in row["labels"] if name]
+        scores = sorted((float(p) for p in row["probabilities"]), reverse=True)
+        result = {"labels": names, "scores": scores[: len(names)]}
+    else:
+        result = {
+            "classes": [c.decode() for c in row["top_k_classes"][:top_k]],
+            "scores": [float(s) for s in row["top_k_scores"][:top_k]],
+        }
+    names = result.get("classes", result.get("labels"))
+    line = "  ".join(
+        f"{n} {s:.3f}" for n, s in zip(names, result["scores"], strict=True)
+    )
+    return result, line or "(no label applies)"
+
+
 def predict(model_dir: str, paths: Sequence[str], top_k: int = 3) -> list[dict]:
-    """Classifies files (images, or text files for a text model); prints and returns results.
+    """Runs an exported model on files (images, or text files for a text model); prints and returns results.
 
     A folder stands for the image files (`.jpg`, `.jpeg`, `.png`, `.bmp`,
     `.gif`), or for a text model the `.txt` files, in it and its
-    sub-folders. A file that cannot be read or classified is named on
-    stderr (`error: FILE: why`) and the others are classified.
+    sub-folders. A file that cannot be read or run is named on stderr
+    (`error: FILE: why`) and the others are run.
+
+    Each file's line shows, by the task the model card records: for a
+    classifier its `top_k` classes and their probabilities; for a
+    multi-label model the labels that apply (probability at or above 0.5),
+    each with its probability; for a regression model each target's name
+    and predicted value.
 
     Returns:
-        One dict per file, in order: `{"file", "classes", "scores"}`, or
-        `{"file", "error"}` for a file that could not be classified.
+        One dict per file, in order: `{"file", "classes", "scores"}`
+        (classification), `{"file", "labels", "scores"}` (multi-label) or
+        `{"file", "predictions"}` (regression: target name to value); or
+        `{"file", "error"}` for a file that could not be run.
 
     Example:
 
     >>> predict("saved_models/bbc-news-topics/1", ["article.txt", "more/"])
     article.txt  sport 0.981  business 0.009  tech 0.004
     more/a.txt  tech 0.912  business 0.051  sport 0.020
+    >>> predict("saved_models/house-prices/1", ["house.jpg"])
+    house.jpg  price 2.41e+05  rooms 3.8
     """
-    serving, input_name, _ = load_serving(model_dir)
+    serving, input_name, _, task = load_serving(model_dir)
     suffixes = SUFFIXES.get(input_name, ())
     results, readable, raw = [], [], []
     for path in _input_files(paths, suffixes):
@@ -186,51 +237,95 @@ def predict(model_dir: str, paths: Sequence[str], top_k: int = 3) -> list[dict]:
             result["error"] = f"the model cannot classify it: {row}"
             print(f"error: {result['file']}: {result['error']}", file=sys.stderr)
             continue
-        result["classes"] = [c.decode() for c in row["top_k_classes"][:top_k]]
-        result["scores"] = [float(s) for s in row["top_k_scores"][:top_k]]
-        print(
-            f"{result['file']}  "
-            + "  ".join(
-                f"{c} {s:.3f}"
-                for c, s in zip(result["classes"], result["scores"], strict=True)
-            )
-        )
+        prediction, line = _prediction(task, row, top_k)
+        result.update(prediction)
+        print(f"{result['file']}  {line}")
     return results
 
 
 def evaluate(model_dir: str, data) -> dict:
     """Evaluates an exported model on labelled data; prints and returns the metrics.
 
-    `data` is a `LabeledData` whose class names are those the model was
-    trained on (matched by name, so order does not matter).
+    The metrics are those of the task the model card records
+    (`tftransfer.recipes.tasks.task_metrics`): accuracy and per-class
+    P/R/F1 for a classifier, micro/macro F1 and per-label P/R/F1 for a
+    multi-label model, MAE, RMSE and R² per target for a regression model.
+    `data` is a `LabeledData` read for that task, whose class, label or
+    target names are the model's (matched by name, so order does not
+    matter; multi-label data may lack labels that none of its examples
+    has).
+
+    Raises:
+        DataError: if `data` was read for another task, or has names the
+            model does not know (or, for regression, lacks a target).
 
     Example:
 
     >>> evaluate("saved_models/flowers/1", from_image_folder("flowers/test"))
+    accuracy: 0.9300 (macro F1 0.9281, 100 examples)
     """
-    from tftransfer.recipes.metrics import classification_metrics
+    from tftransfer.recipes.tasks import get_task, task_metrics
 
-    serving, input_name, model_classes = load_serving(model_dir)
+    serving, input_name, model_names, task = load_serving(model_dir)
+    if data.task != task:
+        raise DataError(
+            f"{data.source} was read for task={data.task!r} but the model in "
+            f"{model_dir} serves task={task!r} (its model card says so). Read "
+            f"the data with task={task!r}."
+        )
     raw, labels = [], []
     for x, y in data.dataset.as_numpy_iterator():
         if data.input_format == "file_path":
             x = Path(x.decode()).read_bytes()
         raw.append(x)
-        labels.append(int(y))
+        labels.append(y)
+    labels = _in_model_order(task, np.asarray(labels), data, model_names)
     outputs = _run(serving, input_name, raw)
-    missing = sorted(set(data.class_names) - set(model_classes))
-    if missing:
-        raise DataError(
-            f"{data.source} has classes {missing} that the model does not know; "
-            f"the model's classes are {model_classes}."
-        )
-    remapped = [model_classes.index(data.class_names[y]) for y in labels]
-    metrics = classification_metrics(remapped, outputs["probabilities"], model_classes)
-    print(
-        f"accuracy: {metrics['accuracy']:.4f}  macro F1: {metrics['macro_f1']:.4f}  ({metrics['num_examples']} examples)"
+    served = outputs["predictions" if task == "regression" else "probabilities"]
+    metrics = task_metrics(task, labels, served, model_names)
+    print(get_task(task).headline(metrics))
+    rows = next(
+        metrics[key]
+        for key in ("per_class", "per_label", "per_target")
+        if key in metrics
     )
-    for name, row in metrics["per_class"].items():
+    for name, row in rows.items():
         print(
-            f"  {name:20s} precision {row['precision']:.3f}  recall {row['recall']:.3f}  f1 {row['f1']:.3f}  support {row['support']}"
+            f"  {name:20s} "
+            + "  ".join(
+                f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+                for key, value in row.items()
+            )
         )
     return metrics
+
+
+def _in_model_order(
+    task: str, labels: np.ndarray, data, model_names: list
+) -> np.ndarray:
+    """`labels` of `data` (as its reader gives them for `task`) renumbered,
+    or their columns reordered, to the model's output order.
+
+    Raises:
+        DataError: if `data` has names the model does not know, or lacks a
+            regression target of the model.
+    """
+    kind = {"classification": "classes", "multi_label": "labels"}.get(task, "targets")
+    unknown = sorted(set(data.class_names) - set(model_names))
+    if unknown:
+        raise DataError(
+            f"{data.source} has {kind} {unknown} that the model does not know; "
+            f"the model's {kind} are {model_names}."
+        )
+    absent = sorted(set(model_names) - set(data.class_names))
+    if task == "regression" and absent:
+        raise DataError(
+            f"{data.source} lacks the model's targets {absent}; give it one "
+            f"value per target: {model_names}."
+        )
+    position = [model_names.index(name) for name in data.class_names]
+    if task == "classification":
+        return np.asarray([position[label] for label in labels], np.int64)
+    columns = np.zeros((len(labels), len(model_names)), np.float32)
+    columns[:, position] = labels.reshape(len(labels), -1)
+    return columns
