@@ -167,6 +167,7 @@ def export(
             "`tflite=TFLiteOptions(validation_data)`."
         )
     info = (card or ModelCardInfo()).or_else(archive.card_info)
+    # The card must record the task the signatures serve, or none.
     signatures.resolve_task(archive.task, info)
     name = name or (Path(base_path).name if base_path else archive.model.name)
     base = Path(base_path) if base_path else Path(DEFAULT_BASE_DIR) / name
