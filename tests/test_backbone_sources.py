@@ -7,6 +7,9 @@ sources.
 """
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -14,7 +17,15 @@ import pytest
 
 import tftransfer
 from tftransfer import Backbone
-from tftransfer.backbones import BackboneSource, register_source, registry
+from tftransfer.backbones import (
+    BackboneSource,
+    catalogue,
+    register_source,
+    registry,
+    unregister_source,
+)
+
+BUILT_IN_PREFIXES = ["keras_application", "keras_hub", "offline"]
 
 
 class SeededConv(BackboneSource):
@@ -55,7 +66,7 @@ class SeededConv(BackboneSource):
 def seeded_source():
     source = register_source(SeededConv())
     yield source
-    registry.unregister_source(source.name)
+    unregister_source(source.name)
 
 
 def images(batch=2):
@@ -86,7 +97,7 @@ def test_a_source_registered_outside_the_package_is_picked_and_reloads(
 
 def test_an_unregistered_source_is_named_when_its_config_loads(seeded_source):
     config = tftransfer.backbone("seeded:1").get_config()
-    registry.unregister_source(seeded_source.name)
+    unregister_source(seeded_source.name)
     with pytest.raises(tftransfer.ConfigError, match="'seeded_conv'") as error:
         Backbone.from_config(config)
     assert "register_source" in str(error.value)
@@ -129,8 +140,71 @@ def test_registering_checks_the_source():
     class Impostor(SeededConv):
         name = "keras_hub"
 
-    with pytest.raises(tftransfer.ConfigError, match="already registered"):
+    with pytest.raises(tftransfer.ConfigError, match="already registered") as error:
         register_source(Impostor())
+    assert "tftransfer.backbones.unregister_source('keras_hub')" in str(error.value)
+
+    for name in ("", "  ", None, 3):
+        Unnamed = type("Unnamed", (SeededConv,), {"name": name})
+        with pytest.raises(tftransfer.ConfigError, match="non-empty string"):
+            register_source(Unnamed())
+
+
+def test_registering_first_keeps_every_built_in_source_and_their_rank():
+    """In a fresh process, registering before the registry's first use runs
+    discovery first: an impostor of a built-in name is refused and the
+    built-in sources all stay; a new source ranks after the built-ins of
+    its form, as it does once the registry was used."""
+    script = textwrap.dedent(
+        """
+        import json
+        import tftransfer
+        from tftransfer.backbones import BackboneSource, register_source, registry
+
+        class Impostor(BackboneSource):
+            name, form, accepts = "keras_hub", "prefix", '"impostor:"'
+
+            def is_supported(self, handle, **options):
+                return handle.startswith("impostor:")
+
+            def build(self, handle):
+                raise AssertionError(handle)
+
+        class Late(Impostor):
+            name = "late"
+
+        try:
+            register_source(Impostor())
+        except tftransfer.ConfigError as error:
+            print(json.dumps(str(error)))
+        register_source(Late())
+        print(json.dumps([source.name for source in registry.sources()]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    refusal, names = map(json.loads, result.stdout.splitlines()[-2:])
+    assert "'keras_hub' is already registered (KerasHubSource)" in refusal
+    assert names == [
+        "catalogue",
+        *BUILT_IN_PREFIXES,
+        "late",
+        "hub",
+        "hub_text",
+        "npz",
+    ]
+
+
+def test_a_source_registered_after_first_use_ranks_after_the_built_ins(
+    seeded_source,
+):
+    prefixes = [s.name for s in registry.sources() if s.form == "prefix"]
+    assert prefixes[: len(BUILT_IN_PREFIXES) + 1] == [
+        *BUILT_IN_PREFIXES,
+        "seeded_conv",
+    ]
 
 
 def test_a_source_must_build_a_backbone(seeded_source, monkeypatch):
@@ -142,3 +216,43 @@ def test_a_source_must_build_a_backbone(seeded_source, monkeypatch):
 def test_offline_handles_name_the_weights_modules():
     with pytest.raises(tftransfer.HandleError, match="offline:minilm"):
         tftransfer.backbone("offline:nope")
+
+
+def test_catalogue_entries_of_keras_applications_build_under_their_name(
+    monkeypatch,
+):
+    entry = {
+        "source": "keras_application",
+        "handle": "keras:MobileNetV3Small",
+        "options": {"weights": None, "image_size": (32, 32)},
+        "modality": "image",
+        "feature_dim": 576,
+        "aliases": ("tiny_mobilenet",),
+    }
+    monkeypatch.setitem(catalogue.CATALOGUE, "tiny-mobilenet", entry)
+    backbone = tftransfer.backbone("Tiny_MobileNet", pooling="max")
+    assert (backbone.name, backbone.source, backbone.feature_dim) == (
+        "tiny-mobilenet",
+        "keras_application",
+        576,
+    )
+    assert backbone.get_config() == {
+        "source": "catalogue",
+        "arguments": {"handle": "Tiny_MobileNet", "pooling": "max"},
+    }
+
+
+def test_catalogue_works_offline_takes_options_the_entry_also_sets(
+    monkeypatch, tmp_path
+):
+    entry = {
+        "source": "hub",
+        "handle": str(tmp_path),
+        "options": {"image_size": (8, 8)},
+        "modality": "image",
+        "feature_dim": 4,
+        "aliases": (),
+    }
+    monkeypatch.setitem(catalogue.CATALOGUE, "local-hub-folder", entry)
+    source = registry.get_source("catalogue")
+    assert source.works_offline("local-hub-folder", image_size=(16, 16)) is True

@@ -191,16 +191,19 @@ def normalize_name(name: str) -> str:
     return name.strip().lower().replace("_", "-")
 
 
-_INDEX = {
-    normalize_name(alias): key
-    for key, entry in CATALOGUE.items()
-    for alias in (key, *entry["aliases"])
-}
+def aliases() -> dict[str, str]:
+    """`{normalized name or alias: catalogue name}` for every entry of
+    `CATALOGUE` (see `normalize_name()`)."""
+    return {
+        normalize_name(alias): key
+        for key, entry in CATALOGUE.items()
+        for alias in (key, *entry["aliases"])
+    }
 
 
 def lookup(name: str) -> tuple[str, dict] | None:
     """Returns `(catalogue name, entry)` for a name or alias, else `None`."""
-    key = _INDEX.get(normalize_name(name))
+    key = aliases().get(normalize_name(name))
     return (key, CATALOGUE[key]) if key else None
 
 

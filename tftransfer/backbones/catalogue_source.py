@@ -38,18 +38,14 @@ class CatalogueSource(BackboneSource):
         return catalogue.lookup(handle) is not None
 
     def suggest(self, handle: str) -> list[str]:
-        names = {
-            catalogue.normalize_name(alias): key
-            for key, entry in catalogue.CATALOGUE.items()
-            for alias in (key, *entry["aliases"])
-        }
+        names = catalogue.aliases()
         close = difflib.get_close_matches(catalogue.normalize_name(handle), names, n=3)
         return [names[match] for match in close]
 
     def works_offline(self, handle: str, **options: Any) -> bool:
         _, entry = catalogue.lookup(handle)
         source = get_source(entry["source"])
-        return source.works_offline(entry["handle"], **entry["options"], **options)
+        return source.works_offline(entry["handle"], **{**entry["options"], **options})
 
 
 register_source(CatalogueSource())

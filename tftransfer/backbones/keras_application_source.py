@@ -45,7 +45,8 @@ class KerasApplicationSource(BackboneSource):
 
     Handles: `"keras:<Name>"` or `"keras.applications.<Name>"` (the bare
     name too, through `Backbone.from_keras_application`, which this
-    implements; see there).
+    implements; see there). `name=` names the backbone (the application's
+    name by default), as the catalogue does for its entries.
     """
 
     name = "keras_application"
@@ -64,21 +65,24 @@ class KerasApplicationSource(BackboneSource):
         weights: str | None = "imagenet",
         image_size: tuple[int, int] | None = None,
         pooling: str = "mean",
+        name: str | None = None,
     ) -> Backbone:
-        name = _application_name(handle)
+        application_name = _application_name(handle)
         if weights not in (None, "imagenet"):
             weights = os.fspath(weights)
             if not os.path.exists(weights):
                 raise HandleNotFoundError(
-                    f"The weights file {weights!r} for {name} does not exist. Pass "
-                    "an existing `.h5`/`.weights.h5` file, 'imagenet' or None."
+                    f"The weights file {weights!r} for {application_name} does not "
+                    "exist. Pass an existing `.h5`/`.weights.h5` file, 'imagenet' "
+                    "or None."
                 )
         return application_backbone(
-            name,
+            application_name,
             image_size,
             pooling,
             lambda base: base,
             weights=weights,
+            name=name,
         )
 
 
