@@ -129,3 +129,29 @@ def test_unsafe_or_malformed_files_are_refused(original, tmp_path, monkeypatch):
     monkeypatch.setattr(npz_source, "MAX_BYTES", 1000)
     with pytest.raises(tftransfer.HandleError, match="more than 1000"):
         tftransfer.backbone(path)
+
+
+def test_weights_of_unnamed_layers_load_in_a_later_build(tmp_path):
+    """EfficientNetB0's unnamed `Normalization` is `normalization/...` in
+    one build and `normalization_<n>/...` in the next, in one process; its
+    mean, variance and integer count load all the same."""
+    keras.utils.set_random_seed(3)
+    application = Backbone.from_keras_application(
+        "EfficientNetB0", weights=None, image_size=(SIZE, SIZE)
+    )
+    layer = application.build()
+    base = next(sub for sub in layer.layers if isinstance(sub, keras.Model))
+    normalization = next(
+        sub for sub in base.layers if isinstance(sub, keras.layers.Normalization)
+    )
+    mean, variance, count = normalization.weights
+    mean.assign([100.0, 120.0, 140.0])
+    variance.assign([900.0, 1600.0, 2500.0])
+    weights = {variable.path: variable.numpy() for variable in base.weights}
+    assert weights[count.path].dtype == np.int64
+    path = write(tmp_path / "efficientnet.npz", weights, application="EfficientNetB0")
+
+    backbone = tftransfer.backbone(path)
+    rebuilt = backbone.build()
+    assert mean.path not in {variable.path for variable in rebuilt.weights}
+    np.testing.assert_allclose(rebuilt(images()), layer(images()), atol=1e-5)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
 
 from tftransfer.backbones.description import Backbone
@@ -21,6 +25,8 @@ APPLICATION_KEY = "__application__"
 IMAGE_SIZE_KEY = "__image_size__"
 MAX_BYTES = 2 * 1024**3
 """The most bytes a `.npz` may hold, compressed or not."""
+# A path part: its name and the `_<n>` suffix Keras may have numbered it with.
+_SUFFIX = re.compile(r"(.+?)(?:_(\d+))?")
 
 
 class NpzWeightsSource(BackboneSource):
@@ -33,10 +39,17 @@ class NpzWeightsSource(BackboneSource):
     with `weights=None` and every array is assigned to its variable, so
     the weights are never pickled code and need no network.
 
+    Paths are matched without the `_<n>` suffixes that Keras appends to
+    the names of unnamed layers and variables, which change with each
+    build in a process (EfficientNet's `normalization/mean` is
+    `normalization_1/mean` the second time); paths alike but for those
+    suffixes are matched in the order of their suffixes.
+
     The file is read once, without pickles and within `MAX_BYTES`, and
     checked against the architecture before any backbone is built: a
-    missing or extra weight, a wrong shape or a non-float array is a
-    `ConfigError` naming it.
+    missing or extra weight, a wrong shape or an array of another kind
+    (floats for float weights, integers for integer ones such as
+    `normalization/count`) is a `ConfigError` naming it.
 
     Example:
 
@@ -61,12 +74,15 @@ class NpzWeightsSource(BackboneSource):
         self, handle: str, *, pooling: str = "mean", name: str | None = None
     ) -> Backbone:
         name_of_application, image_size, arrays = _read(handle)
-        expected = _variable_shapes(name_of_application, image_size)
-        _check(handle, arrays, expected)
+        model = application(name_of_application)(
+            include_top=False, weights=None, input_shape=(*image_size, 3)
+        )
+        matched = _match(handle, arrays, model.weights)
 
         def assign(model):
-            for variable in model.weights:
-                variable.assign(arrays[variable.path].astype(variable.dtype))
+            paths = [variable.path for variable in model.weights]
+            for variable, key in zip(model.weights, _weight_keys(paths), strict=True):
+                variable.assign(matched[key].astype(variable.dtype))
             return model
 
         return application_backbone(
@@ -132,44 +148,70 @@ def _read(path: str) -> tuple[str, tuple[int, int], dict[str, np.ndarray]]:
     return str(name), (int(image_size[0]), int(image_size[1])), arrays
 
 
-def _variable_shapes(name: str, image_size: tuple[int, int]) -> dict[str, tuple]:
-    """`{variable path: shape}` of `keras.applications.<name>` without its top."""
-    model = application(name)(
-        include_top=False, weights=None, input_shape=(*image_size, 3)
-    )
-    return {variable.path: tuple(variable.shape) for variable in model.weights}
+def _weight_keys(paths: Sequence[str]) -> list[tuple[str, int]]:
+    """The key of each variable path: the path without Keras's `_<n>`
+    suffixes, and its rank, by suffix, among the paths alike but for them.
+
+    Keras numbers the names of unnamed layers and variables per process
+    (`normalization`, `normalization_1`, ...), so two builds of one
+    architecture give their weights the same keys, in the same order.
+    """
+    parts = {
+        path: [_SUFFIX.fullmatch(part).groups() for part in path.split("/")]
+        for path in paths
+    }
+    alike = defaultdict(list)
+    for path in paths:
+        alike["/".join(name for name, _ in parts[path])].append(path)
+    keys = {}
+    for stripped, group in alike.items():
+        ranked = sorted(group, key=lambda p: [int(n or -1) for _, n in parts[p]])
+        keys.update({path: (stripped, rank) for rank, path in enumerate(ranked)})
+    return [keys[path] for path in paths]
 
 
-def _check(
-    path: str, arrays: dict[str, np.ndarray], expected: dict[str, tuple]
-) -> None:
-    """Checks that `arrays` are exactly the float weights `expected` names.
+def _match(
+    path: str, arrays: dict[str, np.ndarray], variables: list[keras.Variable]
+) -> dict[tuple[str, int], np.ndarray]:
+    """Matches `arrays` to the application's weights (see `_weight_keys()`).
+
+    Returns:
+        `{key: array}` for each of `variables`.
 
     Raises:
-        ConfigError: naming the missing or extra weights, or the first one
-            with another shape or a non-float dtype.
+        ConfigError: naming the missing or extra weights (without their
+            `_<n>` suffixes), or the first array with another shape or kind
+            of dtype than its weight.
     """
-    missing = sorted(set(expected) - set(arrays))
-    extra = sorted(set(arrays) - set(expected))
+    saved = dict(zip(_weight_keys(list(arrays)), arrays, strict=True))
+    paths = [variable.path for variable in variables]
+    expected = dict(zip(_weight_keys(paths), variables, strict=True))
+    missing = sorted({stripped for stripped, _ in expected.keys() - saved.keys()})
+    extra = sorted({stripped for stripped, _ in saved.keys() - expected.keys()})
     if missing or extra:
         raise ConfigError(
             f"The weights in {path!r} do not match the architecture: missing "
             f"{missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
-            f"extra {extra[:5]}{' ...' if len(extra) > 5 else ''} ({len(extra)}). "
-            "Save one array per variable path of the application without "
-            "its top, at the same image size."
+            f"extra {extra[:5]}{' ...' if len(extra) > 5 else ''} ({len(extra)}) "
+            "(paths without Keras's `_<n>` suffixes). Save one array per "
+            "variable path of the application without its top, at the same "
+            "image size."
         )
-    for key, shape in expected.items():
-        array = arrays[key]
-        if array.dtype.kind != "f":
+    for key, variable in expected.items():
+        array = arrays[saved[key]]
+        kind = np.dtype(variable.dtype).kind
+        if array.dtype.kind != kind and {array.dtype.kind, kind} != {"i", "u"}:
             raise ConfigError(
-                f"Weight {key!r} in {path!r} is {array.dtype}; expected floats."
+                f"Weight {saved[key]!r} in {path!r} is {array.dtype}; the "
+                f"architecture's {variable.path!r} is {variable.dtype}. Save "
+                "its values as they are."
             )
-        if array.shape != shape:
+        if array.shape != tuple(variable.shape):
             raise ConfigError(
-                f"Weight {key!r} in {path!r} has shape {array.shape}; the "
-                f"architecture expects {shape}."
+                f"Weight {saved[key]!r} in {path!r} has shape {array.shape}; the "
+                f"architecture expects {tuple(variable.shape)}."
             )
+    return {key: arrays[saved[key]] for key in expected}
 
 
 register_source(NpzWeightsSource())
