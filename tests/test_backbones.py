@@ -157,6 +157,23 @@ def test_from_hub_text_preprocesses_and_encodes(bert_paths):
     assert backbone.build()(inputs).shape == (2, 8)
 
 
+def test_from_hub_text_loads_its_preprocessor_once(bert_paths, monkeypatch):
+    """The preprocessor that probes the encoder is the one
+    `text_preprocessor()` returns: one SavedModel load, one check."""
+    preprocessor, encoder = bert_paths
+    loads = []
+    load = tf.saved_model.load
+
+    def counting_load(path, *args, **kwargs):
+        loads.append(os.path.realpath(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(tf.saved_model, "load", counting_load)
+    backbone = Backbone.from_hub_text(preprocessor, encoder, seq_length=16)
+    assert backbone.text_preprocessor() is backbone.text_preprocessor()
+    assert loads.count(os.path.realpath(preprocessor)) == 1
+
+
 def test_from_hub_text_without_preprocessor_passes_strings(text_embedding_path):
     backbone = Backbone.from_hub_text(None, text_embedding_path)
     strings = backbone.text_preprocessor()(tf.constant(SENTENCES))

@@ -190,9 +190,6 @@ def _text_backbone(
             load_options=load_options,
         )
 
-    def preprocessor_factory() -> HubTextPreprocessor:
-        return HubTextPreprocessor(preprocessor_path, seq_length)
-
     return Backbone(
         name=name or name_from_handle(encoder),
         handle=encoder,
@@ -202,7 +199,8 @@ def _text_backbone(
         seq_length=seq_length if preprocessor else None,
         output_key=key,
         outputs=_output_keys(outputs),
-        preprocessor_factory=preprocessor_factory,
+        # The preprocessor that probed the encoder is the one reused.
+        preprocessor_factory=lambda: text_preprocessor,
     )
 
 
