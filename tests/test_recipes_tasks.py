@@ -157,6 +157,24 @@ def test_default_head_settings_are_refused_with_a_custom_head(tmp_path):
         )
     with pytest.raises(ConfigError, match="head=None"):
         tiny_recipe(FeatureExtraction, tmp_path, head="big")
+    with pytest.raises(ConfigError, match=r"dropout=0\.5 is the default head's"):
+        tiny_recipe(
+            FeatureExtraction, tmp_path, head=keras.layers.Dense(2), dropout=0.5
+        )
+    # Left at its default, dropout is no choice of the user's: accepted.
+    tiny_recipe(FeatureExtraction, tmp_path, head=keras.layers.Dense(2))
+
+
+def test_pooling_is_checked_when_the_recipe_is_made_with_the_new_words(tmp_path):
+    for old, new in (("avg", "mean"), ("cls", "first")):
+        with pytest.raises(ConfigError, match=f"Pass pooling='{new}'"):
+            tiny_recipe(FineTuning, tmp_path, pooling=old)
+    with pytest.raises(ConfigError, match="Expected pooling to be one of"):
+        tiny_recipe(FeatureExtraction, tmp_path, pooling="median")
+    assert (
+        tiny_recipe(FeatureExtraction, tmp_path, pooling="max").settings["pooling"]
+        == "max"
+    )
 
 
 # Unfreeze ----------------------------------------------------------------
@@ -346,6 +364,42 @@ def test_classification_recipe_refuses_vector_labels_with_the_fix(tmp_path):
     recipe.fit(batches, batches)
     assert recipe.class_names == ["0", "1", "2"]
     assert recipe.predict(batches).shape == (48, 3)
+
+
+def test_dataset_labels_follow_the_task_not_their_integer_dtype(tmp_path):
+    import tensorflow as tf
+
+    pixels, signal = signal_images()
+    inputs = pixels.astype("float32") / 255
+    ages = (20 + 50 * signal).astype("int64")  # integer regression targets
+    multi_hot = _multi_hot(signal).astype("int64")
+    for task, labels, names in (
+        ("regression", ages, ["target"]),
+        ("multi_label", multi_hot, ["0", "1", "2"]),
+    ):
+        batches = tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(16)
+        recipe = tiny_recipe(FeatureExtraction, tmp_path, task, task=task)
+        recipe.fit(batches, batches)
+        assert recipe.class_names == names
+        cached = recipe.cached_features(batches, "train").labels()
+        assert cached.dtype == np.float32
+        np.testing.assert_array_equal(cached, labels.reshape(48, -1))
+        assert recipe.evaluate(batches)["task"] == task
+        assert recipe.predict(batches).shape == (48, len(names))
+    # The ages read as classes: the cache keeps class indices apart.
+    batches = tf.data.Dataset.from_tensor_slices((inputs, ages)).batch(16)
+    recipe = tiny_recipe(FeatureExtraction, tmp_path, "classes", task="classification")
+    recipe.fit(batches, batches)
+    cached = recipe.cached_features(batches, "train").labels()
+    assert cached.dtype == np.int64 and cached.shape == (48,)
+
+
+def test_default_names_count_one_column_for_labels_of_one_dimension():
+    from tftransfer.recipes.tasks import get_task
+
+    assert get_task("regression").default_names(np.zeros(4)) == ["target"]
+    assert get_task("multi_label").default_names(np.zeros(4)) == ["0"]
+    assert get_task("multi_label").default_names(np.zeros((4, 2))) == ["0", "1"]
 
 
 def test_owned_training_loop_logs_accuracy_only_for_class_indices():

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer import atomic, defaults, distribute
+from tftransfer.backbones.source import check_pooling
 from tftransfer.config import short_repr
 from tftransfer.errors import ConfigError, DataError
 from tftransfer.recipes import heads, training_loop
@@ -108,7 +109,10 @@ class Recipe:
         check_auto_or_number("head_weight_decay", head_weight_decay)
         if task is not None:
             get_task(task)
-        _check_head(head, hidden_units, head_weight_decay)
+        name = getattr(backbone, "name", type(backbone).__name__)
+        if pooling is not None:
+            check_pooling(name, pooling, heads.POOLING_MODES)
+        _check_head(head, hidden_units, dropout, head_weight_decay)
         self.backbone = backbone
         self.strategy = (
             strategy
@@ -117,7 +121,7 @@ class Recipe:
         )
         self.settings = {
             "recipe": self.kind,
-            "backbone": getattr(backbone, "name", type(backbone).__name__),
+            "backbone": name,
             "task": task,
             "head": setting_value(head),
             "features": features,
@@ -160,10 +164,32 @@ class Recipe:
             else None
         )
 
+    @classmethod
+    def argument_names(cls) -> list[str]:
+        """The keyword arguments of `cls(backbone, ...)`, those its base
+        classes take through `**kwargs` included.
+
+        Example:
+
+        >>> "unfreeze" in FineTuning.argument_names()
+        True
+        """
+        names = []
+        for klass in cls.__mro__[: cls.__mro__.index(Recipe) + 1]:
+            if "__init__" in vars(klass):
+                parameters = inspect.signature(klass.__init__).parameters.values()
+                names += [
+                    p.name
+                    for p in parameters
+                    if p.kind is p.KEYWORD_ONLY and p.name not in names
+                ]
+        return names
+
     @property
     def model(self) -> keras.Model | None:
-        """The trained `keras.Model` from prepared inputs to class
-        probabilities; `None` before `fit()`."""
+        """The trained `keras.Model` from prepared inputs to the task's
+        outputs (class or label probabilities, or predicted values); `None`
+        before `fit()`."""
         return self._model
 
     @property
@@ -354,9 +380,24 @@ class Recipe:
 
     def _batches(self, data, training: bool = False) -> tf.data.Dataset:
         """Batched `(prepared, label)` from a `LabeledData` or a dataset
-        (a dataset is used as it is batched)."""
+        (a dataset is used as it is batched), labels as the task reads them.
+
+        A `LabeledData` holds its task's labels already. A dataset's labels
+        follow the task, not their dtype: for `"multi_label"` and
+        `"regression"` they become float32 `[batch, width]` (integer
+        multi-hot vectors and integer targets, such as ages, included);
+        for classification they stay as given (class indices).
+        """
         if isinstance(data, tf.data.Dataset):
-            return data
+            if self.task in (None, "classification"):
+                return data
+            width = data.element_spec[1].shape[1:].num_elements()
+
+            def as_vectors(inputs, labels):
+                labels = tf.cast(labels, tf.float32)
+                return inputs, tf.reshape(labels, [tf.shape(labels)[0], width or -1])
+
+            return data.map(as_vectors)
         from tftransfer.backbones import Backbone
         from tftransfer.data import make_pipeline
 
@@ -443,6 +484,9 @@ class Recipe:
         batch): the feature cache checks its full `DataDigest` as well.
         """
         if isinstance(data, tf.data.Dataset):
+            # As the task reads them: read for another task, the same
+            # batches have other labels, so the cache keeps them apart.
+            data = self._batches(data)
             first = data.take(1)
             return fingerprint(
                 "prepared",
@@ -622,7 +666,7 @@ class Recipe:
         labels)`; `name` keeps one `Predictor` (one traced step) per model."""
         outputs, labels = zip(*self._predictor(name, model).batches(data), strict=True)
         labels = np.concatenate(labels)
-        if labels.dtype.kind in "iu":  # Class indices.
+        if self.task == "classification":  # Class indices `[num_examples]`.
             labels = labels.reshape(-1)
         return labels, np.concatenate(outputs)
 
@@ -695,7 +739,7 @@ def check_auto_or_number(name: str, value, *, positive: bool = False) -> None:
         )
 
 
-def _check_head(head, hidden_units, head_weight_decay) -> None:
+def _check_head(head, hidden_units, dropout, head_weight_decay) -> None:
     """Raises a `ConfigError` for a `head` that is not `None`, a Keras layer
     or a factory, or a custom head with settings of the default head."""
     if head is None:
@@ -713,6 +757,12 @@ def _check_head(head, hidden_units, head_weight_decay) -> None:
             f"hidden_units={tuple(hidden_units)} shapes the default head; with "
             "head= the layer is the whole head. Leave hidden_units out (or "
             "build the hidden layers into the head)."
+        )
+    if dropout != defaults.DROPOUT:
+        raise ConfigError(
+            f"dropout={dropout} is the default head's dropout rate; with head= "
+            "the layer is the whole head. Leave dropout out (or build a "
+            "keras.layers.Dropout into the head)."
         )
     if head_weight_decay != defaults.AUTO and head_weight_decay:
         raise ConfigError(

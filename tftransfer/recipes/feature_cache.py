@@ -129,7 +129,11 @@ class DataDigest:
 def stored_labels(labels) -> np.ndarray:
     """A batch of labels as the cache stores them: integer class indices
     as int64 `[batch]`; float labels (multi-hot vectors, regression targets)
-    as float32 `[batch, width]`."""
+    as float32 `[batch, width]`.
+
+    The dtype follows the task: recipes give multi-label and regression
+    labels as floats, integer ones included (see `Recipe._batches`).
+    """
     labels = np.asarray(labels)
     if labels.dtype.kind in "iu":
         return labels.astype(np.int64).reshape(-1)

@@ -75,9 +75,12 @@ class FeatureExtraction(Recipe):
             rate alone.
         features: which backbone output to use (e.g. `"sequence_output"`);
             `None` uses the backbone's feature output.
-        pooling: `"mean"`, `"max"` or `"first"` for sequence outputs.
+        pooling: `"mean"`, `"max"` or `"first"` for sequence outputs
+            (checked when the recipe is made; the old `"avg"` and `"cls"`
+            name their new words).
         hidden_units: hidden layer sizes of the head (`()`: linear).
-        dropout: dropout rate in the head.
+        dropout: dropout rate of the default head (with a custom `head`,
+            leave it at its default: build dropout into the head).
         label_smoothing: label smoothing of the cross-entropy loss
             (classification and multi-label).
         learning_rate: Adam learning rate of the head, or `"auto"`: chosen
@@ -158,8 +161,9 @@ class FeatureExtraction(Recipe):
 
         Args:
             train: a `tftransfer.data.LabeledData`, or a `tf.data.Dataset`
-                of batched `(prepared inputs, labels)`: int class indices,
-                or float multi-hot vectors or targets `[batch, outputs]`.
+                of batched `(prepared inputs, labels)`: class indices, or
+                multi-hot vectors or targets `[batch, outputs]` (read as
+                float32 for those tasks, whatever their dtype).
             validation: the same kind of data, or `None`: then a part of
                 `train` is held out for validation (10% of each class, or
                 one example in ten of a dataset, by a hash of its content),

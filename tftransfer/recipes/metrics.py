@@ -1,4 +1,5 @@
-"""Classification metrics as plain numbers (JSON-serialisable)."""
+"""Evaluation metrics as plain numbers (JSON-serialisable): classification,
+multi-label and regression."""
 
 from __future__ import annotations
 

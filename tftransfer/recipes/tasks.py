@@ -72,8 +72,9 @@ class Task(abc.ABC):
 
     def default_names(self, labels: np.ndarray) -> list[str]:
         """Names for the outputs when neither the data nor the caller gives
-        them."""
-        return [str(i) for i in range(labels.shape[1])]
+        them: one per column of `labels` (`[num_examples, width]`, or
+        `[num_examples]` for one column)."""
+        return [str(i) for i in range(_width(labels))]
 
     def check_labels(self, labels: np.ndarray, names: list[str], split: str) -> None:
         """Raises a `DataError` for labels this task cannot train on."""
@@ -197,7 +198,7 @@ class Regression(Task):
         return metrics_lib.regression_metrics(labels, outputs, names)
 
     def default_names(self, labels) -> list[str]:
-        return default_target_names(labels.shape[1])
+        return default_target_names(_width(labels))
 
     def check_labels(self, labels, names, split) -> None:
         super().check_labels(labels, names, split)
@@ -208,6 +209,11 @@ class Regression(Task):
             f"The {split} data has {{count}} regression targets that are not finite",
             "Drop those examples or fill them in.",
         )
+
+
+def _width(labels: np.ndarray) -> int:
+    """The columns of `[num_examples, width]` labels; 1 for `[num_examples]`."""
+    return labels.shape[1] if labels.ndim > 1 else 1
 
 
 def _refuse_values(labels, bad, names, problem: str, fix: str) -> None:

@@ -37,7 +37,10 @@ def train(
         model: a compiled `keras.Model` (built inside `strategy.scope()`)
             with a loss such as `SparseCategoricalCrossentropy`; its logged
             metrics are the loss and accuracy.
-        train_data: batches of `(inputs, labels)` with the global batch size.
+        train_data: batches of `(inputs, labels)` with the global batch size:
+            integer class indices (accuracy is logged beside the loss), or
+            float labels (multi-label, regression: the loss alone). The
+            recipes give every task's labels so (`Recipe._batches`).
         strategy: the strategy the model was built under.
         epochs: the epoch to stop after (as in `fit`).
         validation_data: batches evaluated after each epoch, or `None`.
@@ -120,7 +123,8 @@ class OwnedLoop:
         """Trains like `keras.Model.fit` (same arguments, same `History`)."""
         repeats = steps_per_epoch is not None
         steps = steps_per_epoch if repeats else self._steps_of(train_data)
-        # Class indices: accuracy is logged too (float labels: the loss only).
+        # Class indices: accuracy is logged too (float labels, as recipes give
+        # multi-label and regression ones: the loss only).
         self._classes = not train_data.element_spec[1].dtype.is_floating
         verbose = 1 if verbose == "auto" else verbose
         callback_list = keras.callbacks.CallbackList(
