@@ -3,6 +3,7 @@
 import inspect
 import json
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,6 +82,59 @@ def test_recipe_settings_have_the_names_of_the_python_arguments():
         if key.startswith("recipe.")
     ]
     assert set(recipe_keys) - {"kind", "options"} <= arguments
+
+
+def test_recipe_options_set_elsewhere_are_refused_when_the_file_is_read():
+    cases = {
+        "{head_epochs: 5}": "is set by 'recipe.head_epochs'. Set recipe.head_epochs",
+        "{epochs: 5}": "(the old name of 'head_epochs') is set by 'recipe.head_epochs'",
+        "{batch_size: 8}": "Set data.batch_size instead",
+        "{strategy: mirrored}": "Set distribute.strategy instead",
+        "{run_dir: /tmp/x}": "set runs_dir and name",
+        "{verbose: 0}": "the tftransfer command gives the recipe verbose itself",
+    }
+    for options, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            config.loads(MINIMAL + f"recipe: {{options: {options}}}\n")
+    fine_tuning = "recipe: {kind: fine_tuning, options: {fine_tune_epochs: 3}}\n"
+    with pytest.raises(ConfigError, match="Set recipe.fine_tune_epochs instead"):
+        config.loads(MINIMAL + fine_tuning)
+    with pytest.raises(ConfigError, match="Set recipe.dropout instead"):
+        config.loads(MINIMAL, ["recipe.options.dropout=0.1"])
+
+
+def _check_options(text):
+    from tftransfer.recipes import FeatureExtraction
+
+    arguments = {
+        cls.kind: cls.argument_names() for cls in (FeatureExtraction, FineTuning)
+    }
+    config.check_recipe_options(config.loads(MINIMAL + text), arguments, "r.yaml")
+
+
+def test_recipe_options_are_checked_against_the_recipe_class_of_the_kind():
+    _check_options("recipe: {options: {hidden_units: [4], task: regression}}\n")
+    _check_options("recipe: {kind: fine_tuning, options: {unfreeze: 0.3}}\n")
+    with pytest.raises(ConfigError) as info:
+        _check_options("recipe: {options: {hiden_units: [4]}}\n")
+    assert str(info.value).startswith(
+        "r.yaml: unknown key 'recipe.options.hiden_units'. Did you mean "
+        "'recipe.options.hidden_units'?"
+    )
+    with pytest.raises(ConfigError, match="an option of kind 'fine_tuning'"):
+        _check_options("recipe: {options: {unfreeze: 0.3}}\n")
+    with pytest.raises(ConfigError, match="Did you mean 'recipe.patience'"):
+        _check_options("recipe: {options: {patiense: 3}}\n")
+
+
+def test_argument_names_gather_the_keyword_arguments_of_the_class_chain():
+    from tftransfer.recipes import FeatureExtraction
+
+    names = FineTuning.argument_names()
+    assert {"unfreeze", "cache_dir", "task", "head", "head_epochs"} <= set(names)
+    assert len(names) == len(set(names))
+    assert "unfreeze" not in FeatureExtraction.argument_names()
+    assert "backbone" not in names and "kwargs" not in names
 
 
 def test_wrong_type_names_key_value_and_what_is_allowed():

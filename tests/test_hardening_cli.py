@@ -163,6 +163,26 @@ def test_name_that_leaves_its_folder_exits_2_and_writes_nothing(tmp_path, capsys
     assert not pathlib.Path("/tmp/escape").exists()
 
 
+def test_bad_recipe_options_exit_2_on_check_and_before_the_data_is_read(
+    tmp_path, capsys
+):
+    path = write_recipe(tmp_path, recipe={"options": {"epochs": 5}})
+    assert cli.main(["run", path, "--check"]) == 2
+    assert "Set recipe.head_epochs instead" in " ".join(capsys.readouterr().err.split())
+    path = write_recipe(tmp_path, recipe={"options": {"hiden_units": [4]}})
+    assert cli.main(["run", path, "--check"]) == 2
+    assert "Did you mean 'recipe.options.hidden_units'?" in " ".join(
+        capsys.readouterr().err.split()
+    )
+    path = write_recipe(
+        tmp_path, recipe={"kind": "feature_extraction", "options": {"unfreeze": 0.5}}
+    )
+    assert cli.main(["run", path]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # No data read, no backbone loaded.
+    assert "'unfreeze' is an option of kind 'fine_tuning'" in " ".join(err.split())
+
+
 def test_unwritable_run_folder_exits_2_before_anything_runs(tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a folder")
     path = write_recipe(tmp_path, runs_dir=str(tmp_path / "a_file" / "runs"))

@@ -99,12 +99,18 @@ class RecipeConfig:
             head while the backbone is unfrozen, or `auto` (from a
             learning-rate range test); the backbone's is this times the
             recipe option `backbone_lr_scale`.
-        dropout: Dropout before the classification layer.
+        dropout: Dropout rate of the default head, before each dense layer.
         patience: Epochs without validation improvement before stopping
             early, or `null` to never stop early.
-        options: More keyword arguments for the recipe class, under their
-            Python names (for example `unfreeze: 0.3`, `hidden_units: [256]`,
-            `head_weight_decay: 0.0001`, `task: multi_label`).
+        options: More keyword arguments for the recipe class of `kind`,
+            under their Python names (for example `unfreeze: 0.3`,
+            `hidden_units: [256]`, `head_weight_decay: 0.0001`, `task:
+            multi_label`). Not the settings a recipe file sets elsewhere
+            (`recipe.head_epochs`, `data.batch_size`, `distribute.strategy`,
+            ...: `RECIPE_ARGUMENT_KEYS`) nor `run_dir`, `verbose` and
+            `callbacks`, which the command sets; `tftransfer run` (and
+            `--check`) checks the keys against the class before it reads
+            any data.
 
     Every setting has the name of the recipe's Python argument, so
     `recipe.head_epochs: 5` here, `--set recipe.head_epochs=5` and
@@ -210,6 +216,30 @@ class RunConfig:
 # Keys that older recipe files used, and their names now (one name per
 # setting in Python, YAML and `--set`).
 RENAMED_KEYS = {"recipe.epochs": "recipe.head_epochs", "export.format": "export.tflite"}
+
+# The recipe class's keyword arguments that a recipe file sets outside
+# `recipe.options`, and the key that sets each.
+RECIPE_ARGUMENT_KEYS = {
+    "head_epochs": "recipe.head_epochs",
+    "learning_rate": "recipe.learning_rate",
+    "fine_tune_epochs": "recipe.fine_tune_epochs",
+    "fine_tune_learning_rate": "recipe.fine_tune_learning_rate",
+    "dropout": "recipe.dropout",
+    "patience": "recipe.patience",
+    "batch_size": "data.batch_size",
+    "seed": "data.seed",
+    "strategy": "distribute.strategy",
+    "tpu": "distribute.tpu",
+    "cache_dir": "cache_dir",
+}
+# Those that only `FineTuning` takes.
+_FINE_TUNING_ARGUMENTS = ("fine_tune_epochs", "fine_tune_learning_rate")
+# Arguments that the `tftransfer` command gives the recipe itself.
+_COMMAND_ARGUMENTS = {
+    "run_dir": "the run folder <runs_dir>/<name>: set runs_dir and name",
+    "verbose": "2, one line per epoch",
+    "callbacks": "Keras callbacks are Python objects, not settings",
+}
 
 # Values that must be positive, or fractions, whatever their section.
 _POSITIVE = {
@@ -426,7 +456,9 @@ def loads(
         )
     for override in overrides:
         apply_override(raw, override)
-    return _build(RunConfig, raw, "", source)
+    config = _build(RunConfig, raw, "", source)
+    _check_options_set_elsewhere(config.recipe.options, source)
+    return config
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
@@ -527,6 +559,108 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
         else:
             values[name] = _check_value(key, raw[name], hint, source)
     return cls(**values)
+
+
+def _check_options_set_elsewhere(options: dict[str, Any], source: str) -> None:
+    """Refuses `recipe.options` keys that the recipe file sets elsewhere
+    (`recipe.head_epochs`, `data.batch_size`, ...), under their old names
+    (`RENAMED_KEYS`) too, and those the command sets itself."""
+    for key in options:
+        where = f"{source}: 'recipe.options.{_clip(str(key))}'"
+        renamed = RENAMED_KEYS.get(f"recipe.{key}", "").removeprefix("recipe.")
+        name = renamed or key
+        if name in RECIPE_ARGUMENT_KEYS:
+            was = f" (the old name of {name!r})" if renamed else ""
+            raise ConfigError(
+                f"{where}{was} is set by {RECIPE_ARGUMENT_KEYS[name]!r}. Set "
+                f"{RECIPE_ARGUMENT_KEYS[name]} instead, and remove it from "
+                "recipe.options."
+            )
+        if renamed:
+            raise ConfigError(
+                f"{where} was renamed {name!r}. Write recipe.options.{name}."
+            )
+        if name in _COMMAND_ARGUMENTS:
+            raise ConfigError(
+                f"{where}: the tftransfer command gives the recipe {name} "
+                f"itself ({_COMMAND_ARGUMENTS[name]}). Remove it from recipe.options."
+            )
+
+
+def check_recipe_options(
+    config: RunConfig,
+    arguments: typing.Mapping[str, typing.Collection[str]],
+    source: str = "<recipe>",
+) -> None:
+    """Checks `recipe.options` against the keyword arguments of the recipe
+    class of `recipe.kind`.
+
+    `load()` has already refused options that the file sets elsewhere; this
+    needs the recipe classes' arguments, which the `tftransfer` command
+    reads (starting TensorFlow) before it loads any data or backbone.
+
+    Args:
+        config: The validated settings.
+        arguments: For each recipe kind, the keyword arguments of its class
+            (`Recipe.argument_names()`).
+        source: Name of the recipe file in error messages.
+
+    Raises:
+        ConfigError: for an option that is no argument of the class,
+            suggesting the closest one (or naming the kind that takes it).
+
+    Example:
+
+    >>> check_recipe_options(config, {"feature_extraction": ["hidden_units"],
+    ...                               "fine_tuning": ["hidden_units", "unfreeze"]})
+    """
+    kind = config.recipe.kind
+    allowed = [
+        name
+        for name in arguments[kind]
+        if name not in RECIPE_ARGUMENT_KEYS and name not in _COMMAND_ARGUMENTS
+    ]
+    for key in config.recipe.options:
+        if key in allowed:
+            continue
+        message = _unknown_key_message(str(key), "recipe.options.", allowed, source)
+        takers = [
+            other
+            for other, names in arguments.items()
+            if other != kind and key in names
+        ]
+        if takers:
+            message += (
+                f" {key!r} is an option of kind {takers[0]!r}, not {kind!r}: set "
+                f"recipe.kind: {takers[0]}, or remove it."
+            )
+        raise ConfigError(message)
+
+
+def recipe_arguments(config: RunConfig) -> dict[str, Any]:
+    """The keyword arguments that `config` gives its recipe class: the
+    settings of `RECIPE_ARGUMENT_KEYS` (those of fine-tuning only for
+    `kind: fine_tuning`), then `recipe.options`.
+
+    Example:
+
+    >>> recipe_arguments(config)["batch_size"] == config.data.batch_size
+    True
+    """
+    arguments = {
+        name: _setting(config, key)
+        for name, key in RECIPE_ARGUMENT_KEYS.items()
+        if config.recipe.kind == "fine_tuning" or name not in _FINE_TUNING_ARGUMENTS
+    }
+    return {**arguments, **config.recipe.options}
+
+
+def _setting(config: RunConfig, key: str) -> Any:
+    """The value of dotted `key` in `config`."""
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _unknown_key_message(key: str, prefix: str, allowed: list[str], source: str):

@@ -170,21 +170,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     """
     if args.command == "run":
         from tftransfer import config
+        from tftransfer.cli import run
 
         settings = config.load(args.recipe, args.overrides)
+        if not args.check:
+            run.check_run(settings)
+        # The recipe options are checked against the recipe class.
+        _start_tensorflow(args.debug)
+        run.check_recipe(settings, args.recipe)
         if args.check:
             print(f"{args.recipe}: valid")
             return 0
-        from tftransfer.cli import run
-
-        run.check_run(settings)
-        _start_tensorflow(args.debug)
         run.run(settings)
     elif args.command == "export":
         from tftransfer.cli import run
 
         settings, record = run.check_export(args.run_dir, retrain=args.retrain)
         _start_tensorflow(args.debug)
+        run.check_recipe(settings, os.path.join(args.run_dir, run.RECIPE_FILE))
         run.export_run(settings, args.run_dir, record)
     elif args.command == "predict":
         from tftransfer.cli import serving

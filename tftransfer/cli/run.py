@@ -8,7 +8,9 @@ how long it took.
 
 `check_run()` and `check_export()` check what can be checked before anything
 runs (paths, writable folders, the run folder's record) without importing
-TensorFlow; the command calls them first.
+TensorFlow; the command calls them first, then `check_recipe()` (the recipe
+options against the recipe class, once TensorFlow has started, before any
+data or backbone is loaded).
 """
 
 from __future__ import annotations
@@ -141,35 +143,40 @@ def read_splits(config: RunConfig):
     return data, parts
 
 
+def _recipe_classes() -> dict[str, type]:
+    """`recipe.kind` -> the recipe class (importing them starts TensorFlow)."""
+    from tftransfer.recipes import FeatureExtraction, FineTuning
+
+    return {cls.kind: cls for cls in (FeatureExtraction, FineTuning)}
+
+
+def check_recipe(config: RunConfig, source: str = "<recipe>") -> None:
+    """Checks `recipe.options` against the keyword arguments of the recipe
+    class (`tftransfer.config.check_recipe_options`), before any data or
+    backbone is loaded. Imports the recipes, so TensorFlow.
+
+    Args:
+        config: The validated settings.
+        source: The recipe file, for the message.
+
+    Raises:
+        ConfigError: naming the option and the closest argument.
+    """
+    arguments = {kind: cls.argument_names() for kind, cls in _recipe_classes().items()}
+    config_lib.check_recipe_options(config, arguments, source)
+
+
 def build_recipe(config: RunConfig, backbone, folder: Path, callbacks: Sequence = ()):
     """The `FeatureExtraction` or `FineTuning` recipe the file describes,
     training into the run folder `folder` with Keras `callbacks`."""
-    from tftransfer.recipes import FeatureExtraction, FineTuning
-
-    settings = config.recipe
-    arguments = {
-        "head_epochs": settings.head_epochs,
-        "dropout": settings.dropout,
-        "patience": settings.patience,
-        "batch_size": config.data.batch_size,
-        "learning_rate": settings.learning_rate,
-        "run_dir": folder,
-        "strategy": config.distribute.strategy,
-        "tpu": config.distribute.tpu,
-        "seed": config.data.seed,
-        "cache_dir": config.cache_dir,
-        "verbose": 2,
-        "callbacks": list(callbacks),
-        **settings.options,
-    }
-    if settings.kind == "fine_tuning":
-        return FineTuning(
-            backbone,
-            fine_tune_epochs=settings.fine_tune_epochs,
-            fine_tune_learning_rate=settings.fine_tune_learning_rate,
-            **arguments,
-        )
-    return FeatureExtraction(backbone, **arguments)
+    recipe_class = _recipe_classes()[config.recipe.kind]
+    return recipe_class(
+        backbone,
+        **config_lib.recipe_arguments(config),
+        run_dir=folder,
+        verbose=2,
+        callbacks=list(callbacks),
+    )
 
 
 def held_out_split(config: RunConfig, parts) -> tuple[str, Any]:
@@ -371,7 +378,7 @@ def run(config: RunConfig) -> Path:
     """Runs the whole job; returns the run folder.
 
     Call `check_run(config)` first (the `tftransfer run` command does,
-    before TensorFlow starts).
+    before TensorFlow starts), and `check_recipe(config)`.
 
     Example:
 
@@ -510,7 +517,8 @@ def export_run(config: RunConfig, folder: str | Path, record: dict | None) -> Pa
     that `evaluation.split` names (for the model card) and exports again as
     the next version, with `model.tflite` where `export.tflite` is set.
 
-    Call `check_export()` first: it returns `config` and `record`.
+    Call `check_export()` first: it returns `config` and `record`; then
+    `check_recipe(config)`.
 
     Args:
         config: The recipe as run.
