@@ -16,7 +16,7 @@ import tensorflow as tf
 import tftransfer
 from tftransfer import Backbone
 from tftransfer.backbones import catalogue, hub_source, registry, reusable_saved_model
-from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
+from tftransfer.serving_ops import saved_model_ops, unsupported_ops
 
 VOCAB = [
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "man", "is", "playing",

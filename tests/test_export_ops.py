@@ -15,8 +15,8 @@ import tensorflow as tf
 import tensorflow_text as text
 
 import tftransfer
+from tftransfer import serving_ops
 from tftransfer.errors import ExportError
-from tftransfer.export import serving_ops
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,6 +130,6 @@ def test_wheel_ships_every_data_file_of_the_package(tmp_path):
         for path in (source / "tftransfer").rglob("*")
         if path.is_file() and path.suffix != ".py"
     }
-    assert "tftransfer/export/serving_ops.json" in data_files
+    assert "tftransfer/serving_ops.json" in data_files
     assert data_files <= shipped
     assert "tftransfer/export/_serving_check.py" in shipped

@@ -26,7 +26,7 @@ from tftransfer.backbones.hub_text_preprocessor import (
 )
 from tftransfer.backbones.text_preprocessing import pack_segments
 from tftransfer.errors import ExportError
-from tftransfer.export.serving_ops import (
+from tftransfer.serving_ops import (
     graph_ops,
     saved_model_ops,
     unsupported_ops,

@@ -1,5 +1,6 @@
 """The public API: what `import tftransfer` gives, and what it costs."""
 
+import ast
 import pathlib
 import re
 import subprocess
@@ -93,3 +94,28 @@ def test_no_public_function_shadows_a_module_of_its_package():
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("package", "above"),
+    [
+        ("hub", {"backbones", "data", "recipes", "export", "cli", "config"}),
+        ("backbones", {"data", "recipes", "export", "cli", "config"}),
+        ("data", {"backbones", "recipes", "export", "cli", "config"}),
+        ("export", {"cli", "config"}),
+    ],
+)
+def test_a_package_does_not_import_the_layers_above_it(package, above):
+    # Arrows point down (DESIGN.md): what loading a package imports, in a
+    # fresh interpreter.
+    script = (
+        "import importlib, sys\n"
+        f"importlib.import_module('tftransfer.{package}')\n"
+        "print(sorted({n.split('.')[1] for n in sys.modules"
+        " if n.startswith('tftransfer.')}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    loaded = set(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+    assert loaded & above == set()

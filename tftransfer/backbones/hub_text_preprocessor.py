@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tftransfer.backbones.text_preprocessing import pack_segments
 from tftransfer.errors import InputSpecError
-from tftransfer.export.serving_ops import graph_ops, unsupported_ops
+from tftransfer.serving_ops import graph_ops, unsupported_ops
 
 # Texts on which a rebuilt packing step must give the preprocessor's own
 # outputs: empty, blank, short, punctuation, case, accents, other scripts,

@@ -16,7 +16,7 @@ from tftransfer.backbones import registry
 from tftransfer.backbones.description import Backbone
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import ExportError
-from tftransfer.export.serving_ops import saved_model_ops, unsupported_ops
+from tftransfer.serving_ops import saved_model_ops, unsupported_ops
 
 _TEXT_KEYS = ("input_word_ids", "input_mask", "input_type_ids")
 

@@ -19,10 +19,10 @@ import types
 from tftransfer.export.archive import ServingArchive
 from tftransfer.export.exporter import export
 from tftransfer.export.model_card import ModelCardInfo
-from tftransfer.export.serving_ops import check_serving_ops, graph_ops
 from tftransfer.export.tflite import TFLiteOptions
 from tftransfer.export.verification import verify
 from tftransfer.export.writer import versions
+from tftransfer.serving_ops import check_serving_ops, graph_ops
 
 __all__ = [
     "ModelCardInfo",

@@ -7,8 +7,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tftransfer import serving_ops
 from tftransfer.errors import ExportError
-from tftransfer.export import model_card, serving_ops, signatures, writer
+from tftransfer.export import model_card, signatures, writer
 from tftransfer.export.archive import DEFAULT_TOP_K, ServingArchive
 from tftransfer.export.model_card import ModelCardInfo
 from tftransfer.export.tflite import TFLITE_FILE, TFLiteOptions, export_tflite
