@@ -507,3 +507,7 @@ def test_run_trains_reports_and_exports_a_multi_label_csv(bert_paths, tmp_path, 
     )
     outputs = card["signatures"]["serving_default"]["outputs"]
     assert set(outputs) == {"probabilities", "labels"}
+    # `evaluate` reads the CSV as the run did (its label column and task).
+    export_dir = str(tmp_path / "saved_models" / "topics")
+    assert cli.main(["evaluate", export_dir, str(csv_path)]) == 0
+    assert capsys.readouterr().out.startswith("micro F1: ")

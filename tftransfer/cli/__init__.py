@@ -117,9 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_data(path: str):
-    """Labelled data for `evaluate`, by the shape of `path`."""
+def _read_data(path: str, model_dir: str):
+    """Labelled data for `evaluate`, by the shape of `path`, read for the
+    task of the export in `model_dir`: a file in the format the training run
+    read is read with that run's options (its text and label columns, label
+    separator); a regression's targets otherwise come from the columns named
+    after the export's target names."""
     from tftransfer.cli import sources
+    from tftransfer.cli.serving import export_data_reading, export_names, export_task
     from tftransfer.config import DataConfig
 
     if os.path.isdir(path):
@@ -132,7 +137,14 @@ def _read_data(path: str):
                 f"Cannot tell the format of {path}: expected a folder with one "
                 "sub-folder per class, a .csv or a .jsonl file."
             )
-    return sources.read(DataConfig(format=data_format, path=path))
+    trained_format, trained_options = export_data_reading(model_dir)
+    options = trained_options if trained_format == data_format else {}
+    task = export_task(model_dir)
+    if data_format in ("csv", "jsonl") and task != "classification":
+        options["task"] = task
+        if task == "regression":
+            options.setdefault("label_column", export_names(model_dir))
+    return sources.read(DataConfig(format=data_format, path=path, options=options))
 
 
 def _start_tensorflow(debug: bool) -> None:
@@ -216,7 +228,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "evaluate":
             from tftransfer.cli.serving import evaluate
 
-            evaluate(args.model_dir, _read_data(args.data))
+            evaluate(args.model_dir, _read_data(args.data, args.model_dir))
     return 0
 
 

@@ -58,9 +58,29 @@ def export_task(model_dir: str) -> str:
 
     `model_dir` is a version folder or a base folder (see `find_export`).
     """
+    return _model_card(model_dir).get("task") or "classification"
+
+
+def _model_card(model_dir: str) -> dict:
+    """An export's `model_card.json`, read without TensorFlow; `{}` if none."""
     card = find_export(model_dir) / "model_card.json"
-    recorded = json.loads(card.read_text()).get("task") if card.exists() else None
-    return recorded or "classification"
+    return json.loads(card.read_text()) if card.exists() else {}
+
+
+def export_data_reading(model_dir: str) -> tuple[str | None, dict]:
+    """The data format and reader options of the run that trained an
+    export, as its model card records the recipe file (`tftransfer run`
+    exports); `(None, {})` where the card does not say."""
+    settings = _model_card(model_dir).get("recipe_settings") or {}
+    data = (settings.get("recipe_file") or {}).get("data") or {}
+    return data.get("format"), dict(data.get("options") or {})
+
+
+def export_names(model_dir: str) -> list[str]:
+    """The class, label or target names of an export (its `labels.txt`),
+    without loading it; empty where it has none."""
+    labels = find_export(model_dir) / "assets" / "labels.txt"
+    return labels.read_text().splitlines() if labels.exists() else []
 
 
 def load_serving(model_dir: str):
@@ -76,9 +96,7 @@ def load_serving(model_dir: str):
 
     serving = tf.saved_model.load(str(path)).signatures["serving_default"]
     (input_name,) = serving.structured_input_signature[1]
-    labels = path / "assets" / "labels.txt"
-    names = labels.read_text().splitlines() if labels.exists() else []
-    return serving, input_name, names, export_task(str(path))
+    return serving, input_name, export_names(str(path)), export_task(str(path))
 
 
 def _batches(items: Sequence, size: int = BATCH) -> Iterator[Sequence]:
