@@ -77,10 +77,14 @@ def test_jsonl_multi_label_lists_and_regression_targets(tmp_path):
     tags = data.from_jsonl(path, task="multi_label")
     assert tags.class_names == ["x", "y"]
     assert [y for _, y in _rows(tags.dataset)] == [[1, 1], [0, 0], [1, 0]]
-    with pytest.warns(UserWarning, match="target 'cheap' is not a number"):
+    with pytest.warns(UserWarning) as caught:
         values = data.from_jsonl(
             path, label_column=["price", "size"], task="regression"
         )
+    assert [str(w.message).split(";")[0] for w in caught] == [
+        f"Skipped {path} line 3: target 'cheap' is not a number",
+        f"Skipped 1 of 3 rows in {path}",
+    ]
     assert values.class_names == ["price", "size"]
     assert [y for _, y in _rows(values.dataset)] == [[1.5, 2.0], [3.0, 4.0]]
     assert values.skipped == (f"{path} line 3: target 'cheap' is not a number",)
@@ -91,8 +95,10 @@ def test_jsonl_multi_label_lists_and_regression_targets(tmp_path):
 def test_csv_regression_reads_numbers_and_names_targets_after_columns(tmp_path):
     path = tmp_path / "prices.csv"
     path.write_text("text,price\nsmall flat,100.5\nbig house,2e3\nno price,\n")
-    with pytest.warns(UserWarning, match="missing target"):
+    with pytest.warns(UserWarning) as caught:
         prices = data.from_csv(path, label_column="price", task="regression")
+    assert "missing target" in str(caught[0].message)
+    assert str(caught[-1].message).startswith(f"Skipped 1 of 3 rows in {path}")
     assert prices.class_names == ["price"]
     assert [y for _, y in _rows(prices.dataset)] == [[100.5], [2000.0]]
     with pytest.raises(DataError, match="missing target"):
