@@ -13,6 +13,7 @@ import yaml
 
 from tftransfer import config
 from tftransfer.errors import ConfigError
+from tftransfer.messages import short_repr
 from tftransfer.recipes import FineTuning
 
 MINIMAL = """
@@ -410,7 +411,7 @@ def test_names_that_leave_their_folder_are_refused(name):
     assert (
         "'name' must be one folder name: letters, digits, '_', '-' and '.'" in message
     )
-    assert f"Received: name={config.short_repr(name)}" in message
+    assert f"Received: name={short_repr(name)}" in message
 
 
 @pytest.mark.parametrize(

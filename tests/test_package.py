@@ -103,6 +103,7 @@ def test_no_public_function_shadows_a_module_of_its_package():
         ("backbones", {"data", "recipes", "export", "cli", "config"}),
         ("data", {"backbones", "recipes", "export", "cli", "config"}),
         ("export", {"cli", "config"}),
+        ("recipes", {"export", "cli", "config"}),
     ],
 )
 def test_a_package_does_not_import_the_layers_above_it(package, above):

@@ -22,7 +22,6 @@ import dataclasses
 import difflib
 import os
 import re
-import reprlib
 import types
 import typing
 from typing import Any, Literal
@@ -31,6 +30,7 @@ import yaml
 
 from tftransfer import defaults
 from tftransfer.errors import ConfigError
+from tftransfer.messages import short_repr, short_text
 from tftransfer.vocabulary import DATA_FORMATS
 
 
@@ -271,8 +271,6 @@ _NAME_RULE = (
 MAX_RECIPE_BYTES = 2**20
 MAX_VALUES = 100_000
 MAX_DEPTH = 50
-# Longest value shown in an error message.
-MAX_REPR = 80
 
 
 class _Refused(yaml.YAMLError):
@@ -305,7 +303,7 @@ class _BoundedLoader(yaml.SafeLoader):
             target = self.anchors.get(event.anchor)
             if target is not None and id(target) not in self._sizes:
                 raise _Refused(
-                    f"the alias *{_clip(event.anchor)} is inside the value it names, "
+                    f"the alias *{short_text(event.anchor)} is inside the value it names, "
                     "so that value would never end",
                     event.start_mark,
                 )
@@ -337,30 +335,6 @@ class _BoundedLoader(yaml.SafeLoader):
 def _safe_load(text: str) -> Any:
     """`yaml.safe_load` within `_BoundedLoader`'s bounds."""
     return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
-
-
-def short_repr(value: Any) -> str:
-    """`repr(value)` in at most `MAX_REPR` characters, for error messages.
-
-    Long strings, lists and mappings are elided with `...` without building
-    their whole `repr`, however large they are.
-
-    Example:
-
-    >>> short_repr(list(range(10**6)))
-    '[0, 1, 2, 3, 4, 5, ...]'
-    """
-    return _clip(_REPR.repr(value))
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_REPR else text[: MAX_REPR - 3] + "..."
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel = 3
-_REPR.maxstring = _REPR.maxother = _REPR.maxlong = MAX_REPR
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
 
 
 def load(path: str | os.PathLike, overrides: typing.Sequence[str] = ()) -> RunConfig:
@@ -439,12 +413,12 @@ def loads(
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(
-            f"{source} is not valid YAML{_where(error)}: {_clip(problem)}. Check "
+            f"{source} is not valid YAML{_where(error)}: {short_text(problem)}. Check "
             "the indentation and quoting there."
         ) from None
     except ValueError as error:  # An integer too long for int().
         raise ConfigError(
-            f"{source} holds a value that cannot be read: {_clip(str(error))}. "
+            f"{source} holds a value that cannot be read: {short_text(str(error))}. "
             "Write it shorter, or quote it to make it a string."
         ) from None
     if raw is None:
@@ -566,7 +540,7 @@ def _check_options_set_elsewhere(options: dict[str, Any], source: str) -> None:
     (`recipe.head_epochs`, `data.batch_size`, ...), under their old names
     (`RENAMED_KEYS`) too, and those the command sets itself."""
     for key in options:
-        where = f"{source}: 'recipe.options.{_clip(str(key))}'"
+        where = f"{source}: 'recipe.options.{short_text(str(key))}'"
         renamed = RENAMED_KEYS.get(f"recipe.{key}", "").removeprefix("recipe.")
         name = renamed or key
         if name in RECIPE_ARGUMENT_KEYS:

@@ -21,13 +21,13 @@ import tensorflow as tf
 
 from tftransfer import atomic, defaults, distribute
 from tftransfer.backbones.source import check_pooling
-from tftransfer.config import short_repr
 from tftransfer.errors import ConfigError, DataError
+from tftransfer.messages import short_list, short_repr
 from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
 from tftransfer.recipes.run_lock import RunLock
-from tftransfer.recipes.tasks import get_task, short_list, task_metrics
+from tftransfer.recipes.tasks import get_task, task_metrics
 
 # How `split` chooses the held-out part of each task's data.
 _HELD_OUT_BY = {

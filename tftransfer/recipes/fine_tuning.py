@@ -11,8 +11,8 @@ import numpy as np
 
 from tftransfer import defaults
 from tftransfer.backbones import Backbone
-from tftransfer.config import short_repr
 from tftransfer.errors import ConfigError
+from tftransfer.messages import short_repr
 from tftransfer.recipes import learning_rates, training_loop
 from tftransfer.recipes.base import (
     check_auto_or_number,

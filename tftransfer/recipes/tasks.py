@@ -23,6 +23,7 @@ import numpy as np
 
 from tftransfer.data.labels import default_target_names
 from tftransfer.errors import ConfigError, DataError
+from tftransfer.messages import short_list
 from tftransfer.recipes import metrics as metrics_lib
 from tftransfer.vocabulary import TASKS
 
@@ -261,11 +262,3 @@ def task_metrics(
     0.25
     """
     return {"task": task, **get_task(task).report(labels, outputs, names)}
-
-
-def short_list(names: list[str], limit: int = 10) -> str:
-    """`names` for a message, at most `limit` of them."""
-    from tftransfer.config import short_repr
-
-    shown = ", ".join(short_repr(str(name)) for name in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
