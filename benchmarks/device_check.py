@@ -154,6 +154,17 @@ class Measure:
         self.result["errors"].append(message)
         self.save()
 
+    def timed_row(self, batch: int, step: float, first_s: float, **row) -> None:
+        """A row of one timed step: its milliseconds, throughput and the
+        first (tracing) call's seconds, beside `row`'s fields."""
+        self.row(
+            **row,
+            batch=batch,
+            step_ms=round(1000 * step, 2),
+            examples_per_s=round(batch / step, 1),
+            first_call_s=round(first_s, 2),
+        )
+
     def row(self, **row) -> None:
         shown = ", ".join(f"{k}={v}" for k, v in row.items())
         print(f"  {self.result['device']}: {shown}", flush=True)
@@ -221,14 +232,13 @@ class Measure:
                         np.linalg.norm(out, axis=1) * np.linalg.norm(reference, axis=1)
                     )
                     drift = float(np.max(1.0 - cos))
-                self.row(
+                self.timed_row(
+                    batch,
+                    step,
+                    first_s,
                     kind="features",
                     backbone=short,
                     variant=variant,
-                    batch=batch,
-                    step_ms=round(1000 * step, 2),
-                    examples_per_s=round(batch / step, 1),
-                    first_call_s=round(first_s, 2),
                     max_cosine_drift=None if drift is None else float(f"{drift:.3g}"),
                 )
                 del layer, call
@@ -293,14 +303,13 @@ class Measure:
                 step, first_s = self.time_train(
                     model, x, y, self.config["train_repeats"]
                 )
-                self.row(
+                self.timed_row(
+                    batch,
+                    step,
+                    first_s,
                     kind="train_step",
                     backbone=short,
                     variant=variant,
-                    batch=batch,
-                    step_ms=round(1000 * step, 2),
-                    examples_per_s=round(batch / step, 1),
-                    first_call_s=round(first_s, 2),
                 )
                 del model, optimizer
             except Exception as error:
@@ -349,14 +358,13 @@ class Measure:
                 data, steps_per_epoch=steps, verbose=0, shuffle=False
             )  # waits for the end
             step = (time.perf_counter() - start) / steps
-            self.row(
+            self.timed_row(
+                batch,
+                step,
+                first_s,
                 kind="train_step",
                 backbone="efficientnet-lite0",
                 variant=f"mirrored x{replicas} {policy} (fit)",
-                batch=batch,
-                step_ms=round(1000 * step, 2),
-                examples_per_s=round(batch / step, 1),
-                first_call_s=round(first_s, 2),
             )
         except Exception as error:
             self.error(f"MirroredStrategy: {error!r}")

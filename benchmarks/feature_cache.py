@@ -46,7 +46,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from common import random_mobilenet_v3_small
+from common import random_mobilenet_v3_small, timed_recipe_options
 
 from tftransfer.recipes import FeatureExtraction, build_head
 
@@ -96,12 +96,7 @@ def recipe(data, size, **options):
             random_mobilenet_v3_small(size),
             **options,
             head_epochs=EPOCHS,
-            patience=None,
-            batch_size=BATCH,
-            cache_dir=f"{work}/cache",
-            run_dir=f"{work}/run",
-            strategy="default",
-            verbose=0,
+            **timed_recipe_options(work, BATCH),
         )
         return timed(lambda: feature_extraction.fit(data))
 
@@ -161,13 +156,8 @@ def peak_memory(count, budget):
         feature_extraction = FeatureExtraction(
             wide_backbone(),
             head_epochs=MEMORY_EPOCHS,
-            patience=None,
-            batch_size=BATCH,
             memory_budget=budget,
-            cache_dir=f"{work}/cache",
-            run_dir=f"{work}/run",
-            strategy="default",
-            verbose=0,
+            **timed_recipe_options(work, BATCH),
         )
         before = high_water_mb()
         feature_extraction.fit(data)

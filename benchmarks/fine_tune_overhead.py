@@ -29,7 +29,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from common import random_mobilenet_v3_small
+from common import random_mobilenet_v3_small, timed_recipe_options
 
 from tftransfer.recipes import FineTuning
 
@@ -109,13 +109,8 @@ def recipe(train, epochs, work):
         random_mobilenet_v3_small(SIZE),
         head_epochs=1,
         fine_tune_epochs=epochs,
-        patience=None,
-        batch_size=BATCH,
-        cache_dir=f"{work}/cache",
-        run_dir=f"{work}/run",
-        strategy="default",
-        verbose=0,
         callbacks=[timer],
+        **timed_recipe_options(work, BATCH),
     )
     fine_tuning.fit(train)
     return timer
