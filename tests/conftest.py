@@ -8,12 +8,22 @@ import hub_fixtures  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tftransfer import precision  # noqa: E402
+
 # Two logical CPU devices, so that MirroredStrategy tests have two replicas.
 # This must happen before TensorFlow initialises its devices, hence here.
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration()] * 2,
 )
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_bfloat16_units(monkeypatch):
+    """Tests run as on a CPU without bfloat16 units, where `precision="auto"`
+    computes in float32: a test's features then do not depend on timings.
+    The tests of the guard (tests/test_precision.py) turn the units on."""
+    monkeypatch.setattr(precision, "cpu_has_bfloat16_units", lambda: False)
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,6 @@ def test_default_kind_returns_the_default_strategy():
     assert distribute.is_chief(strategy)
     assert distribute.load_options(strategy) is None
     assert distribute.steps_per_execution(strategy) == 1
-    assert distribute.mixed_precision_policy(strategy) == "float32"
 
 
 def test_unknown_kind_raises_config_error_naming_it():
@@ -98,11 +97,10 @@ def test_unreachable_tpu_raises_config_error_with_fix(fake_tpu):
         distribute.resolve_strategy("tpu", tpu="unreachable")
 
 
-def test_tpu_strategy_gets_bfloat16_io_device_and_steps_per_execution():
+def test_tpu_strategy_gets_io_device_and_steps_per_execution():
     strategy = object.__new__(tf.distribute.TPUStrategy)
     assert distribute.is_tpu(strategy)
     assert distribute.load_options(strategy).experimental_io_device == "/job:localhost"
-    assert distribute.mixed_precision_policy(strategy) == "mixed_bfloat16"
     assert distribute.steps_per_execution(strategy) == 32
     assert distribute.fit_supported(strategy)
 

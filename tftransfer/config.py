@@ -215,7 +215,11 @@ class RunConfig:
 
 # Keys that older recipe files used, and their names now (one name per
 # setting in Python, YAML and `--set`).
-RENAMED_KEYS = {"recipe.epochs": "recipe.head_epochs", "export.format": "export.tflite"}
+RENAMED_KEYS = {
+    "recipe.epochs": "recipe.head_epochs",
+    "export.format": "export.tflite",
+    "recipe.mixed_precision": "recipe.precision",
+}
 
 # The recipe class's keyword arguments that a recipe file sets outside
 # `recipe.options`, and the key that sets each.

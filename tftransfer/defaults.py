@@ -20,6 +20,9 @@ HEAD_WEIGHT_DECAY = AUTO
 DROPOUT = 0.2
 PATIENCE = 5
 BATCH_SIZE = 32
+# The backbone pass's compute precision: the hardware's reduced precision
+# where it keeps the features and saves time (see `tftransfer.precision`).
+PRECISION = AUTO
 # The candidates an "auto" head learning rate / weight decay is chosen from.
 HEAD_LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
 HEAD_WEIGHT_DECAYS = (0.0, 1e-4, 1e-3)

@@ -3,8 +3,8 @@
 `resolve_strategy()` turns a name (`"auto"`, `"default"`, `"mirrored"`,
 `"multi_worker"`, `"tpu"`) into a strategy. The helpers next to it answer the
 questions recipes ask of a strategy: how many replicas, what global batch,
-whether Keras' `Model.fit` works under it, which dtype policy suits it, and
-which `tf.saved_model.LoadOptions` hub models need.
+whether Keras' `Model.fit` works under it, and which
+`tf.saved_model.LoadOptions` hub models need.
 """
 
 from __future__ import annotations
@@ -164,19 +164,6 @@ def global_batch_size(
             f"Received: batch_size={per_replica_batch_size}"
         )
     return per_replica_batch_size * strategy.num_replicas_in_sync
-
-
-def mixed_precision_policy(strategy: tf.distribute.Strategy) -> str:
-    """Returns the mixed dtype policy for the accelerator `strategy` uses.
-
-    `"mixed_bfloat16"` on TPUs, `"mixed_float16"` on GPUs. On CPUs it
-    returns `"float32"`: neither mixed policy speeds CPU training up.
-    """
-    if is_tpu(strategy):
-        return "mixed_bfloat16"
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    return "float32"
 
 
 def load_options(strategy: tf.distribute.Strategy) -> tf.saved_model.LoadOptions | None:

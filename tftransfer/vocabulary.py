@@ -23,3 +23,9 @@ TASKS = ("classification", "multi_label", "regression")
 """What a model predicts (`LabeledData.task`, the recipes' `task`):
 `"classification"` (one class per example), `"multi_label"` (any number of
 labels per example, multi-hot) and `"regression"` (numbers)."""
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+"""The compute precision of a recipe's backbone pass (the recipes'
+`precision`): `"auto"` (the hardware's fast reduced precision where it
+keeps the features within tolerance and saves time, else float32; see
+`tftransfer.precision`), `"float32"`, or a Keras mixed dtype policy."""

@@ -23,6 +23,7 @@ from tftransfer import atomic, defaults, distribute
 from tftransfer.backbones.source import check_pooling
 from tftransfer.errors import ConfigError, DataError
 from tftransfer.messages import short_list, short_repr
+from tftransfer.precision import check_precision
 from tftransfer.recipes import heads, training_loop
 from tftransfer.recipes.callbacks import NaNGuard, TrainingState
 from tftransfer.recipes.feature_cache import DataDigest, fingerprint, paths_digest
@@ -92,7 +93,7 @@ class Recipe:
         run_dir: str | os.PathLike | None = None,
         strategy: str | tf.distribute.Strategy = "auto",
         tpu: str | None = None,
-        mixed_precision: bool = False,
+        precision: str = defaults.PRECISION,
         jit_compile: bool | str = "auto",
         steps_per_execution: int | None = None,
         seed: int = 0,
@@ -107,6 +108,7 @@ class Recipe:
             )
         check_auto_or_number("learning_rate", learning_rate, positive=True)
         check_auto_or_number("head_weight_decay", head_weight_decay)
+        check_precision(precision)
         if task is not None:
             get_task(task)
         name = getattr(backbone, "name", type(backbone).__name__)
@@ -134,7 +136,7 @@ class Recipe:
             "head_epochs": head_epochs,
             "patience": patience,
             "batch_size": batch_size,
-            "mixed_precision": mixed_precision,
+            "precision": precision,
             "jit_compile": jit_compile,
             "steps_per_execution": distribute.steps_per_execution(
                 self.strategy, steps_per_execution
@@ -158,11 +160,6 @@ class Recipe:
         # Which model fine-tuning kept: "fine_tuned" or "frozen".
         self.chosen: str | None = None
         self._run_lock: RunLock | None = None
-        self._policy = (
-            distribute.mixed_precision_policy(self.strategy)
-            if mixed_precision
-            else None
-        )
 
     @classmethod
     def argument_names(cls) -> list[str]:
@@ -518,11 +515,11 @@ class Recipe:
     # Models -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _building(self):
-        """Strategy scope plus the mixed precision policy, if any."""
+    def _building(self, policy: str = "float32"):
+        """Strategy scope plus the dtype `policy` (float32 unless the
+        backbone pass runs in a reduced precision)."""
         previous = keras.config.dtype_policy()
-        if self._policy:
-            keras.config.set_dtype_policy(self._policy)
+        keras.config.set_dtype_policy(policy)
         try:
             with self.strategy.scope():
                 yield

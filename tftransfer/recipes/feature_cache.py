@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +159,8 @@ class CachedFeatures:
         self.label_shape: tuple[int, ...] = tuple(labels["shape"])
         self.label_dtype: str = labels["dtype"]
         self.data_digest: str | None = manifest.get("data_digest")
+        # The dtype policy the backbone pass computed them in.
+        self.precision: str = manifest.get("precision", "float32")
 
     @property
     def num_examples(self) -> int:
@@ -280,6 +282,7 @@ class FeatureCache:
         batches: Iterable,
         *,
         data_digest: DataDigest | None = None,
+        precision: Callable[[], str] | None = None,
         write: bool = True,
     ) -> CachedFeatures:
         """Stores a split (replacing any older one) and returns it.
@@ -292,6 +295,10 @@ class FeatureCache:
             data_digest: a `DataDigest` that `batches` updates while it is
                 consumed; it is recorded in the manifest, so a later run can
                 check that the data under `key` is still the same.
+            precision: returns the dtype policy the features were computed
+                in, asked once `batches` is consumed (the pass may choose it
+                on its first batches); recorded in the manifest. `None`:
+                float32.
             write: whether this process stores the result (`False` on
                 non-chief workers, which keep theirs in a temporary folder,
                 removed with the last reference to the returned features).
@@ -306,7 +313,7 @@ class FeatureCache:
         atomic.remove_stale_temporaries(parent, f".{split}.partial-")
         temporary = atomic.temporary_dir(parent, f".{split}.partial-")
         try:
-            self._write(temporary, batches, data_digest)
+            self._write(temporary, batches, data_digest, precision)
             atomic.replace_dir(temporary, parent / split)
         except BaseException:
             if not write:
@@ -321,7 +328,11 @@ class FeatureCache:
         return features
 
     def _write(
-        self, directory: Path, batches: Iterable, data_digest: DataDigest | None
+        self,
+        directory: Path,
+        batches: Iterable,
+        data_digest: DataDigest | None,
+        precision: Callable[[], str] | None,
     ) -> None:
         shards: list[int] = []
         pending_features: list[np.ndarray] = []
@@ -365,5 +376,6 @@ class FeatureCache:
                 "dtype": dtype,
                 "labels": {"shape": label_shape, "dtype": label_dtype},
                 "data_digest": data_digest.hexdigest() if data_digest else None,
+                "precision": precision() if precision else "float32",
             },
         )

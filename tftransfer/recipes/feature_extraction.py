@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tftransfer import defaults
+from tftransfer import defaults, distribute, precision
 from tftransfer.backbones import Backbone
 from tftransfer.backbones.weights import cache
+from tftransfer.data import length_buckets
 from tftransfer.errors import ConfigError
 from tftransfer.recipes import heads, learning_rates
 from tftransfer.recipes.base import Recipe, holds_run_lock
@@ -104,8 +107,17 @@ class FeatureExtraction(Recipe):
             directory resumes. Default: `runs/<recipe>-<settings hash>`.
         strategy: a strategy kind for `resolve_strategy()` or a strategy.
         tpu: TPU name or address (see `resolve_strategy()`).
-        mixed_precision: compute in `mixed_float16` (GPU) or
-            `mixed_bfloat16` (TPU); the output layer stays float32.
+        precision: the compute precision of the backbone pass
+            (`tftransfer.vocabulary.PRECISIONS`). `"auto"` tries the
+            hardware's reduced precision (bfloat16 on TPUs, recent GPUs and
+            CPUs with AMX or AVX-512 BF16; float16 on older GPUs) and keeps
+            it where the first batches' features stay within
+            `tftransfer.precision.DRIFT_TOLERANCE` of float32's and it runs
+            faster; else float32 (the log says which, and why).
+            `"float32"` turns it off; a mixed policy name forces it,
+            unguarded. Heads train, and `model` predicts and exports, in
+            float32. A plain `keras.Layer` backbone computes in its own
+            dtype policy.
         jit_compile: XLA compilation of the training step (`"auto"`: Keras
             decides).
         steps_per_execution: steps per `fit` execution (TPU default 32).
@@ -143,6 +155,19 @@ class FeatureExtraction(Recipe):
         # The last fit's cached validation features (None without any).
         self._validation_features: CachedFeatures | None = None
         self._backbone_fingerprint: str | None = None
+        # The dtype policy the backbone pass tries (`precision` resolved for
+        # this hardware; a plain layer is built already, in its own), the
+        # one it runs in once chosen (by the guard, or read from cached
+        # features), and its frozen backbone layers.
+        self._candidate_policy = (
+            precision.candidate_policy(self.settings["precision"], self.strategy)
+            if isinstance(backbone, Backbone)
+            else "float32"
+        )
+        self._pass_policy: str | None = None
+        self.precision_choice: precision.PrecisionChoice | None = None
+        self._pass_layers: dict[str, keras.Layer] = {}
+        self._pass_functions: dict[str, Callable] = {}
 
     @property
     def model(self) -> keras.Model | None:
@@ -416,13 +441,16 @@ class FeatureExtraction(Recipe):
         if cached is not None and (
             not prepared or cached.data_digest == DataDigest.of(batches)
         ):
+            # Later passes (other splits, fine-tuning) keep its precision.
+            self._pass_policy = self._pass_policy or cached.precision
             return cached
         digest = DataDigest() if prepared else None
         return self.cache.store(
             key,
             split,
-            self._feature_batches(batches, digest),
+            self._feature_batches(batches, digest, by_length=not prepared),
             data_digest=digest,
+            precision=lambda: self._pass_policy,
             write=self.is_chief,
         )
 
@@ -445,9 +473,22 @@ class FeatureExtraction(Recipe):
         )
         return self._predict("head", self.head, batches)
 
-    def _feature_batches(self, batches: tf.data.Dataset, digest: DataDigest | None):
+    def _feature_batches(
+        self,
+        batches: tf.data.Dataset,
+        digest: DataDigest | None,
+        *,
+        by_length: bool = False,
+    ):
         """Runs the frozen backbone over `batches`; yields `(features, labels)`
-        and adds the examples' fingerprints to `digest`, if given."""
+        in the order of `batches` and adds the examples' fingerprints to
+        `digest`, if given.
+
+        With `by_length` (the recipe's own batches of `global_batch_size`),
+        text runs in batches of similar length, each cut at its longest
+        member (`tftransfer.data.length_buckets`), except on TPUs, which
+        need one shape.
+        """
         if digest is not None:
             batches = batches.map(
                 lambda inputs, labels: (
@@ -457,27 +498,107 @@ class FeatureExtraction(Recipe):
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             ).prefetch(tf.data.AUTOTUNE)
-        # Built here, eagerly: built while the step is traced, a backbone
-        # would load its weights into the trace instead of its variables.
-        self._built_backbone()
         verbose = 0 if self.verbose == 0 or not self.is_chief else 1
-        predictor = self._predictor("features", self._extract_features)
-        for features, labels in predictor.batches(batches, verbose=verbose):
+        if (
+            by_length
+            and length_buckets.applies_to(batches.element_spec)
+            and not distribute.is_tpu(self.strategy)
+        ):
+            sorted_batches = length_buckets.sorted_by_length(
+                batches, self.global_batch_size
+            )
+            passed = length_buckets.in_original_order(
+                self._backbone_pass(sorted_batches, verbose),
+                self.global_batch_size * length_buckets.WINDOW_BATCHES,
+            )
+        else:
+            passed = self._backbone_pass(batches, verbose)
+        for features, labels in passed:
             if digest is not None:
                 labels, fingerprints = labels
                 digest.update(fingerprints)
             yield features.astype("float32", copy=False), labels
 
-    def _extract_features(self, inputs, training: bool = False):
-        """The feature pass: the frozen backbone in inference mode."""
-        del training  # Always inference: the backbone is frozen here.
-        layer = self._built_backbone()
-        return heads.select_features(
-            layer(inputs, training=False),
-            inputs,
-            output_key=self._output_key(),
-            pooling=self.settings["pooling"],
+    def _backbone_pass(self, batches: tf.data.Dataset, verbose: int):
+        """Yields the backbone's `(features, labels)` of every batch, in the
+        precision chosen for the pass: by the guard (`precision="auto"`,
+        the first time), by a previous pass or cached features, or by
+        `precision`."""
+        policy = self._pass_policy or self._candidate_policy
+        guarded = self.settings["precision"] == defaults.AUTO
+        if self._pass_policy is None and policy != "float32" and guarded:
+            yield from self._guarded_pass(batches, policy, verbose)
+            return
+        self._pass_policy = policy
+        predictor = self._predictor(f"features-{policy}", self._pass_function(policy))
+        yield from predictor.batches(batches, verbose=verbose)
+
+    def _guarded_pass(self, batches: tf.data.Dataset, candidate: str, verbose: int):
+        """The backbone pass under `precision="auto"`: the first batches run
+        in `candidate` and in float32, `precision.guarded_choice()` picks
+        one, and the rest of the pass runs in that one."""
+        probe = batches.take(precision.PROBE_BATCHES)
+        runs = {}
+        for policy in (candidate, "float32"):
+            predictor = self._predictor(
+                f"features-{policy}", self._pass_function(policy)
+            )
+            runs[policy] = _timed_batches(predictor.batches(probe))
+        (reduced, reduced_seconds), (full, full_seconds) = runs.values()
+        choice = precision.guarded_choice(
+            candidate,
+            [features for features, _ in reduced],
+            reduced_seconds,
+            [features for features, _ in full],
+            full_seconds,
         )
+        self.precision_choice = choice
+        self._pass_policy = choice.policy
+        self.say(f"Backbone pass: {choice.reason}")
+        yield from runs[choice.policy][0]
+        predictor = self._predictor(
+            f"features-{choice.policy}", self._pass_function(choice.policy)
+        )
+        yield from predictor.batches(
+            batches.skip(precision.PROBE_BATCHES), verbose=verbose
+        )
+
+    def _pass_function(self, policy: str) -> Callable:
+        """The feature pass in the dtype `policy`: the frozen backbone (built
+        once per policy, eagerly: built while the step is traced, a
+        backbone would load its weights into the trace instead of its
+        variables) in inference mode, its outputs pooled in float32."""
+        function = self._pass_functions.get(policy)
+        if function is not None:
+            return function
+        layer = self._pass_layer(policy)
+
+        def extract_features(inputs, training: bool = False):
+            del training  # Always inference: the backbone is frozen here.
+            outputs = tf.nest.map_structure(
+                lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t,
+                layer(inputs, training=False),
+            )
+            return heads.select_features(
+                outputs,
+                inputs,
+                output_key=self._output_key(),
+                pooling=self.settings["pooling"],
+            )
+
+        self._pass_functions[policy] = extract_features
+        return extract_features
+
+    def _pass_layer(self, policy: str) -> keras.Layer:
+        """The frozen backbone layer that computes in the dtype `policy`:
+        the model's own (`_built_backbone()`) for float32, else one more
+        layer built under `policy`, with the same weights."""
+        if policy == "float32":
+            return self._built_backbone()
+        if policy not in self._pass_layers:
+            with self._building(policy):
+                self._pass_layers[policy] = self._backbone_layer(trainable=False)
+        return self._pass_layers[policy]
 
     def _backbone_key(self) -> str:
         """Fingerprint of the backbone's weights and the feature settings.
@@ -494,7 +615,7 @@ class FeatureExtraction(Recipe):
             )
             self._backbone_fingerprint = fingerprint(
                 _describe(self.backbone),
-                self._policy,
+                self._candidate_policy,
                 files or weights_digest(self._built_backbone()),
             )
         return self._backbone_fingerprint
@@ -533,3 +654,15 @@ def _describe(backbone) -> dict:
             key: str(getattr(backbone, key))
             for key in ("name", "handle", "source", "output_key", "seq_length")
         }
+
+
+def _timed_batches(batches: Iterator) -> tuple[list, list[float]]:
+    """All of `batches` in a list, and the seconds each took to come."""
+    results, seconds = [], []
+    start = time.perf_counter()
+    for batch in batches:
+        results.append(batch)
+        now = time.perf_counter()
+        seconds.append(now - start)
+        start = now
+    return results, seconds

@@ -93,7 +93,10 @@ class FineTuning(FeatureExtraction):
         **kwargs: `FeatureExtraction` arguments (`task`, `head`,
             `head_epochs`, `hidden_units`, `dropout`, `label_smoothing`,
             `patience`, `batch_size`, `run_dir`, `strategy`, `cache_dir`,
-            `mixed_precision`, ...).
+            `precision`, ...). Phase 2 trains the backbone in the precision
+            that phase 1's backbone pass chose (float16 with loss scaling);
+            `model` then computes in float32 again, with the trained
+            weights.
 
     Example:
 
@@ -164,6 +167,7 @@ class FineTuning(FeatureExtraction):
         self._start_from_the_pretrained_backbone()
         train, validation = self._prepare_splits(train, validation, class_names)
         self.head_history = self._fit_head(train, validation, class_names)
+        self._train_in_pass_precision()
         train_batches = self._batches(train, training=True)
         validation_batches = (
             self._batches(validation) if validation is not None else None
@@ -204,9 +208,38 @@ class FineTuning(FeatureExtraction):
             if frozen_scores is None:
                 raise
             self._keep_frozen(frozen_weights, f"fine-tuning diverged: {error}")
+            self._serve_in_float32()
             return self.head_history
         self._keep_the_better(frozen_scores, frozen_weights, validation_batches)
+        self._serve_in_float32()
         return self.history
+
+    def _train_in_pass_precision(self) -> None:
+        """Phase 2 trains the backbone in the precision phase 1's backbone
+        pass chose (or its cached features were computed in)."""
+        policy = self._pass_policy or "float32"
+        if policy != "float32":
+            self.backbone_layer = self._pass_layer(policy)
+            self._model = None
+
+    def _serve_in_float32(self) -> None:
+        """After phase 2 in a reduced precision, `model` computes in
+        float32 again: a float32 backbone layer takes the trained weights
+        (mixed precision keeps them in float32), so predictions and exports
+        compute as they are served."""
+        if (self._pass_policy or "float32") == "float32":
+            return
+        trained = self.backbone_layer
+        with self._building():
+            layer = self._backbone_layer(trainable=False)
+        layer.trainable = trained.trainable
+        for variable, source in zip(layer.weights, trained.weights, strict=True):
+            variable.assign(source)
+            variable.trainable = source.trainable
+        self.backbone_layer = layer
+        self._pass_layers = {}
+        self._pass_functions = {}
+        self._model = None
 
     def _start_from_the_pretrained_backbone(self) -> None:
         """Before a second `fit`: the backbone the first one fine-tuned is
@@ -222,6 +255,7 @@ class FineTuning(FeatureExtraction):
         self.backbone_layer = None
         self.head = self._model = None
         self._predictors = {}
+        self._pass_layers, self._pass_functions = {}, {}
 
     def _fine_tune_learning_rate(
         self, backbone_variables, train_batches, steps_per_epoch: int
@@ -339,14 +373,19 @@ class FineTuning(FeatureExtraction):
             warmup_steps=warmup,
         )
 
-    def _optimizer(self, backbone_variables: list, schedule) -> DiscriminativeAdamW:
-        return DiscriminativeAdamW(
+    def _optimizer(self, backbone_variables: list, schedule) -> keras.Optimizer:
+        """Phase 2's `DiscriminativeAdamW`, with loss scaling when the
+        backbone computes in float16."""
+        optimizer = DiscriminativeAdamW(
             schedule,
             backbone_variables=backbone_variables,
             backbone_lr_scale=self.settings["backbone_lr_scale"],
             weight_decay=self.settings["weight_decay"],
             global_clipnorm=self.settings["clipnorm"],
         )
+        if self._pass_policy == "mixed_float16":
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
 
     def _labels_and_probabilities(self, data, split: str):
         """`predict()` and `evaluate()` run the fine-tuned model on the
