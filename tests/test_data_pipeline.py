@@ -66,6 +66,22 @@ def test_prepare_large_jpeg_downscaled_while_decoding_matches_full_decode():
     np.testing.assert_allclose(fast, full / 255.0, atol=0.08)
 
 
+def test_prepare_jpeg_smaller_than_the_target_is_decoded_at_full_scale():
+    encoded = tf.io.encode_jpeg(tf.constant(_striped(60, 90)), quality=95)
+    prepare = data.prepare_fn(image_backbone(size=(120, 120)))
+    central = tf.io.decode_jpeg(encoded, channels=3)[:, 15:75]
+    expected = tf.image.resize(central, (120, 120)) / 255.0
+    np.testing.assert_allclose(prepare(encoded), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(30, 30), (40, 40)])
+def test_prepare_jpeg_crops_while_decoding_as_it_crops_pixels(size):
+    encoded = tf.io.encode_jpeg(tf.constant(_striped(47, 83)), quality=95)
+    prepare = data.prepare_fn(image_backbone(size=size))
+    pixels = tf.io.decode_jpeg(encoded, channels=3)
+    np.testing.assert_allclose(prepare(encoded), prepare(pixels), atol=1e-5)
+
+
 def test_prepare_large_jpeg_stretch_keeps_the_whole_image():
     encoded = tf.io.encode_jpeg(tf.constant(_striped(480, 640)), quality=95)
     prepare = data.prepare_fn(image_backbone(size=(48, 48)), resize_mode="stretch")
