@@ -26,23 +26,26 @@ _TAIL_BYTES = 1024
 _OP_CONTEXT = re.compile(r"\{\{[^}]*\}\}|\[Op:[^\]]*\]( name:.*)?")
 
 
-def _ends(path: str) -> tuple[int, bytes, bytes]:
-    """Returns the size, the first 32 and the last `_TAIL_BYTES` bytes of a file.
+def _read(path: str, whole: bool) -> tuple[int, bytes, bytes]:
+    """Returns the size, the first bytes and the last `_TAIL_BYTES` bytes of a
+    file: its whole contents as both with `whole`, else 32 and its tail.
 
     Local files are read with Python's `open`, whose seek is free; `tf.io.gfile`
     (for `gs://` and other remote paths) reads through what it skips.
     """
     remote = "://" in path
     with tf.io.gfile.GFile(path, "rb") if remote else open(path, "rb") as f:
+        if whole:
+            contents = f.read()
+            return len(contents), contents, contents[-_TAIL_BYTES:]
         size = f.size() if remote else os.fstat(f.fileno()).st_size
         head = f.read(32)
         f.seek(max(0, size - _TAIL_BYTES))
         return size, head, f.read()
 
 
-def _header_problem(path: str) -> str | None:
-    """Returns why `path` is not a complete image, judged from its ends."""
-    size, head, tail = _ends(path)
+def _header_problem(size: int, head: bytes, tail: bytes) -> str | None:
+    """Returns why a file is not a complete image, judged from its ends."""
     if size == 0:
         return "empty file"
     fmt = next((f for sig, f in _SIGNATURES.items() if head.startswith(sig)), None)
@@ -57,38 +60,33 @@ def _header_problem(path: str) -> str | None:
     return None if complete() else f"truncated {fmt.upper()} (its end is missing)"
 
 
-def _decode_shape(contents: tf.Tensor) -> tf.Tensor:
-    """Decodes image bytes as cheaply as catches damage; returns the shape.
+def _decode_problem(contents: bytes) -> str | None:
+    """Decodes image bytes as cheaply as catches damage; returns why not.
 
     JPEGs are decoded at 1/8 scale: libjpeg still reads every coded block,
     which is where damage inside a file shows, but skips most of the inverse
-    DCT, which halves the cost. Other formats are decoded in full.
+    DCT. Other formats are decoded in full. Eager ops, one file at a time:
+    tracing a `tf.data` pass would take longer than the decoding of a few
+    hundred small images.
     """
-    return tf.cond(
-        tf.equal(tf.strings.substr(contents, 0, 3), b"\xff\xd8\xff"),
-        lambda: tf.shape(tf.io.decode_jpeg(contents, channels=3, ratio=8)),
-        lambda: tf.shape(
+    try:
+        if contents.startswith(b"\xff\xd8\xff"):
+            tf.io.decode_jpeg(contents, channels=3, ratio=8)
+        else:
             tf.io.decode_image(contents, channels=3, expand_animations=False)
-        ),
-    )
+    except tf.errors.OpError as e:
+        reason = _OP_CONTEXT.sub("", e.message).strip()
+        return f"could not be decoded ({reason})"
+    return None
 
 
-def _decode_problems(paths: list[str]) -> dict[int, str]:
-    """Decodes every file in `paths` with TensorFlow; returns failures by index."""
-    ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
-    ds = ds.map(
-        lambda i, p: (i, _decode_shape(tf.io.read_file(p))),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).ignore_errors()
-    decoded = {int(i) for i, _ in ds.as_numpy_iterator()}
-    problems = {}
-    for i in sorted(set(range(len(paths))) - decoded):
-        try:
-            _decode_shape(tf.io.read_file(paths[i]))
-        except tf.errors.OpError as e:
-            reason = _OP_CONTEXT.sub("", e.message).strip()
-            problems[i] = f"could not be decoded ({reason})"
-    return problems
+def _file_problem(path: str, decode: bool) -> str | None:
+    """Returns why the file at `path` is not a usable image, or `None`."""
+    size, head, tail = _read(path, whole=decode)
+    problem = _header_problem(size, head, tail)
+    if problem is None and decode:
+        problem = _decode_problem(head)
+    return problem
 
 
 def find_bad_images(paths: list[str], verify: str = "decode") -> dict[int, str]:
@@ -110,14 +108,16 @@ def find_bad_images(paths: list[str], verify: str = "decode") -> dict[int, str]:
             f"Expected `verify` to be one of {VERIFY_MODES}. Received: "
             f"verify={verify!r}."
         )
-    if paths and "://" in paths[0]:  # Remote (gs://...): overlap the latency.
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            reasons = list(pool.map(_header_problem, paths))
-    else:  # Local files are read faster one by one than across threads.
-        reasons = [_header_problem(path) for path in paths]
-    problems = {i: r for i, r in enumerate(reasons) if r is not None}
-    if verify == "decode":
-        good = [i for i in range(len(paths)) if i not in problems]
-        found = _decode_problems([paths[i] for i in good])
-        problems.update({good[j]: reason for j, reason in found.items()})
-    return problems
+    decode = verify == "decode"
+    if paths and "://" in paths[0]:
+        workers = 16  # Remote (gs://...): overlap the latency.
+    elif decode:
+        workers = os.cpu_count() or 1  # Decoding releases the GIL.
+    else:
+        workers = 1  # Local ends are read faster one by one than across threads.
+    if workers == 1:
+        reasons = [_file_problem(path, decode) for path in paths]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            reasons = list(pool.map(lambda path: _file_problem(path, decode), paths))
+    return {i: r for i, r in enumerate(reasons) if r is not None}
