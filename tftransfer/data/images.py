@@ -93,8 +93,9 @@ def from_image_folder(
         split: The split folder to read, for the split layout.
         verify: `"decode"` (default) checks each file's format signature
             and end marker, then decodes every image once, in parallel
-            (JPEGs at 1/8 scale, about half the cost of the decoding in one
-            epoch). `"header"` only checks the signature and end marker:
+            (JPEGs at 1/8 scale, which still costs 60-90% of one epoch's
+            decoding: reading the coded data is most of a JPEG's decode).
+            `"header"` only checks the signature and end marker:
             much faster for very large or remote folders, but an image
             damaged inside then stops training with TensorFlow's decode
             error.

@@ -181,6 +181,9 @@ def prepare_fn(backbone, *, resize_mode: str = "center_crop") -> Callable:
             image = image * scale
         return image + low if low else image
 
+    # Plain TensorFlow ops throughout: AutoGraph would only slow down the
+    # tracing (by about as long as Keras takes to list a folder).
+    @tf.autograph.experimental.do_not_convert
     def prepare_image(image: tf.Tensor) -> tf.Tensor:
         image = tf.convert_to_tensor(image)
         if image.dtype == tf.string and image.shape.rank == 1:
