@@ -11,7 +11,7 @@ from data_fixtures import seeded_image_backbone
 
 from tftransfer import config, data, defaults
 from tftransfer.cli import run as cli_run
-from tftransfer.recipes import FeatureExtraction, FineTuning, learning_rates
+from tftransfer.recipes import FeatureExtraction, FineTuning, learning_rates, optimizers
 from tftransfer.recipes.callbacks import TrainingState
 
 
@@ -31,6 +31,10 @@ def _linear_model(seed=0):
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(2)])
     model.add(keras.layers.Activation("softmax"))
     return model
+
+
+def _logits_loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def test_range_test_picks_a_rate_where_the_loss_still_falls_and_restores_weights():
@@ -101,17 +105,97 @@ def test_head_search_tries_rates_then_decays_and_keeps_the_lowest_loss():
         (1e-2, 1e-4): 0.3,
         (1e-2, 1e-3): float("nan"),
     }
-    tried = []
+    rounds = []
 
-    def train_candidate(rate, decay):
-        tried.append((rate, decay))
-        return losses[(rate, decay)]
+    def train_candidates(candidates):
+        rounds.append(list(candidates))
+        return [losses[candidate] for candidate in candidates]
 
     choice = learning_rates.search_head(
-        train_candidate, (1e-3, 1e-2, 1e-1), (0.0, 1e-4, 1e-3)
+        train_candidates, (1e-3, 1e-2, 1e-1), (0.0, 1e-4, 1e-3)
     )
     assert (choice.learning_rate, choice.weight_decay) == (1e-2, 1e-4)
-    assert tried == list(losses)  # 3 + 3 - 1 trainings, none twice
+    # Two rounds: the rates, then the decays at the best rate (none twice).
+    assert rounds == [list(losses)[:3], list(losses)[3:]]
+
+
+def test_grouped_adam_trains_each_group_as_its_own_adam_would():
+    x, y = _logistic_problem(noise=0.5)
+    rates = (1e-3, 3e-2)
+
+    def head():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(2)])
+
+    alone = []
+    for rate in rates:
+        model = head()
+        model.compile(keras.optimizers.Adam(rate), _logits_loss())
+        model.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0)
+        alone.append(model.get_weights())
+    heads = [head() for _ in rates]
+    features = keras.Input((x.shape[1],))
+    joint = keras.Model(
+        features,
+        [keras.Sequential([h], name=f"c{i}")(features) for i, h in enumerate(heads)],
+    )
+    joint.compile(
+        optimizers.GroupedAdam(
+            [(h.trainable_variables, r) for h, r in zip(heads, rates, strict=True)]
+        ),
+        [_logits_loss()] * 2,
+    )
+    joint.fit(x, [y, y], epochs=3, batch_size=32, shuffle=False, verbose=0)
+    for h, weights in zip(heads, alone, strict=True):
+        for got, expected in zip(h.get_weights(), weights, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_candidates_trained_together_each_keep_their_best_epoch():
+    # Validation labels are the opposite of the training labels: every
+    # head's validation loss is lowest early, then rises.
+    x, y = _logistic_problem(noise=0.0)
+    heads = []
+    for _ in range(2):
+        keras.utils.set_random_seed(0)
+        heads.append(
+            keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(2)])
+        )
+    features = keras.Input((x.shape[1],))
+    joint = keras.Model(
+        features,
+        [keras.Sequential([h], name=f"c{i}")(features) for i, h in enumerate(heads)],
+    )
+    joint.compile(
+        optimizers.GroupedAdam(
+            [(heads[0].trainable_variables, 0.01), (heads[1].trainable_variables, 0.1)]
+        ),
+        [_logits_loss()] * 2,
+    )
+    history = []
+
+    def validation_losses():
+        losses = [float(_logits_loss()(1 - y, h.predict(x, verbose=0))) for h in heads]
+        history.append((losses, [h.get_weights() for h in heads]))
+        return losses
+
+    train = tf.data.Dataset.from_tensor_slices((x, (y, y))).batch(64)
+    learning_rates.train_to_best_epochs(
+        joint,
+        heads,
+        train,
+        validation_losses,
+        strategy=tf.distribute.get_strategy(),
+        epochs=30,
+        patience=3,
+    )
+    assert len(history) < 30  # stopped early, once neither improved
+    for index, head in enumerate(heads):
+        best = min(range(len(history)), key=lambda e: history[e][0][index])
+        for got, expected in zip(
+            head.get_weights(), history[best][1][index], strict=True
+        ):
+            np.testing.assert_array_equal(got, expected)
 
 
 def test_early_stopping_ends_on_the_best_weights(tmp_path):
@@ -172,6 +256,24 @@ def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
         recipe.tuned["learning_rate"],
         recipe.tuned["head_weight_decay"],
     ]
+
+
+@pytest.mark.parametrize("strategy", ["default", "mirrored"])
+def test_weight_decay_alone_is_searched_one_candidate_at_a_time(tmp_path, strategy):
+    # A fixed rate leaves rounds of one candidate; under two replicas the
+    # search evaluates through the distributed step instead of one call.
+    recipe = FeatureExtraction(
+        seeded_image_backbone("tiny", conv_filters=8),
+        run_dir=tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        strategy=strategy,
+        learning_rate=1e-2,
+        head_epochs=5,
+        verbose=0,
+    )
+    recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
+    assert set(recipe.tuned) == {"head_weight_decay"}
+    assert recipe.tuned["head_weight_decay"] in defaults.HEAD_WEIGHT_DECAYS
 
 
 def test_fit_without_validation_holds_out_part_of_the_training_data(tmp_path, capsys):

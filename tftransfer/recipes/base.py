@@ -660,12 +660,16 @@ class Recipe:
 
     def _predict(self, name: str, model, data: tf.data.Dataset):
         """Returns `(labels, outputs)` of `model` on batches of `(inputs,
-        labels)`; `name` keeps one `Predictor` (one traced step) per model."""
+        labels)` (outputs as `model` nests them: an array, or a list of
+        arrays for a model with several outputs); `name` keeps one
+        `Predictor` (one traced step) per model."""
         outputs, labels = zip(*self._predictor(name, model).batches(data), strict=True)
         labels = np.concatenate(labels)
         if self.task == "classification":  # Class indices `[num_examples]`.
             labels = labels.reshape(-1)
-        return labels, np.concatenate(outputs)
+        return labels, tf.nest.map_structure(
+            lambda *parts: np.concatenate(parts), *outputs
+        )
 
     def _predictor(self, name: str, model) -> training_loop.Predictor:
         predictor = self._predictors.get(name)

@@ -15,7 +15,7 @@ from tftransfer.backbones import Backbone
 from tftransfer.backbones.weights import cache
 from tftransfer.data import length_buckets
 from tftransfer.errors import ConfigError
-from tftransfer.recipes import heads, learning_rates
+from tftransfer.recipes import heads, learning_rates, optimizers
 from tftransfer.recipes.base import Recipe, holds_run_lock
 from tftransfer.recipes.feature_cache import (
     DEFAULT_MEMORY_BUDGET,
@@ -151,6 +151,7 @@ class FeatureExtraction(Recipe):
         self.memory_budget = memory_budget
         self.head: keras.Model | None = None
         self._input_spec = None
+        self._input_data = None
         self._train_key: str | None = None
         # The last fit's cached validation features (None without any).
         self._validation_features: CachedFeatures | None = None
@@ -221,7 +222,9 @@ class FeatureExtraction(Recipe):
             else None
         )
         self._validation_features = validation_features
-        self._input_spec = self._batches(train).element_spec[0]
+        # The model's inputs, read when it is first built (`_join`).
+        self._input_data = train
+        self._input_spec = None
         # From the keys, not the folders: a non-chief worker's features may
         # sit in a private temporary folder, yet it must find the chief's
         # checkpoints. The validation data belongs to the key too: early
@@ -261,10 +264,15 @@ class FeatureExtraction(Recipe):
             train_features, int(train_batches().cardinality())
         )
 
-        def new_head(learning_rate: float, weight_decay: float) -> keras.Model:
+        def untrained_head(weight_decay: float) -> keras.Model:
+            # Every head starts from the same weights.
             keras.utils.set_random_seed(seed)
             with self._building():
-                head = self._new_head(train_features.feature_dim, weight_decay)
+                return self._new_head(train_features.feature_dim, weight_decay)
+
+        def new_head(learning_rate: float, weight_decay: float) -> keras.Model:
+            head = untrained_head(weight_decay)
+            with self._building():
                 self._compile(
                     head,
                     keras.optimizers.Adam(learning_rate),
@@ -272,8 +280,39 @@ class FeatureExtraction(Recipe):
                 )
             return head
 
+        def candidate_heads(candidates: list) -> tuple[keras.Model, list]:
+            """The candidates' heads side by side in one compiled model, each
+            with its own output (`"candidate_<i>"` of a dict), loss and
+            learning rate."""
+            candidate_heads = [untrained_head(decay) for _, decay in candidates]
+            names = [f"candidate_{index}" for index in range(len(candidates))]
+            loss = get_task(self.task).loss(self.settings["label_smoothing"])
+            with self._building():
+                features = keras.Input((train_features.feature_dim,))
+                model = keras.Model(
+                    features,
+                    {
+                        name: keras.Sequential([head], name=name)(features)
+                        for name, head in zip(names, candidate_heads, strict=True)
+                    },
+                )
+                model.compile(
+                    optimizer=optimizers.GroupedAdam(
+                        [
+                            (head.trainable_variables, rate)
+                            for head, (rate, _) in zip(
+                                candidate_heads, candidates, strict=True
+                            )
+                        ]
+                    ),
+                    loss=dict.fromkeys(names, loss),
+                    steps_per_execution=steps_per_execution,
+                    jit_compile=self.settings["jit_compile"],
+                )
+            return model, candidate_heads
+
         learning_rate, weight_decay = self._head_hyperparameters(
-            new_head, train_batches, validation_batches
+            candidate_heads, train_batches, validation_batches
         )
         self.head = new_head(learning_rate, weight_decay)
         self._model = None
@@ -304,7 +343,7 @@ class FeatureExtraction(Recipe):
         )
 
     def _head_hyperparameters(
-        self, new_head, train_batches, validation_batches
+        self, candidate_heads, train_batches, validation_batches
     ) -> tuple[float, float]:
         """The head's learning rate and weight decay: as set, or, for
         `"auto"`, the best on the validation data (see `search_head`)."""
@@ -342,22 +381,40 @@ class FeatureExtraction(Recipe):
             )
             return chosen[0], chosen[1]
 
-        def train_candidate(learning_rate: float, weight_decay: float) -> float:
-            head = new_head(learning_rate, weight_decay)
-            learning_rates.train_to_best_epoch(
-                head,
-                train_batches(),
-                validation_batches,
+        validation_arrays = self._validation_arrays()
+
+        def train_candidates(candidates: list) -> list[float]:
+            model, heads_ = candidate_heads(candidates)
+
+            names = list(model.output)
+
+            def validation_losses() -> list[float]:
+                if validation_arrays is None:
+                    labels, outputs = self._predict("search", model, validation_batches)
+                else:
+                    inputs, labels = validation_arrays
+                    outputs = model(inputs, training=False)
+                task = get_task(self.task)
+                return [
+                    task.validation_loss(labels, np.asarray(outputs[name]))
+                    for name in names
+                ]
+
+            learning_rates.train_to_best_epochs(
+                model,
+                heads_,
+                # Each head's output is trained on the labels.
+                train_batches().map(lambda x, y: (x, dict.fromkeys(names, y))),
+                validation_losses,
                 strategy=self.strategy,
                 epochs=self.settings["head_epochs"],
                 patience=self.settings["patience"],
             )
-            outputs = self._predict("search", head, validation_batches)
-            return get_task(self.task).validation_loss(*outputs)
+            return validation_losses()
 
         def search() -> dict:
             choice = learning_rates.search_head(
-                train_candidate,
+                train_candidates,
                 candidates["learning_rate"],
                 candidates["head_weight_decay"],
             )
@@ -435,11 +492,10 @@ class FeatureExtraction(Recipe):
                 already (it reads every image file's size and time).
         """
         key = key or self._feature_key(data)
-        batches = self._batches(data)
         prepared = isinstance(data, tf.data.Dataset)
         cached = self.cache.lookup(key, split)
         if cached is not None and (
-            not prepared or cached.data_digest == DataDigest.of(batches)
+            not prepared or cached.data_digest == DataDigest.of(self._batches(data))
         ):
             # Later passes (other splits, fine-tuning) keep its precision.
             self._pass_policy = self._pass_policy or cached.precision
@@ -448,7 +504,7 @@ class FeatureExtraction(Recipe):
         return self.cache.store(
             key,
             split,
-            self._feature_batches(batches, digest, by_length=not prepared),
+            self._feature_batches(self._batches(data), digest, by_length=not prepared),
             data_digest=digest,
             precision=lambda: self._pass_policy,
             write=self.is_chief,
@@ -462,6 +518,23 @@ class FeatureExtraction(Recipe):
             self.settings["pooling"],
             self._data_key(data),
         )
+
+    def _validation_arrays(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached validation `(features, labels)` in memory, for the
+        head search to evaluate its candidates every epoch with one call;
+        `None` where they are streamed or a strategy distributes the model
+        (the search then makes a pass under the strategy, `_predict`)."""
+        features = self._validation_features
+        single_device = self.strategy.num_replicas_in_sync == 1 and not (
+            distribute.is_tpu(self.strategy)
+            or distribute.is_multi_worker(self.strategy)
+        )
+        if not single_device or features.nbytes > self.memory_budget:
+            return None
+        inputs, labels = features.arrays()
+        if self.task == "classification":
+            labels = labels.reshape(-1)
+        return inputs, labels
 
     def _labels_and_probabilities(self, data, split: str):
         self._require_fitted()
@@ -638,6 +711,8 @@ class FeatureExtraction(Recipe):
 
     def _join(self, head: keras.Model) -> keras.Model:
         """`head(features(inputs))`, sharing the backbone layer's weights."""
+        if self._input_spec is None:
+            self._input_spec = self._batches(self._input_data).element_spec[0]
         with self._building():
             features = self._feature_model(self._input_spec, self._inference_mode())
             return keras.Model(features.input, head(features.output), name=self.kind)

@@ -9,7 +9,10 @@ Two methods, one per phase, each picked for what a step costs there:
   cross-entropy or mean squared error; without label smoothing or the
   weight penalty, which would otherwise count against every candidate that
   has one). Learning rate first, then weight decay at that rate: a
-  coordinate search, `len(rates) + len(decays) - 1` short trainings.
+  coordinate search of `len(rates) + len(decays) - 1` candidates in two
+  rounds. The candidates of a round train together, as independent heads
+  of one model (`train_to_best_epochs()`), so a round costs about what one
+  head's training does.
 - `find_learning_rate()`: fine-tuning steps run the whole backbone, so one
   short run decides (a learning-rate range test, as fastai's `lr_find` and
   Smith, "Cyclical Learning Rates", 2017): the rate grows exponentially
@@ -59,20 +62,21 @@ class HeadChoice:
 
 
 def search_head(
-    train_candidate: Callable[[float, float], float],
+    train_candidates: Callable[[list[tuple[float, float]]], list[float]],
     learning_rates: Sequence[float],
     weight_decays: Sequence[float],
 ) -> HeadChoice:
     """Chooses the head's learning rate, then its weight decay.
 
-    Each candidate `(learning_rate, weight_decay)` is trained by
-    `train_candidate`, which returns its validation loss (lower is better;
-    not finite: the candidate failed). Rates are tried at the first weight
-    decay; the decays at the best rate. A single value in either list is
-    not searched.
+    Candidates `(learning_rate, weight_decay)` are trained, a round at a
+    time, by `train_candidates`, which returns each one's validation loss
+    (lower is better; not finite: the candidate failed). The first round
+    tries the rates at the first weight decay; the second the decays at the
+    best rate. A single value in either list is not searched.
 
     Args:
-        train_candidate: `(learning_rate, weight_decay) -> validation loss`.
+        train_candidates: `[(learning_rate, weight_decay), ...] ->
+            [validation loss, ...]`.
         learning_rates: candidate learning rates.
         weight_decays: candidate weight decays.
 
@@ -91,10 +95,11 @@ def search_head(
     trials: dict[tuple[float, float], float] = {}
 
     def best(candidates):
-        for candidate in candidates:
-            if candidate not in trials:
-                with _quiet_tracing():
-                    trials[candidate] = train_candidate(*candidate)
+        untried = [candidate for candidate in candidates if candidate not in trials]
+        if untried:
+            with _quiet_tracing():
+                losses = train_candidates(untried)
+            trials.update(zip(untried, losses, strict=True))
         return min(candidates, key=lambda c: _finite(trials[c]))
 
     learning_rate, _ = best([(rate, weight_decays[0]) for rate in learning_rates])
@@ -110,33 +115,69 @@ def search_head(
     return HeadChoice(learning_rate, weight_decay, trials)
 
 
-def train_to_best_epoch(
+def train_to_best_epochs(
     model: keras.Model,
+    heads: Sequence[keras.Model],
     train: tf.data.Dataset,
-    validation: tf.data.Dataset,
+    validation_losses: Callable[[], list[float]],
     *,
     strategy: tf.distribute.Strategy,
     epochs: int,
     patience: int | None,
 ) -> None:
-    """Trains a compiled `model` for at most `epochs`, stopping once the
-    validation loss has not improved for `patience` epochs (`None`: never),
-    and leaves it on the weights of its best epoch."""
+    """Trains a compiled `model` made of independent `heads` (each with its
+    own output and loss) for at most `epochs`, and leaves each head on the
+    weights of its own best epoch.
+
+    After every epoch `validation_losses()` gives each head's validation
+    loss; training stops once none has improved for `patience` epochs
+    (`None`: never stops early).
+    """
+    # One iterator through all epochs (epoch e sees the e-th shuffle, as
+    # passes over `train` would), not a new one per epoch.
     training_loop.train(
         model,
-        train,
+        train.repeat(),
         strategy=strategy,
         epochs=epochs,
-        validation_data=validation,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=epochs if patience is None else patience,
-                restore_best_weights=True,
-            )
-        ],
+        callbacks=[_BestEpochs(heads, validation_losses, patience or epochs)],
+        steps_per_epoch=training_loop.steps_per_epoch(train),
         verbose=0,
     )
+
+
+class _BestEpochs(keras.callbacks.Callback):
+    """Early stopping for several heads trained in one model: each head's
+    best weights are kept (up to the epoch at which it would have stopped
+    training alone), and restored when training ends."""
+
+    def __init__(self, heads, validation_losses, patience: int):
+        super().__init__()
+        self.heads = list(heads)
+        self.validation_losses = validation_losses
+        self.patience = patience
+        self.best = [math.inf] * len(self.heads)
+        self.best_weights: list = [None] * len(self.heads)
+        self.waited = [0] * len(self.heads)
+
+    def on_epoch_end(self, epoch, logs=None):
+        losses = self.validation_losses()
+        for index, (head, loss) in enumerate(zip(self.heads, losses, strict=True)):
+            if self.waited[index] >= self.patience:
+                continue  # Stopped: it would have stopped training alone.
+            if math.isfinite(loss) and loss < self.best[index]:
+                self.best[index] = loss
+                self.best_weights[index] = head.get_weights()
+                self.waited[index] = 0
+            else:
+                self.waited[index] += 1
+        if min(self.waited) >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        for head, weights in zip(self.heads, self.best_weights, strict=True):
+            if weights is not None:
+                head.set_weights(weights)
 
 
 @dataclasses.dataclass
