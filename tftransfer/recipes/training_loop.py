@@ -125,7 +125,10 @@ class OwnedLoop:
         steps = steps_per_epoch if repeats else self._steps_of(train_data)
         # Class indices: accuracy is logged too (float labels, as recipes give
         # multi-label and regression ones: the loss only).
-        self._classes = not train_data.element_spec[1].dtype.is_floating
+        labels_spec = train_data.element_spec[1]
+        self._classes = not isinstance(labels_spec, dict) and (
+            not labels_spec.dtype.is_floating
+        )
         verbose = 1 if verbose == "auto" else verbose
         callback_list = keras.callbacks.CallbackList(
             callbacks,
@@ -210,7 +213,7 @@ class OwnedLoop:
         optimizer = model.optimizer
         with tf.GradientTape() as tape:
             predictions = model(inputs, training=True)
-            loss_sum = tf.reduce_sum(model.loss.call(labels, predictions))
+            loss_sum = self._loss_sum(labels, predictions)
             loss = loss_sum / tf.maximum(count, 1.0)
             if model.losses:
                 replicas = self.strategy.num_replicas_in_sync
@@ -224,8 +227,22 @@ class OwnedLoop:
     def _test_replica_step(self, inputs, labels, count):
         del count  # Test steps sum over examples; only training divides.
         predictions = self.model(inputs, training=False)
-        loss_sum = tf.reduce_sum(self.model.loss.call(labels, predictions))
+        loss_sum = self._loss_sum(labels, predictions)
         return loss_sum, _correct(labels, predictions), _local_count(labels)
+
+    def _loss_sum(self, labels, predictions) -> tf.Tensor:
+        """The summed loss over examples; a model with a dict of outputs
+        (such as the head search's candidates) has one loss per output, as
+        it was compiled, and they add up."""
+        losses = self.model.loss
+        if isinstance(predictions, dict):
+            return tf.add_n(
+                [
+                    tf.reduce_sum(losses[name].call(labels[name], predictions[name]))
+                    for name in predictions
+                ]
+            )
+        return tf.reduce_sum(losses.call(labels, predictions))
 
 
 def steps_per_epoch(dataset: tf.data.Dataset) -> int:
@@ -257,13 +274,14 @@ def steps_per_epoch(dataset: tf.data.Dataset) -> int:
 
 
 def _local_count(labels) -> tf.Tensor:
-    return tf.cast(tf.shape(labels)[0], tf.float32)
+    return tf.cast(tf.shape(tf.nest.flatten(labels)[0])[0], tf.float32)
 
 
 def _correct(labels, predictions) -> tf.Tensor:
     """Examples whose top class is their label; 0 for float labels
-    (multi-label, regression), where only the loss is logged."""
-    if labels.dtype.is_floating:
+    (multi-label, regression) and for several outputs, where only the loss
+    is logged."""
+    if isinstance(labels, dict) or labels.dtype.is_floating:
         return tf.constant(0.0)
     predicted = tf.argmax(predictions, axis=-1, output_type=tf.int64)
     matches = tf.equal(predicted, tf.cast(tf.reshape(labels, [-1]), tf.int64))

