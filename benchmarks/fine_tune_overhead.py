@@ -122,6 +122,11 @@ def main():
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     arguments = parser.parse_args()
+    if arguments.epochs < 2:
+        parser.error(
+            f"--epochs must be at least 2 (received {arguments.epochs}): each "
+            "side's first fine-tuning epoch traces its step and is not timed."
+        )
     train = data(arguments.examples)
     steps, epochs = [[], []], [[], []]
     for _ in range(arguments.rounds):

@@ -674,7 +674,10 @@ class FeatureExtraction(Recipe):
         return self._pass_layers[policy]
 
     def _backbone_key(self) -> str:
-        """Fingerprint of the backbone's weights and the feature settings.
+        """Fingerprint of the backbone's weights and the feature settings,
+        `precision` among them: as set, not as this machine resolves
+        `"auto"` (the manifest records the precision used), so a run folder
+        keeps its features and checkpoints on another machine.
 
         A `Backbone` whose weights are files in a local directory is
         fingerprinted from their names, sizes and times, without building
@@ -688,7 +691,7 @@ class FeatureExtraction(Recipe):
             )
             self._backbone_fingerprint = fingerprint(
                 _describe(self.backbone),
-                self._candidate_policy,
+                self.settings["precision"],
                 files or weights_digest(self._built_backbone()),
             )
         return self._backbone_fingerprint
