@@ -18,12 +18,15 @@ tf.config.set_logical_device_configuration(
 )
 
 
-@pytest.fixture(autouse=True)
-def cpu_without_bfloat16_units(monkeypatch):
-    """Tests run as on a CPU without bfloat16 units, where `precision="auto"`
-    computes in float32: a test's features then do not depend on timings.
-    The tests of the guard (tests/test_precision.py) turn the units on."""
-    monkeypatch.setattr(precision, "cpu_has_bfloat16_units", lambda: False)
+@pytest.fixture(scope="session", autouse=True)
+def cpu_without_bfloat16_units():
+    """Tests (and the session's shared fixtures) run as on a CPU without
+    bfloat16 units, where `precision="auto"` computes in float32: features
+    then do not depend on timings. The tests of the guard
+    (tests/test_precision.py) turn the units on."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(precision, "cpu_has_bfloat16_units", lambda: False)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,8 @@ def test_feature_drift_is_the_largest_cosine_distance():
         ([2.0, 1.0], [1.0, 1.05], 0.0, "float32", "less than 1.1x"),
         ([2.0, 0.5], [1.0, 1.0], 1.0, "float32", "drift"),
         ([2.0], [1.0], 0.0, "float32", "one batch"),
+        # The later batches' total decides, not the fastest one.
+        ([2.0, 0.5, 1.5], [1.0, 1.0, 1.0], 0.0, "float32", "1.00x"),
     ],
 )
 def test_guarded_choice(reduced_seconds, full_seconds, drift_scale, expected, reason):
