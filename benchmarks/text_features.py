@@ -131,12 +131,14 @@ def timed(embed, texts) -> tuple[float, np.ndarray]:
 
 def compare(name: str, texts: list[str], sides: dict, rounds: int) -> None:
     rates = {side: [] for side in sides}
-    features = {}
+    features, first = {}, {}
     for round_index in range(rounds + 1):  # round 0 is the warm-up
         for side, embed in sides.items():
             rate, features[side] = timed(embed, texts)
             if round_index:
                 rates[side].append(rate)
+            else:
+                first[side] = rate
     median = {side: statistics.median(values) for side, values in rates.items()}
     tokens = [len(text.split()) for text in texts]
     print(
@@ -145,6 +147,10 @@ def compare(name: str, texts: list[str], sides: dict, rounds: int) -> None:
             f"{side} {median[side]:.1f} ({', '.join(f'{r:.1f}' for r in rates[side])})"
             for side in sides
         )
+    )
+    print(
+        f"{name} first call (building, tracing, the guard): texts/s "
+        + ", ".join(f"{side} {rate:.1f}" for side, rate in first.items())
     )
     choice = sides["tftransfer"].choice
     if choice is not None:

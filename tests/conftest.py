@@ -19,13 +19,13 @@ tf.config.set_logical_device_configuration(
 
 
 @pytest.fixture(scope="session", autouse=True)
-def cpu_without_bfloat16_units():
-    """Tests (and the session's shared fixtures) run as on a CPU without
-    bfloat16 units, where `precision="auto"` computes in float32: features
-    then do not depend on timings. The tests of the guard
-    (tests/test_precision.py) turn the units on."""
+def no_fast_reduced_precision():
+    """Tests (and the session's shared fixtures) run as on a machine with
+    no fast reduced precision (no GPU, no CPU bfloat16 units), where
+    `precision="auto"` computes in float32: features then do not depend on
+    timings. The tests of the guard (tests/test_precision.py) turn it on."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(precision, "cpu_has_bfloat16_units", lambda: False)
+        patch.setattr(precision, "local_policy", lambda: "float32")
         yield
 
 

@@ -11,8 +11,10 @@ from data_fixtures import seeded_image_backbone
 
 from tftransfer import config, data, defaults
 from tftransfer.cli import run as cli_run
-from tftransfer.recipes import FeatureExtraction, FineTuning, learning_rates, optimizers
+from tftransfer.errors import ConfigError
+from tftransfer.recipes import FeatureExtraction, FineTuning, learning_rates
 from tftransfer.recipes.callbacks import TrainingState
+from tftransfer.recipes.grouped_adam import GroupedAdam
 
 
 def _logistic_problem(seed=0, count=512, noise=0.1):
@@ -119,6 +121,15 @@ def test_head_search_tries_rates_then_decays_and_keeps_the_lowest_loss():
     assert rounds == [list(losses)[:3], list(losses)[3:]]
 
 
+def test_grouped_adam_refuses_a_variable_in_no_group():
+    heads = [keras.layers.Dense(2) for _ in range(2)]
+    for head in heads:
+        head.build((None, 3))
+    optimizer = GroupedAdam([(heads[0].trainable_variables, 1e-3)])
+    with pytest.raises(ConfigError, match="in no group"):
+        optimizer.build(heads[0].trainable_variables + heads[1].trainable_variables)
+
+
 def test_grouped_adam_trains_each_group_as_its_own_adam_would():
     x, y = _logistic_problem(noise=0.5)
     rates = (1e-3, 3e-2)
@@ -140,7 +151,7 @@ def test_grouped_adam_trains_each_group_as_its_own_adam_would():
         [keras.Sequential([h], name=f"c{i}")(features) for i, h in enumerate(heads)],
     )
     joint.compile(
-        optimizers.GroupedAdam(
+        GroupedAdam(
             [(h.trainable_variables, r) for h, r in zip(heads, rates, strict=True)]
         ),
         [_logits_loss()] * 2,
@@ -167,7 +178,7 @@ def test_candidates_trained_together_each_keep_their_best_epoch():
         [keras.Sequential([h], name=f"c{i}")(features) for i, h in enumerate(heads)],
     )
     joint.compile(
-        optimizers.GroupedAdam(
+        GroupedAdam(
             [(heads[0].trainable_variables, 0.01), (heads[1].trainable_variables, 0.1)]
         ),
         [_logits_loss()] * 2,
@@ -259,9 +270,10 @@ def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("strategy", ["default", "mirrored"])
-def test_weight_decay_alone_is_searched_one_candidate_at_a_time(tmp_path, strategy):
-    # A fixed rate leaves rounds of one candidate; under two replicas the
-    # search evaluates through the distributed step instead of one call.
+def test_weight_decay_alone_is_searched_at_a_fixed_rate(tmp_path, strategy):
+    # A fixed rate: a first round of one candidate (the first decay), then
+    # the others; under a distributing strategy the search evaluates through
+    # the distributed step instead of one call on the arrays.
     recipe = FeatureExtraction(
         seeded_image_backbone("tiny", conv_filters=8),
         run_dir=tmp_path / "run",

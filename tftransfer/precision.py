@@ -33,6 +33,9 @@ SPEED_MARGIN = 1.1
 """How much faster (time ratio) the reduced-precision pass must run on the
 probe batches for `"auto"` to keep it."""
 
+CPUINFO = Path("/proc/cpuinfo")
+"""Where Linux lists the CPU's features (`flags`)."""
+
 PROBE_BATCHES = 3
 """Batches `"auto"` runs in both precisions: the first gives the drift (and
 traces both passes), the later ones the speed (their total time in each)."""
@@ -70,20 +73,28 @@ def candidate_policy(precision: str, strategy: tf.distribute.Strategy) -> str:
         return "mixed_bfloat16"
     if distribute.is_multi_worker(strategy):
         return "float32"
+    return local_policy()
+
+
+def local_policy() -> str:
+    """The reduced precision this machine's GPUs, or else its CPU, run
+    fast: `"mixed_bfloat16"` on GPUs of compute capability 8.0 or more and
+    on CPUs with AMX or AVX-512 BF16 units, `"mixed_float16"` on older GPUs,
+    `"float32"` otherwise."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         major, _ = details.get("compute_capability", (0, 0))
         return "mixed_bfloat16" if major >= 8 else "mixed_float16"
-    return "mixed_bfloat16" if cpu_has_bfloat16_units() else "float32"
+    return "mixed_bfloat16" if _cpu_has_bfloat16_units() else "float32"
 
 
 @functools.cache
-def cpu_has_bfloat16_units() -> bool:
+def _cpu_has_bfloat16_units() -> bool:
     """Whether this machine's CPU has AMX-BF16 or AVX-512 BF16 units (read
     from `/proc/cpuinfo`; `False` where there is none)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = CPUINFO.read_text()
     except OSError:
         return False
     flags = set()
@@ -157,7 +168,7 @@ def guarded_choice(
     PrecisionChoice(policy='mixed_bfloat16', ...)
     """
     drift = feature_drift(full[0], reduced[0])
-    if drift > DRIFT_TOLERANCE:
+    if not drift <= DRIFT_TOLERANCE:  # NaN too
         return PrecisionChoice(
             "float32",
             drift,

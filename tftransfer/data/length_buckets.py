@@ -123,13 +123,15 @@ def in_original_order(
         order of the data.
     """
     pending: list = []
-    count = 0
+    window = None
     for features, (labels, positions) in outputs:
-        pending.append((features, labels, np.asarray(positions)))
-        count += len(pending[-1][2])
-        if count >= window_examples:
+        positions = np.asarray(positions)
+        # A batch never spans two windows.
+        if pending and positions[0] // window_examples != window:
             yield _ordered(pending)
-            pending, count = [], 0
+            pending = []
+        window = positions[0] // window_examples
+        pending.append((features, labels, positions))
     if pending:
         yield _ordered(pending)
 

@@ -660,7 +660,7 @@ class Recipe:
 
     def _predict(self, name: str, model, data: tf.data.Dataset):
         """Returns `(labels, outputs)` of `model` on batches of `(inputs,
-        labels)` (outputs as `model` nests them: an array, or a list of
+        labels)` (outputs as `model` nests them: an array, or a dict of
         arrays for a model with several outputs); `name` keeps one
         `Predictor` (one traced step) per model."""
         outputs, labels = zip(*self._predictor(name, model).batches(data), strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,8 @@ from tftransfer.backbones import Backbone
 from tftransfer.backbones.weights import cache
 from tftransfer.data import length_buckets
 from tftransfer.errors import ConfigError
-from tftransfer.recipes import heads, learning_rates, optimizers
+from tftransfer.hub import HubLayer
+from tftransfer.recipes import heads, learning_rates, training_loop
 from tftransfer.recipes.base import Recipe, holds_run_lock
 from tftransfer.recipes.feature_cache import (
     DEFAULT_MEMORY_BUDGET,
@@ -26,6 +28,7 @@ from tftransfer.recipes.feature_cache import (
     fingerprint,
     weights_digest,
 )
+from tftransfer.recipes.grouped_adam import GroupedAdam
 from tftransfer.recipes.tasks import get_task
 
 PREDICTION_BATCH_SIZE = 1024
@@ -117,7 +120,8 @@ class FeatureExtraction(Recipe):
             `"float32"` turns it off; a mixed policy name forces it,
             unguarded. Heads train, and `model` predicts and exports, in
             float32. A plain `keras.Layer` backbone computes in its own
-            dtype policy.
+            dtype policy, a TF Hub SavedModel in its saved dtypes.
+            `precision_choice` holds what the guard chose and measured.
         jit_compile: XLA compilation of the training step (`"auto"`: Keras
             decides).
         steps_per_execution: steps per `fit` execution (TPU default 32).
@@ -297,7 +301,7 @@ class FeatureExtraction(Recipe):
                     },
                 )
                 model.compile(
-                    optimizer=optimizers.GroupedAdam(
+                    optimizer=GroupedAdam(
                         [
                             (head.trainable_variables, rate)
                             for head, (rate, _) in zip(
@@ -381,7 +385,7 @@ class FeatureExtraction(Recipe):
             )
             return chosen[0], chosen[1]
 
-        validation_arrays = self._validation_arrays()
+        validation_arrays = functools.cache(self._validation_arrays)
 
         def train_candidates(candidates: list) -> list[float]:
             model, heads_ = candidate_heads(candidates)
@@ -389,11 +393,22 @@ class FeatureExtraction(Recipe):
             names = list(model.output)
 
             def validation_losses() -> list[float]:
-                if validation_arrays is None:
+                if validation_arrays() is None:
                     labels, outputs = self._predict("search", model, validation_batches)
                 else:
-                    inputs, labels = validation_arrays
-                    outputs = model(inputs, training=False)
+                    inputs, labels = validation_arrays()
+                    # In chunks: activations of every candidate stay small.
+                    parts = [
+                        model(
+                            inputs[start : start + PREDICTION_BATCH_SIZE * 4],
+                            training=False,
+                        )
+                        for start in range(0, len(inputs), PREDICTION_BATCH_SIZE * 4)
+                    ]
+                    outputs = {
+                        name: np.concatenate([np.asarray(p[name]) for p in parts])
+                        for name in names
+                    }
                 task = get_task(self.task)
                 return [
                     task.validation_loss(labels, np.asarray(outputs[name]))
@@ -497,6 +512,11 @@ class FeatureExtraction(Recipe):
         if cached is not None and (
             not prepared or cached.data_digest == DataDigest.of(self._batches(data))
         ):
+            if self._pass_policy is None and cached.precision != "float32":
+                self.say(
+                    f"Backbone pass: the cached {split} features were computed "
+                    f"in {cached.precision}; later passes use it too."
+                )
             # Later passes (other splits, fine-tuning) keep its precision.
             self._pass_policy = self._pass_policy or cached.precision
             return cached
@@ -598,25 +618,37 @@ class FeatureExtraction(Recipe):
         the first time), by a previous pass or cached features, or by
         `precision`."""
         policy = self._pass_policy or self._candidate_policy
-        guarded = self.settings["precision"] == defaults.AUTO
-        if self._pass_policy is None and policy != "float32" and guarded:
-            yield from self._guarded_pass(batches, policy, verbose)
-            return
+        if self._pass_policy is None and policy != "float32":
+            if isinstance(self._built_backbone(), HubLayer):
+                policy = "float32"
+                self.say(
+                    "Backbone pass: float32 (a TF Hub SavedModel computes in "
+                    "the dtypes it was saved with, whatever the precision)."
+                )
+            elif self.settings["precision"] == defaults.AUTO:
+                yield from self._guarded_pass(batches, policy, verbose)
+                return
         self._pass_policy = policy
         predictor = self._predictor(f"features-{policy}", self._pass_function(policy))
         yield from predictor.batches(batches, verbose=verbose)
 
     def _guarded_pass(self, batches: tf.data.Dataset, candidate: str, verbose: int):
-        """The backbone pass under `precision="auto"`: the first batches run
-        in `candidate` and in float32, `precision.guarded_choice()` picks
-        one, and the rest of the pass runs in that one."""
-        probe = batches.take(precision.PROBE_BATCHES)
-        runs = {}
-        for policy in (candidate, "float32"):
-            predictor = self._predictor(
-                f"features-{policy}", self._pass_function(policy)
-            )
-            runs[policy] = _timed_batches(predictor.batches(probe))
+        """The backbone pass under `precision="auto"`: the first batches,
+        read once and held, run in `candidate` and in float32,
+        `precision.guarded_choice()` picks one, and the rest of the pass
+        runs in that one."""
+        reading = training_loop.DistributedPass(batches, self.strategy)
+        probe = [
+            reading.next() for _ in range(min(precision.PROBE_BATCHES, reading.steps))
+        ]
+        predictors = {
+            policy: self._predictor(f"features-{policy}", self._pass_function(policy))
+            for policy in (candidate, "float32")
+        }
+        runs = {
+            policy: _timed(predictor.outputs(reading, batch) for batch in probe)
+            for policy, predictor in predictors.items()
+        }
         (reduced, reduced_seconds), (full, full_seconds) = runs.values()
         choice = precision.guarded_choice(
             candidate,
@@ -629,12 +661,7 @@ class FeatureExtraction(Recipe):
         self._pass_policy = choice.policy
         self.say(f"Backbone pass: {choice.reason}")
         yield from runs[choice.policy][0]
-        predictor = self._predictor(
-            f"features-{choice.policy}", self._pass_function(choice.policy)
-        )
-        yield from predictor.batches(
-            batches.skip(precision.PROBE_BATCHES), verbose=verbose
-        )
+        yield from predictors[choice.policy].rest(reading, verbose=verbose)
 
     def _pass_function(self, policy: str) -> Callable:
         """The feature pass in the dtype `policy`: the frozen backbone (built
@@ -734,7 +761,7 @@ def _describe(backbone) -> dict:
         }
 
 
-def _timed_batches(batches: Iterator) -> tuple[list, list[float]]:
+def _timed(batches: Iterator) -> tuple[list, list[float]]:
     """All of `batches` in a list, and the seconds each took to come."""
     results, seconds = [], []
     start = time.perf_counter()

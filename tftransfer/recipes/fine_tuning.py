@@ -145,6 +145,8 @@ class FineTuning(FeatureExtraction):
             }
         )
         self.head_history: keras.callbacks.History | None = None
+        # The float32 backbone layer while phase 2 trains a reduced one.
+        self._float32_layer: keras.Layer | None = None
 
     @holds_run_lock
     def fit(self, train, validation=None, *, class_names: list[str] | None = None):
@@ -216,11 +218,18 @@ class FineTuning(FeatureExtraction):
 
     def _train_in_pass_precision(self) -> None:
         """Phase 2 trains the backbone in the precision phase 1's backbone
-        pass chose (or its cached features were computed in)."""
+        pass chose (or its cached features were computed in). The float32
+        layer, if built, is kept aside for `_serve_in_float32()`; the pass
+        functions and their traced steps are let go."""
         policy = self._pass_policy or "float32"
-        if policy != "float32":
-            self.backbone_layer = self._pass_layer(policy)
-            self._model = None
+        if policy == "float32":
+            return
+        self._float32_layer = self.backbone_layer
+        self.backbone_layer = self._pass_layer(policy)
+        self._pass_layers, self._pass_functions = {}, {}
+        for name in [name for name in self._predictors if name.startswith("features-")]:
+            del self._predictors[name]
+        self._model = None
 
     def _serve_in_float32(self) -> None:
         """After phase 2 in a reduced precision, `model` computes in
@@ -230,15 +239,16 @@ class FineTuning(FeatureExtraction):
         if (self._pass_policy or "float32") == "float32":
             return
         trained = self.backbone_layer
-        with self._building():
-            layer = self._backbone_layer(trainable=False)
+        layer = self._float32_layer
+        if layer is None:
+            with self._building():
+                layer = self._backbone_layer(trainable=False)
+        self._float32_layer = None
         layer.trainable = trained.trainable
         for variable, source in zip(layer.weights, trained.weights, strict=True):
             variable.assign(source)
             variable.trainable = source.trainable
         self.backbone_layer = layer
-        self._pass_layers = {}
-        self._pass_functions = {}
         self._model = None
 
     def _start_from_the_pretrained_backbone(self) -> None:
@@ -406,6 +416,9 @@ class FineTuning(FeatureExtraction):
         excluded = PHASE_2_SETTINGS if phase.startswith("head") else ()
         if phase == "fine_tune":
             excluded = ("fine_tune_epochs",)
+            # What "auto" chose: its checkpoints hold that model's optimizer
+            # (with loss scaling for float16).
+            settings["pass_precision"] = self._pass_policy or "float32"
         return {
             k: v
             for k, v in settings.items()

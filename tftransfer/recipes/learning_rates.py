@@ -130,8 +130,10 @@ def train_to_best_epochs(
     weights of its own best epoch.
 
     After every epoch `validation_losses()` gives each head's validation
-    loss; training stops once none has improved for `patience` epochs
-    (`None`: never stops early).
+    loss (the recipes give the task's plain loss, without label smoothing
+    or the weight penalty: what the candidates are compared by); training
+    stops once none has improved for `patience` epochs (`None`: never
+    stops early).
     """
     # One iterator through all epochs (epoch e sees the e-th shuffle, as
     # passes over `train` would), not a new one per epoch.

@@ -1,5 +1,4 @@
-"""The recipes' optimizers: AdamW with a lower learning rate for the
-backbone than for the head, and Adam with a rate per group of variables."""
+"""AdamW with a lower learning rate for the backbone than for the head."""
 
 from __future__ import annotations
 
@@ -103,39 +102,3 @@ class DiscriminativeAdamW(keras.optimizers.Adam):
             "weight_decay": self.decoupled_weight_decay,
             "no_decay": list(self.no_decay),
         }
-
-
-class GroupedAdam(keras.optimizers.Adam):
-    """Adam with its own learning rate for each group of variables.
-
-    It trains several independent heads in one model (the candidates of the
-    head search), each at its own rate: each variable's update uses its
-    group's rate.
-
-    Args:
-        groups: `(variables, learning_rate)` pairs; every variable the
-            optimizer updates must be in one group.
-        **kwargs: passed to `keras.optimizers.Adam`.
-
-    Example:
-
-    >>> optimizer = GroupedAdam([(head_a.trainable_variables, 1e-3),
-    ...                          (head_b.trainable_variables, 1e-2)])
-    """
-
-    def __init__(self, groups, *, name: str = "grouped_adam", **kwargs):
-        super().__init__(learning_rate=1.0, name=name, **kwargs)
-        self._groups = [(list(variables), float(rate)) for variables, rate in groups]
-        self._rates: dict = {}
-
-    def build(self, variables):
-        super().build(variables)
-        self._rates = {
-            self._var_key(variable): rate
-            for variables, rate in self._groups
-            for variable in variables
-        }
-
-    def update_step(self, gradient, variable, learning_rate):
-        rate = self._rates[self._var_key(variable)]
-        super().update_step(gradient, variable, learning_rate * rate)

@@ -288,6 +288,38 @@ def _correct(labels, predictions) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(matches, tf.float32))
 
 
+class DistributedPass:
+    """One pass over a dataset of batches, distributed under `strategy`:
+    each batch is read once and can be given to several `Predictor`s.
+
+    Example:
+
+    >>> batches = DistributedPass(dataset, strategy)
+    >>> first = batches.next()
+    >>> fast.outputs(batches, first), exact.outputs(batches, first)
+    >>> for outputs, labels in fast.rest(batches):
+    ...     ...
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, strategy: tf.distribute.Strategy):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
+        distributed = strategy.experimental_distribute_dataset(
+            dataset.with_options(options)
+        )
+        self.element_spec = distributed.element_spec
+        self.steps = steps_per_epoch(dataset)
+        self.taken = 0
+        self._iterator = iter(distributed)
+
+    def next(self):
+        """The next batch (distributed values), counted in `taken`."""
+        self.taken += 1
+        return next(self._iterator)
+
+
 class Predictor:
     """Runs `model(inputs, training=False)` over batches, under any strategy.
 
@@ -322,22 +354,24 @@ class Predictor:
                 be nested structures (they come back with the same structure).
             verbose: 1 shows a Keras progress bar.
         """
-        options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.DATA
-        )
-        batches = self.strategy.experimental_distribute_dataset(
-            dataset.with_options(options)
-        )
+        yield from self.rest(DistributedPass(dataset, self.strategy), verbose)
+
+    def rest(self, batches: DistributedPass, verbose: int = 0):
+        """Yields `(model outputs, labels)` of the batches `batches` has
+        not given yet, as numpy arrays (see `batches()`)."""
+        progress = keras.utils.Progbar(batches.steps - batches.taken, verbose=verbose)
+        for index in range(batches.steps - batches.taken):
+            outputs = self.outputs(batches, batches.next())
+            progress.update(index + 1)
+            yield outputs
+
+    def outputs(self, batches: DistributedPass, batch):
+        """Returns `(model outputs, labels)` of one `batch` that `batches`
+        gave, as numpy arrays. A batch can go through several predictors
+        (as the precision guard does), read from the data once."""
         # One trace for all batches, the last (smaller) one included.
         step = self._step.get_concrete_function(*batches.element_spec)
-        steps = steps_per_epoch(dataset)
-        progress = keras.utils.Progbar(steps, verbose=verbose)
-        iterator = iter(batches)
-        for index in range(steps):
-            outputs = step(*next(iterator))
-            progress.update(index + 1)
-            yield tf.nest.map_structure(np.asarray, outputs)
+        return tf.nest.map_structure(np.asarray, step(*batch))
 
     def _gathered_step(self, inputs, labels):
         strategy = self.strategy
