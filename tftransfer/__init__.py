@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         distribute,
         export,
         hub,
+        precision,
         recipes,
         vocabulary,
     )
@@ -53,6 +54,7 @@ _LAZY_EXPORTS = {
     "fine_tune": ("tftransfer.recipes", "fine_tune"),
     "hub": ("tftransfer.hub", None),
     "hubify": ("tftransfer.backbones", "hubify"),
+    "precision": ("tftransfer.precision", None),
     "recipes": ("tftransfer.recipes", None),
     "resolve": ("tftransfer.hub", "resolve"),
     "vocabulary": ("tftransfer.vocabulary", None),
@@ -81,6 +83,7 @@ __all__ = [
     "fine_tune",
     "hub",
     "hubify",
+    "precision",
     "recipes",
     "resolve",
     "vocabulary",

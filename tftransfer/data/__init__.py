@@ -2,9 +2,11 @@
 
 Readers return a `LabeledData`; `split()` divides one; `make_pipeline()`
 turns one into batches prepared for a `tftransfer.Backbone`; `prepare_fn()`
-is the preparation that training and serving share.
+is the preparation that training and serving share; `length_buckets`
+batches text by length for a pass whose outputs keep the data's order.
 """
 
+from tftransfer.data import length_buckets
 from tftransfer.data.arrays import from_arrays
 from tftransfer.data.augment import AUGMENTATIONS, augmenter
 from tftransfer.data.images import from_image_folder
@@ -32,6 +34,7 @@ __all__ = [
     "from_text_folder",
     "from_tfds",
     "from_tfrecord",
+    "length_buckets",
     "make_pipeline",
     "prepare_fn",
     "split",
