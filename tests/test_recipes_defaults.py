@@ -269,23 +269,40 @@ def test_default_head_learning_rate_is_chosen_and_recorded(tmp_path, capsys):
     ]
 
 
-@pytest.mark.parametrize("strategy", ["default", "mirrored"])
-def test_weight_decay_alone_is_searched_at_a_fixed_rate(tmp_path, strategy):
+@pytest.mark.parametrize("memory_budget", [2**30, 1], ids=["in_memory", "streamed"])
+def test_weight_decay_alone_is_searched_at_a_fixed_rate(tmp_path, memory_budget):
     # A fixed rate: a first round of one candidate (the first decay), then
-    # the others; under a distributing strategy the search evaluates through
-    # the distributed step instead of one call on the arrays.
+    # the others. Streamed features are scored through the distributed
+    # step (as under a strategy), in-memory ones by one call on the arrays.
     recipe = FeatureExtraction(
         seeded_image_backbone("tiny", conv_filters=8),
         run_dir=tmp_path / "run",
         cache_dir=tmp_path / "cache",
-        strategy=strategy,
         learning_rate=1e-2,
         head_epochs=5,
+        memory_budget=memory_budget,
         verbose=0,
     )
-    recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
+    rounds = []
+    search = learning_rates.search_head
+
+    def recorded(train_candidates, *args):
+        def counted(candidates):
+            rounds.append(len(candidates))
+            return train_candidates(candidates)
+
+        return search(counted, *args)
+
+    learning_rates.search_head = recorded
+    try:
+        recipe.fit(_colour_images(64, 0), _colour_images(32, 1))
+    finally:
+        learning_rates.search_head = search
+    assert rounds == [1, len(defaults.HEAD_WEIGHT_DECAYS) - 1]
     assert set(recipe.tuned) == {"head_weight_decay"}
     assert recipe.tuned["head_weight_decay"] in defaults.HEAD_WEIGHT_DECAYS
+    # The path the search scored the candidates by.
+    assert (recipe._validation_arrays() is None) == (memory_budget == 1)
 
 
 def test_fit_without_validation_holds_out_part_of_the_training_data(tmp_path, capsys):
