@@ -130,22 +130,16 @@ def test_grouped_adam_refuses_a_variable_in_no_group():
         optimizer.build(heads[0].trainable_variables + heads[1].trainable_variables)
 
 
-def test_grouped_adam_trains_each_group_as_its_own_adam_would():
-    x, y = _logistic_problem(noise=0.5)
-    rates = (1e-3, 3e-2)
+def _dense_head(width: int, seed: int) -> keras.Sequential:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((width,)), keras.layers.Dense(2)])
 
-    def head():
-        keras.utils.set_random_seed(1)
-        return keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(2)])
 
-    alone = []
-    for rate in rates:
-        model = head()
-        model.compile(keras.optimizers.Adam(rate), _logits_loss())
-        model.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0)
-        alone.append(model.get_weights())
-    heads = [head() for _ in rates]
-    features = keras.Input((x.shape[1],))
+def _heads_in_one_model(width: int, rates, seed: int):
+    """Dense heads with the same initial weights, side by side in one model
+    compiled with `GroupedAdam` (one rate each), as the head search does."""
+    heads = [_dense_head(width, seed) for _ in rates]
+    features = keras.Input((width,))
     joint = keras.Model(
         features,
         [keras.Sequential([h], name=f"c{i}")(features) for i, h in enumerate(heads)],
@@ -154,8 +148,22 @@ def test_grouped_adam_trains_each_group_as_its_own_adam_would():
         GroupedAdam(
             [(h.trainable_variables, r) for h, r in zip(heads, rates, strict=True)]
         ),
-        [_logits_loss()] * 2,
+        [_logits_loss()] * len(heads),
     )
+    return joint, heads
+
+
+def test_grouped_adam_trains_each_group_as_its_own_adam_would():
+    x, y = _logistic_problem(noise=0.5)
+    rates = (1e-3, 3e-2)
+
+    alone = []
+    for rate in rates:
+        model = _dense_head(x.shape[1], seed=1)
+        model.compile(keras.optimizers.Adam(rate), _logits_loss())
+        model.fit(x, y, epochs=3, batch_size=32, shuffle=False, verbose=0)
+        alone.append(model.get_weights())
+    joint, heads = _heads_in_one_model(x.shape[1], rates, seed=1)
     joint.fit(x, [y, y], epochs=3, batch_size=32, shuffle=False, verbose=0)
     for h, weights in zip(heads, alone, strict=True):
         for got, expected in zip(h.get_weights(), weights, strict=True):
@@ -166,23 +174,7 @@ def test_candidates_trained_together_each_keep_their_best_epoch():
     # Validation labels are the opposite of the training labels: every
     # head's validation loss is lowest early, then rises.
     x, y = _logistic_problem(noise=0.0)
-    heads = []
-    for _ in range(2):
-        keras.utils.set_random_seed(0)
-        heads.append(
-            keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(2)])
-        )
-    features = keras.Input((x.shape[1],))
-    joint = keras.Model(
-        features,
-        [keras.Sequential([h], name=f"c{i}")(features) for i, h in enumerate(heads)],
-    )
-    joint.compile(
-        GroupedAdam(
-            [(heads[0].trainable_variables, 0.01), (heads[1].trainable_variables, 0.1)]
-        ),
-        [_logits_loss()] * 2,
-    )
+    joint, heads = _heads_in_one_model(x.shape[1], (0.01, 0.1), seed=0)
     history = []
 
     def validation_losses():
