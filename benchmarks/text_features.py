@@ -37,7 +37,7 @@ import tempfile
 import time
 
 import numpy as np
-import tensorflow as tf
+from common import keras_hub_embedder
 
 import tftransfer
 from tftransfer import data, precision
@@ -67,34 +67,11 @@ def short_texts(articles: list[str], count: int) -> list[str]:
 
 
 def padded_side():
-    """The KerasHub loop: returns `embed(texts) -> features`."""
-    import keras_hub
-
+    """The KerasHub loop (`common.keras_hub_embedder`, as in
+    `benchmarks/default_run.py`): returns `embed(texts) -> features`."""
     from tftransfer.backbones.weights import minilm
 
-    preset = str(minilm.preset_dir())
-    tokenizer = keras_hub.models.BertTokenizer.from_preset(preset)
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer, sequence_length=SEQUENCE_LENGTH
-    )
-    encoder = keras_hub.models.BertBackbone.from_preset(preset)
-
-    @tf.function
-    def embed_batch(inputs):
-        tokens = encoder(inputs)["sequence_output"]
-        mask = tf.cast(inputs["padding_mask"], tokens.dtype)[..., None]
-        return tf.reduce_sum(tokens * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
-
-    def embed(texts):
-        batches = (
-            tf.data.Dataset.from_tensor_slices(texts)
-            .batch(BATCH)
-            .map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE)
-        )
-        return np.concatenate([embed_batch(batch).numpy() for batch in batches])
-
-    return embed
+    return keras_hub_embedder(str(minilm.preset_dir()), SEQUENCE_LENGTH, BATCH)
 
 
 def tftransfer_side(work: str, **options):
