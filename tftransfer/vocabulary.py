@@ -12,12 +12,15 @@ MODALITIES = ("image", "text")
 DATA_FORMATS = ("image_folder", "text_folder", "csv", "jsonl", "tfds", "tfrecord")
 """The `data.format` values of a recipe file, one reader each."""
 
-POOLINGS = ("mean", "max", "first", "pooled")
+POOLINGS = ("mean", "max", "first", "pooled", "attention")
 """How a backbone's spatial or token outputs become one feature vector:
 `"mean"` (average, over the unmasked tokens for text), `"max"`, `"first"`
-(the first token, such as BERT's `[CLS]`) and `"pooled"` (the model's own
-pooler, such as BERT's `pooled_output`). Each source takes the ones that
-apply to it."""
+(the first token, such as BERT's `[CLS]`), `"pooled"` (the model's own
+pooler, such as BERT's `pooled_output`) and `"attention"` (a learned query
+attention over the unmasked positions, trained with the recipes' head; see
+`tftransfer.recipes.heads.AttentionPooling`). Each source takes the ones
+that apply to it: backbones pool with the fixed ones, the recipes' `pooling`
+takes all but `"pooled"`."""
 
 TASKS = ("classification", "multi_label", "regression")
 """What a model predicts (`LabeledData.task`, the recipes' `task`):

@@ -564,6 +564,7 @@ class Recipe:
             output_key=self._output_key(),
             pooling=self.settings["pooling"],
             inference_mode=inference_mode,
+            backbone_name=repr(self.settings["backbone"]),
         )
 
     def _compile(

@@ -6,6 +6,12 @@ reuses them and any change computes new ones. Each split is a directory of
 shards (`features-00000.npy`, `labels-00000.npy`) plus `manifest.json`,
 written into a temporary sibling and renamed into place when complete: a run
 killed while computing leaves no partial cache behind.
+
+An example's features have any fixed shape, which the manifest records as
+`feature_shape`: a vector `[dim]`, or for `pooling="attention"` a sequence
+with its mask as the last channel, `[length, dim + 1]` (see
+`tftransfer.recipes.attention_pooling`). Manifests written before that
+field record `feature_dim`, read as `[feature_dim]`.
 """
 
 from __future__ import annotations
@@ -151,7 +157,12 @@ class CachedFeatures:
         self.directory = Path(directory)
         manifest = json.loads((self.directory / "manifest.json").read_text())
         self.shards: list[int] = manifest["shards"]
-        self.feature_dim: int = manifest["feature_dim"]
+        # Per-example feature shape (older manifests: a vector's width).
+        self.feature_shape: tuple[int, ...] = tuple(
+            manifest["feature_shape"]
+            if "feature_shape" in manifest
+            else [manifest["feature_dim"]]
+        )
         self.dtype: str = manifest["dtype"]
         # Per-example label shape and dtype: `[]`, int64 (class indices) or
         # `[width]`, float32 (multi-hot labels, regression targets).
@@ -168,10 +179,12 @@ class CachedFeatures:
 
     @property
     def nbytes(self) -> int:
-        return self.num_examples * self.feature_dim * np.dtype(self.dtype).itemsize
+        values = self.num_examples * int(np.prod(self.feature_shape))
+        return values * np.dtype(self.dtype).itemsize
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Returns all `(features, labels)` as arrays in memory."""
+        """Returns all `(features, labels)` as arrays in memory, features
+        `[num_examples, *feature_shape]`."""
         return self._load("features"), self.labels()
 
     def labels(self) -> np.ndarray:
@@ -220,7 +233,7 @@ class CachedFeatures:
 
     def _streamed(self, shuffle: bool, seed: int | None) -> tf.data.Dataset:
         signature = (
-            tf.TensorSpec((None, self.feature_dim), self.dtype),
+            tf.TensorSpec((None, *self.feature_shape), self.dtype),
             tf.TensorSpec((None, *self.label_shape), self.label_dtype),
         )
 
@@ -291,7 +304,8 @@ class FeatureCache:
             key: the fingerprint of backbone, features, data and preparation.
             split: `"train"`, `"validation"` or `"test"`.
             batches: an iterable of `(features, labels)` numpy batches,
-                consumed once.
+                consumed once; features `[batch, *feature_shape]`, one
+                `feature_shape` for all.
             data_digest: a `DataDigest` that `batches` updates while it is
                 consumed; it is recorded in the manifest, so a later run can
                 check that the data under `key` is still the same.
@@ -338,7 +352,7 @@ class FeatureCache:
         pending_features: list[np.ndarray] = []
         pending_labels: list[np.ndarray] = []
         pending_bytes = 0
-        feature_dim, dtype = 0, "float32"
+        feature_shape, dtype = [0], "float32"
         label_shape, label_dtype = [], "int64"
 
         def flush():
@@ -358,7 +372,7 @@ class FeatureCache:
 
         for features, labels in batches:
             features = np.asarray(features)
-            feature_dim, dtype = features.shape[1], features.dtype.name
+            feature_shape, dtype = list(features.shape[1:]), features.dtype.name
             pending_features.append(features)
             labels = stored_labels(labels)
             label_shape, label_dtype = list(labels.shape[1:]), labels.dtype.name
@@ -372,7 +386,7 @@ class FeatureCache:
             directory / "manifest.json",
             {
                 "shards": shards,
-                "feature_dim": feature_dim,
+                "feature_shape": feature_shape,
                 "dtype": dtype,
                 "labels": {"shape": label_shape, "dtype": label_dtype},
                 "data_digest": data_digest.hexdigest() if data_digest else None,

@@ -81,9 +81,15 @@ class FeatureExtraction(Recipe):
             rate alone.
         features: which backbone output to use (e.g. `"sequence_output"`);
             `None` uses the backbone's feature output.
-        pooling: `"mean"`, `"max"` or `"first"` for sequence outputs
-            (checked when the recipe is made; the old `"avg"` and `"cls"`
-            name their new words).
+        pooling: `"mean"`, `"max"`, `"first"` or `"attention"` for sequence
+            outputs (checked when the recipe is made; the old `"avg"` and
+            `"cls"` name their new words). `"attention"` is learned with the
+            head (`AttentionPooling`, starting as the masked mean): the
+            cache holds the sequence `[length, dim]` with its mask as one
+            more channel (text padded to `seq_length`), and the head pools
+            it before its layers (or `head`) see `[batch, dim]`. The output
+            must be a sequence: a `ConfigError` says so at the first
+            backbone pass otherwise.
         hidden_units: hidden layer sizes of the head (`()`: linear).
         dropout: dropout rate of the default head (with a custom `head`,
             leave it at its default: build dropout into the head).
@@ -272,7 +278,7 @@ class FeatureExtraction(Recipe):
             # Every head starts from the same weights.
             keras.utils.set_random_seed(seed)
             with self._building():
-                return self._new_head(train_features.feature_dim, weight_decay)
+                return self._new_head(train_features.feature_shape, weight_decay)
 
         def new_head(learning_rate: float, weight_decay: float) -> keras.Model:
             head = untrained_head(weight_decay)
@@ -292,7 +298,7 @@ class FeatureExtraction(Recipe):
             names = [f"candidate_{index}" for index in range(len(candidates))]
             loss = get_task(self.task).loss(self.settings["label_smoothing"])
             with self._building():
-                features = keras.Input((train_features.feature_dim,))
+                features = keras.Input(tuple(candidate_heads[0].inputs[0].shape[1:]))
                 model = keras.Model(
                     features,
                     {
@@ -331,10 +337,17 @@ class FeatureExtraction(Recipe):
         )
         return self.history
 
-    def _new_head(self, feature_dim: int, weight_decay: float) -> keras.Model:
-        """An untrained head: the default one, or one from `head=`."""
+    def _new_head(
+        self, feature_shape: tuple[int, ...], weight_decay: float
+    ) -> keras.Model:
+        """An untrained head on features of `feature_shape`: the default one,
+        or one from `head=`; for `pooling="attention"`, on the sequence's
+        `AttentionPooling` (`heads.attention_head`)."""
+        attention = self.settings["pooling"] == "attention"
+        # The sequence's mask is its last channel (`MaskChannel`).
+        feature_dim = feature_shape[-1] - 1 if attention else feature_shape[0]
         if self.head_choice is None:
-            return heads.build_head(
+            head = heads.build_head(
                 feature_dim,
                 len(self.class_names),
                 hidden_units=tuple(self.settings["hidden_units"]),
@@ -342,9 +355,11 @@ class FeatureExtraction(Recipe):
                 weight_decay=weight_decay,
                 task=self.task,
             )
-        return heads.custom_head(
-            self.head_choice, feature_dim, len(self.class_names), task=self.task
-        )
+        else:
+            head = heads.custom_head(
+                self.head_choice, feature_dim, len(self.class_names), task=self.task
+            )
+        return heads.attention_head(head) if attention else head
 
     def _head_hyperparameters(
         self, candidate_heads, train_batches, validation_batches
@@ -600,8 +615,15 @@ class FeatureExtraction(Recipe):
             sorted_batches = length_buckets.sorted_by_length(
                 batches, self.global_batch_size
             )
+            # Sequence features (`pooling="attention"`) of batches cut at
+            # their longest member are padded back to the data's length, so
+            # the cache holds one shape.
+            length = batches.element_spec[0]["input_mask"].shape[1]
             passed = length_buckets.in_original_order(
-                self._backbone_pass(sorted_batches, verbose),
+                (
+                    (_padded_sequences(features, length), labels)
+                    for features, labels in self._backbone_pass(sorted_batches, verbose)
+                ),
                 self.global_batch_size * length_buckets.WINDOW_BATCHES,
             )
         else:
@@ -684,6 +706,7 @@ class FeatureExtraction(Recipe):
                 inputs,
                 output_key=self._output_key(),
                 pooling=self.settings["pooling"],
+                backbone_name=repr(self.settings["backbone"]),
             )
 
         self._pass_functions[policy] = extract_features
@@ -759,6 +782,15 @@ def _describe(backbone) -> dict:
             key: str(getattr(backbone, key))
             for key in ("name", "handle", "source", "output_key", "seq_length")
         }
+
+
+def _padded_sequences(features: np.ndarray, length: int) -> np.ndarray:
+    """Sequence features `[batch, cut, channels]` padded with zeros to
+    `[batch, length, channels]` (the mask channel 0: padding); vectors as
+    they are."""
+    if features.ndim != 3 or features.shape[1] >= length:
+        return features
+    return np.pad(features, ((0, 0), (0, length - features.shape[1]), (0, 0)))
 
 
 def _timed(batches: Iterator) -> tuple[list, list[float]]:

@@ -7,6 +7,11 @@ outputs (class or label probabilities, or values): `build_head()` the
 default one, `custom_head()` one from a user's layer or factory. Feature
 extraction trains the head on cached features and then joins the two, so
 predictions on raw inputs equal `head(features)`.
+
+With `pooling="attention"` the pooling is learned, so it belongs to the
+head: the feature model gives the sequence with its mask as the last
+channel (`MaskChannel`, `[batch, length, dim + 1]`) and `attention_head()`
+puts `AttentionPooling` in front of the head on the pooled features.
 """
 
 from __future__ import annotations
@@ -15,10 +20,13 @@ import keras
 import tensorflow as tf
 
 from tftransfer.errors import ConfigError
+from tftransfer.recipes.attention_pooling import AttentionPooling, MaskChannel
 from tftransfer.vocabulary import POOLINGS
 
 # The vocabulary's poolings that reduce a sequence; "pooled" is a model's own.
 POOLING_MODES = tuple(mode for mode in POOLINGS if mode != "pooled")
+# Those that `FeaturePooling` computes; "attention" is learned, in the head.
+FIXED_POOLINGS = tuple(mode for mode in POOLING_MODES if mode != "attention")
 
 
 @keras.saving.register_keras_serializable(package="tftransfer")
@@ -41,9 +49,11 @@ class FeaturePooling(keras.layers.Layer):
 
     def __init__(self, mode: str = "mean", **kwargs):
         super().__init__(**kwargs)
-        if mode not in POOLING_MODES:
+        if mode not in FIXED_POOLINGS:
+            learned = " (a learned pooling: see AttentionPooling)"
             raise ConfigError(
-                f"Expected pooling in {POOLING_MODES}. Received: pooling={mode!r}"
+                f"Expected pooling in {FIXED_POOLINGS}. Received: pooling={mode!r}"
+                + (learned if mode == "attention" else "")
             )
         self.mode = mode
         # It consumes a Keras mask (KerasHub's sequence output carries one);
@@ -132,6 +142,7 @@ def feature_model(
     output_key: str | None = None,
     pooling: str | None = None,
     inference_mode: bool = True,
+    backbone_name: str = "the backbone",
 ) -> keras.Model:
     """Builds the model from prepared inputs to the feature vector.
 
@@ -141,41 +152,62 @@ def feature_model(
         inputs: `keras.Input`s (see `model_inputs()`).
         output_key: which output to use where the layer returns a dict.
         pooling: how to reduce a `[batch, length, dim]` output (see
-            `FeaturePooling`); required for sequence outputs.
+            `select_features()`); required for sequence outputs.
         inference_mode: call the backbone in inference mode always
             (`InferenceMode`): BatchNorm statistics (and dropout) stay
             frozen even while fine-tuning. `False` follows the model's
             `training` flag.
+        backbone_name: the backbone, as error messages name it.
 
     Returns:
-        A `keras.Model` named `"features"` returning `[batch, dim]`.
+        A `keras.Model` named `"features"` returning `[batch, dim]`, or for
+        `pooling="attention"` the masked sequence `[batch, length, dim + 1]`.
     """
     if inference_mode:
         outputs = InferenceMode(backbone_layer, name="inference_mode")(inputs)
     else:
         outputs = backbone_layer(inputs)
-    features = select_features(outputs, inputs, output_key=output_key, pooling=pooling)
+    features = select_features(
+        outputs,
+        inputs,
+        output_key=output_key,
+        pooling=pooling,
+        backbone_name=backbone_name,
+    )
     return keras.Model(inputs, features, name="features")
 
 
 def select_features(
-    outputs, inputs, *, output_key: str | None = None, pooling: str | None = None
+    outputs,
+    inputs,
+    *,
+    output_key: str | None = None,
+    pooling: str | None = None,
+    backbone_name: str = "the backbone",
 ):
-    """Returns the feature vector `[batch, dim]` from a backbone's outputs.
+    """Returns the features of a backbone's outputs: the feature vector
+    `[batch, dim]`, or for `pooling="attention"` the sequence with its mask
+    as the last channel, `[batch, length, dim + 1]` (`MaskChannel`), which
+    the head pools (`attention_head()`).
 
     Works on symbolic and on concrete tensors alike, so the functional
     `feature_model()` and the feature pass of a recipe agree.
 
     Args:
         outputs: what the backbone layer returned: a tensor or a dict.
-        inputs: the backbone's inputs (a dict's `input_mask` masks pooling).
+        inputs: the backbone's inputs (a dict's `input_mask` masks pooling;
+            without one, every position is attended to).
         output_key: which output to use where `outputs` is a dict.
-        pooling: how to reduce a `[batch, length, dim]` output (see
-            `FeaturePooling`); required for sequence outputs.
+        pooling: how to reduce a `[batch, length, dim]` output: one of
+            `POOLING_MODES` (`"mean"`, `"max"`, `"first"`: `FeaturePooling`;
+            `"attention"`: learned, in the head); required for sequence
+            outputs.
+        backbone_name: the backbone, as error messages name it.
 
     Raises:
         ConfigError: if the output is a dict and `output_key` is not one of
-            its keys, a sequence without `pooling`, or of another rank.
+            its keys, a sequence without `pooling`, not a sequence for
+            `pooling="attention"`, or of another rank.
     """
     if isinstance(outputs, dict):
         if output_key not in outputs:
@@ -184,6 +216,15 @@ def select_features(
                 f"with `features=`. Received: features={output_key!r}"
             )
         outputs = outputs[output_key]
+    if pooling == "attention" and len(outputs.shape) != 3:
+        raise ConfigError(
+            f"pooling='attention' attends over the positions of a sequence "
+            f"[batch, length, dim], but {backbone_name}'s output "
+            f"(features={output_key!r}) has shape {tuple(outputs.shape)}. Choose "
+            "a sequence output with features= (such as a text encoder's "
+            "'sequence_output', or an image backbone's spatial feature map), "
+            f"or another pooling ({FIXED_POOLINGS}, or None for a vector output)."
+        )
     if len(outputs.shape) == 3:
         if pooling is None:
             raise ConfigError(
@@ -191,6 +232,8 @@ def select_features(
                 f"sequence); pass pooling= one of {POOLING_MODES}."
             )
         mask = inputs.get("input_mask") if isinstance(inputs, dict) else None
+        if pooling == "attention":
+            return MaskChannel(name="mask_channel")(outputs, mask=mask)
         outputs = FeaturePooling(pooling)(outputs, mask=mask)
     if len(outputs.shape) != 2:
         raise ConfigError(
@@ -198,6 +241,36 @@ def select_features(
             f"[batch, length, dim] with pooling). Received: shape={tuple(outputs.shape)}"
         )
     return outputs
+
+
+def attention_head(head: keras.Sequential) -> keras.Sequential:
+    """Puts `AttentionPooling` in front of a head on pooled features.
+
+    Args:
+        head: a head from `build_head()` or `custom_head()`, mapping
+            `[batch, dim]` to the task's outputs.
+
+    Returns:
+        A `keras.Sequential` named `"head"` mapping the masked sequence
+        `[batch, length, dim + 1]` (`MaskChannel`; any length) through
+        `AttentionPooling(mask_channel=True)` (named `"attention_pooling"`)
+        and the layers of `head`.
+
+    Example:
+
+    >>> head = attention_head(build_head(768, 5))
+    >>> head.input_shape
+    (None, None, 769)
+    """
+    dim = int(head.inputs[0].shape[-1])
+    return keras.Sequential(
+        [
+            keras.Input((None, dim + 1)),
+            AttentionPooling(mask_channel=True, name="attention_pooling"),
+            *head.layers,
+        ],
+        name="head",
+    )
 
 
 def build_head(
