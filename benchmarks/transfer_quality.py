@@ -183,11 +183,18 @@ def few_shot(pool, per_class=None, validation_per_class=None, test_per_class=Non
 
 class SmallCNNFeatures(tf.Module):
     """Three conv / BatchNorm / ReLU blocks and global average pooling, as a
-    TF Hub image feature vector: `__call__(images, training)`, images
-    `[batch, 28, 28, 3]` in [0, 1], 128 features."""
+    TF Hub image model: `__call__(images, training)`, images `[batch, 28, 28,
+    3]` in [0, 1].
 
-    def __init__(self, trained: keras.Model):
+    `output` says what it returns: `"features"` (the 128 pooled features
+    of the last block), `"blocks"` (a dict of each block's pooled features,
+    `block1`, `block2` and `default` for the last) or `"probabilities"`
+    (the trained model's softmax over its source classes).
+    """
+
+    def __init__(self, trained: keras.Model, output: str = "features"):
         super().__init__()
+        self.output = output
         self.blocks = []
         for conv, norm in _conv_norm_pairs(trained):
             self.blocks.append(
@@ -205,6 +212,11 @@ class SmallCNNFeatures(tf.Module):
                     ),
                 }
             )
+        dense = trained.layers[-1]
+        self.classifier = [
+            tf.Variable(dense.kernel.numpy(), name="classifier_kernel"),
+            tf.Variable(dense.bias.numpy(), name="classifier_bias"),
+        ]
         spec = tf.TensorSpec([None, 28, 28, 3], tf.float32)
         self.__call__.get_concrete_function(spec, True)
         self.__call__.get_concrete_function(spec, False)
@@ -212,6 +224,7 @@ class SmallCNNFeatures(tf.Module):
     @tf.function
     def __call__(self, images, training=False):
         x = images
+        pooled = {}
         for index, block in enumerate(self.blocks):
             x = tf.nn.conv2d(x, block["kernel"], strides=1, padding="SAME")
             if training:
@@ -227,9 +240,20 @@ class SmallCNNFeatures(tf.Module):
                 x, mean, variance, block["beta"], block["gamma"], 1e-3
             )
             x = tf.nn.relu(x)
+            pooled[f"block{index + 1}"] = tf.reduce_mean(x, axis=[1, 2])
             if index < len(self.blocks) - 1:
                 x = tf.nn.max_pool2d(x, 2, 2, "VALID")
-        return tf.reduce_mean(x, axis=[1, 2])
+        features = tf.reduce_mean(x, axis=[1, 2])
+        if self.output == "blocks":
+            return {
+                "block1": pooled["block1"],
+                "block2": pooled["block2"],
+                "default": features,
+            }
+        if self.output == "probabilities":
+            kernel, bias = self.classifier
+            return tf.nn.softmax(tf.matmul(features, kernel) + bias)
+        return features
 
 
 def _conv_norm_pairs(model: keras.Model):
@@ -242,17 +266,13 @@ def _conv_norm_pairs(model: keras.Model):
     return zip(convs, norms, strict=True)
 
 
-def source_model(work_dir: str) -> str:
-    """Pretrains the source CNN on 5 Fashion-MNIST classes (once per work
-    dir) and saves it as a TF Hub-format SavedModel; returns its path."""
-    path = Path(work_dir) / "source_cnn"
-    if (path / "saved_model.pb").exists():
-        return str(path)
-    images, labels = read_fashion("train")
-    chosen = np.concatenate([np.flatnonzero(labels == c)[:1000] for c in range(5)])
-    x = np.repeat(images[chosen, ..., None], 3, axis=-1).astype("float32") / 255.0
-    y = labels[chosen]
-    keras.utils.set_random_seed(0)
+def train_source_cnn(
+    images: np.ndarray, labels: np.ndarray, epochs: int = 5, seed: int = 0
+) -> keras.Model:
+    """The small CNN (see `SmallCNNFeatures`) trained on 28x28 grayscale
+    `images` and their class `labels` (`epochs=0`: randomly initialised)."""
+    x = np.repeat(images[..., None], 3, axis=-1).astype("float32") / 255.0
+    keras.utils.set_random_seed(seed)
     layers = [keras.Input((28, 28, 3))]
     for index, filters in enumerate((32, 64, 128)):
         layers += [
@@ -262,15 +282,27 @@ def source_model(work_dir: str) -> str:
         ]
         if index < 2:
             layers.append(keras.layers.MaxPooling2D())
-    layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)]
+    layers += [
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(len(set(labels))),
+    ]
     model = keras.Sequential(layers)
     model.compile(
         "adam",
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    model.fit(x, y, epochs=5, batch_size=64, verbose=0, shuffle=True)
-    module = SmallCNNFeatures(model)
+    if epochs:
+        model.fit(x, labels, epochs=epochs, batch_size=64, verbose=0, shuffle=True)
+    else:
+        # Moving statistics of the data, as a trained model has them.
+        model(x[:512], training=True)
+    return model
+
+
+def save_as_hub(model: keras.Model, path: Path, output: str = "features") -> str:
+    """Saves `SmallCNNFeatures(model, output)` as a TF Hub SavedModel."""
+    module = SmallCNNFeatures(model, output)
     root = tf.__internal__.tracking.AutoTrackable()
     root.__call__ = module.__call__
     root.variables = list(module.variables)
@@ -278,6 +310,17 @@ def source_model(work_dir: str) -> str:
     root.module = module
     tf.saved_model.save(root, str(path))
     return str(path)
+
+
+def source_model(work_dir: str) -> str:
+    """Pretrains the source CNN on 5 Fashion-MNIST classes (once per work
+    dir) and saves it as a TF Hub-format SavedModel; returns its path."""
+    path = Path(work_dir) / "source_cnn"
+    if (path / "saved_model.pb").exists():
+        return str(path)
+    images, labels = read_fashion("train")
+    chosen = np.concatenate([np.flatnonzero(labels == c)[:1000] for c in range(5)])
+    return save_as_hub(train_source_cnn(images[chosen], labels[chosen]), path)
 
 
 DATASETS = {

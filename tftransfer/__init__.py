@@ -32,11 +32,13 @@ if TYPE_CHECKING:
         hub,
         precision,
         recipes,
+        selection,
         vocabulary,
     )
     from tftransfer.backbones import Backbone, backbone, hubify
     from tftransfer.hub import HubLayer, resolve
     from tftransfer.recipes import fine_tune
+    from tftransfer.selection import rank
 
 __version__ = "0.1.0"
 
@@ -55,8 +57,10 @@ _LAZY_EXPORTS = {
     "hub": ("tftransfer.hub", None),
     "hubify": ("tftransfer.backbones", "hubify"),
     "precision": ("tftransfer.precision", None),
+    "rank": ("tftransfer.selection", "rank"),
     "recipes": ("tftransfer.recipes", None),
     "resolve": ("tftransfer.hub", "resolve"),
+    "selection": ("tftransfer.selection", None),
     "vocabulary": ("tftransfer.vocabulary", None),
 }
 
@@ -84,8 +88,10 @@ __all__ = [
     "hub",
     "hubify",
     "precision",
+    "rank",
     "recipes",
     "resolve",
+    "selection",
     "vocabulary",
 ]
 

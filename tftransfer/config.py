@@ -179,6 +179,54 @@ class ExportConfig:
 
 
 @dataclasses.dataclass
+class CandidateConfig:
+    """One candidate that `tftransfer rank` scores (see `tftransfer.rank`).
+
+    Args:
+        handle: The backbone, as `backbone.handle` takes it.
+        seq_length: Text backbones: tokens per example.
+        options: More keyword arguments for `tftransfer.backbone()` (for
+            example `layers: [-2]`, `pooling: max`, `load_weights: false`).
+        features: The recipe's `features`: which backbone output to use.
+        pooling: The recipe's `pooling` for a sequence output.
+        classifier: The source model's classifier, for LEEP: a mapping with
+            a `handle` and more `tftransfer.backbone()` arguments, whose
+            "features" are the source task's class probabilities.
+        name: Its label in the table (by default made from the others).
+    """
+
+    handle: str
+    seq_length: int | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    features: str | None = None
+    pooling: str | None = None
+    classifier: dict[str, Any] | None = None
+    name: str | None = None
+
+
+@dataclasses.dataclass
+class RankConfig:
+    """What `tftransfer rank` compares, and how it orders them.
+
+    Args:
+        candidates: The candidates, each a mapping of `CandidateConfig`
+            keys. `tftransfer rank` writes `rank.json` (and a chart) into the
+            run folder; `backbone: {handle: best}` then trains its top one.
+        by: The estimator that orders them (`tftransfer.defaults.RANK_BY`).
+        scores: The estimators computed (`tftransfer.defaults.RANK_SCORES`).
+        examples: The size of the stratified sample of the training data
+            that is scored.
+    """
+
+    candidates: list[CandidateConfig] = dataclasses.field(default_factory=list)
+    by: str = defaults.RANK_BY
+    scores: list[str] = dataclasses.field(
+        default_factory=lambda: list(defaults.RANK_SCORES)
+    )
+    examples: int = defaults.RANK_EXAMPLES
+
+
+@dataclasses.dataclass
 class RunConfig:
     """A whole job, as one recipe file states it.
 
@@ -193,6 +241,7 @@ class RunConfig:
         distribute: See `DistributeConfig`.
         evaluation: See `EvaluationConfig`.
         export: See `ExportConfig`.
+        rank: See `RankConfig` (read by `tftransfer rank` only).
         runs_dir: Folder that holds run folders (`<runs_dir>/<name>`).
         cache_dir: Folder of the feature cache; defaults to tftransfer's
             cache folder.
@@ -205,6 +254,7 @@ class RunConfig:
     distribute: DistributeConfig = dataclasses.field(default_factory=DistributeConfig)
     evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    rank: RankConfig = dataclasses.field(default_factory=RankConfig)
     runs_dir: str = "runs"
     cache_dir: str | None = None
 
@@ -534,9 +584,30 @@ def _build(cls: type, raw: Any, prefix: str, source: str):
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw[name], f"{key}.", source)
+        elif _is_list_of_sections(hint):
+            values[name] = _build_list(hint, raw[name], key, source)
         else:
             values[name] = _check_value(key, raw[name], hint, source)
     return cls(**values)
+
+
+def _is_list_of_sections(hint: Any) -> bool:
+    args = typing.get_args(hint)
+    return typing.get_origin(hint) is list and dataclasses.is_dataclass(args[0])
+
+
+def _build_list(hint: Any, raw: Any, key: str, source: str) -> list:
+    """Builds a list of sections (`rank.candidates`), each item checked."""
+    if not isinstance(raw, list):
+        raise ConfigError(
+            f"{source}: {key!r} must be a list of mappings. Received: "
+            f"{short_repr(raw)} (a {_describe(raw)})."
+        )
+    (item_class,) = typing.get_args(hint)
+    return [
+        _build(item_class, item, f"{key}[{index}].", source)
+        for index, item in enumerate(raw)
+    ]
 
 
 def _check_options_set_elsewhere(options: dict[str, Any], source: str) -> None:
@@ -711,6 +782,11 @@ def _coerce(value: Any, hint: Any) -> Any:
         return value if value in args else _INVALID
     if origin is dict:
         return dict(value) if isinstance(value, dict) else _INVALID
+    if origin is list:
+        if not isinstance(value, list):
+            return _INVALID
+        items = [_coerce(item, args[0]) for item in value]
+        return _INVALID if any(item is _INVALID for item in items) else items
     if hint is bool:
         return value if isinstance(value, bool) else _INVALID
     if hint is int:
@@ -762,6 +838,8 @@ def _allowed(hint: Any) -> str:
         str: "a non-empty string",
         dict: "a mapping",
     }
+    if origin is list:
+        return f"a list, each item {_allowed(args[0])}"
     return names.get(origin or hint, str(hint))
 
 

@@ -39,3 +39,9 @@ BACKBONE_LR_SCALE = 0.3
 WARMUP_FRACTION = 0.1
 FINE_TUNE_WEIGHT_DECAY = 1e-2  # AdamW, phase 2
 CLIPNORM = 1.0
+
+# `tftransfer.rank()` / `tftransfer rank`: the estimators computed, the one
+# that orders the candidates, and the size of the stratified sample scored.
+RANK_SCORES = ("logme", "linear_probe", "leep")
+RANK_BY = "logme"
+RANK_EXAMPLES = 300

@@ -152,6 +152,49 @@ def plot_per_label_f1(
     return _save(plt, figure, path)
 
 
+def plot_scores(
+    names: Sequence[str],
+    scores: Mapping[str, Sequence[float | None]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> Path:
+    """Plots several scores of the same items as horizontal bars, one panel
+    per score, items in the given order (top first), to a PNG.
+
+    Each panel has its own scale (scores such as LogME and a probe accuracy
+    are not comparable); a missing score (`None`) leaves its bar out.
+
+    Args:
+        names: The items, for example ranked candidates.
+        scores: `{score name: one value (or None) per item}`.
+        path: The PNG file to write.
+        title: The figure's title.
+
+    Example:
+
+    >>> plot_scores(["a", "b"], {"logme": [1.2, 0.4]}, "rank.png")
+    """
+    plt = _pyplot()
+    height = max(2.5, 0.35 * len(names) + 1.2)
+    figure, axes = plt.subplots(
+        1, len(scores), figsize=(3.2 * len(scores) + 2.5, height), sharey=True
+    )
+    axes = np.atleast_1d(axes)
+    positions = np.arange(len(names))
+    for axis, (score, values) in zip(axes, scores.items(), strict=True):
+        shown = [np.nan if value is None else value for value in values]
+        axis.barh(positions, shown, color="tab:blue")
+        axis.set_title(score)
+        axis.grid(alpha=0.3, axis="x")
+        axis.axvline(0.0, color="grey", linewidth=0.8)
+    axes[0].set_yticks(positions, names)
+    axes[0].invert_yaxis()
+    if title:
+        figure.suptitle(title)
+    return _save(plt, figure, path)
+
+
 def plot_predicted_vs_true(
     targets: np.ndarray,
     predictions: np.ndarray,

@@ -1,6 +1,7 @@
 """The `tftransfer` command.
 
-Subcommands: `run` (a whole job from a recipe file), `inspect` (what a
+Subcommands: `run` (a whole job from a recipe file), `rank` (score a recipe
+file's candidate backbones before training), `inspect` (what a
 SavedModel or backbone holds), `backbones` (the catalogue), `predict` and
 `evaluate` (use an exported model), `export` (repeat a run's export from its
 checkpoint). Exit codes: 0 success, 2 bad usage or bad recipe file, 1 any
@@ -68,6 +69,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--check", action="store_true", help="only validate the recipe file"
+    )
+
+    rank = commands.add_parser(
+        "rank",
+        help="score a recipe file's candidate backbones (layers, poolings) "
+        "on its data, before training",
+    )
+    rank.add_argument("recipe", help="the YAML recipe file, with a `rank:` section")
+    rank.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set rank.examples=500 (repeatable)",
     )
 
     inspect = commands.add_parser("inspect", help="what a SavedModel or backbone holds")
@@ -194,6 +210,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{args.recipe}: valid")
             return 0
         run.run(settings)
+    elif args.command == "rank":
+        from tftransfer import config
+        from tftransfer.cli import ranking, sources
+
+        settings = config.load(args.recipe, args.overrides)
+        sources.check_path(settings.data)
+        _start_tensorflow(args.debug)
+        ranking.rank(settings)
     elif args.command == "export":
         from tftransfer.cli import run
 

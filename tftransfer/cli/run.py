@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from tftransfer import config as config_lib
-from tftransfer.cli import sources
+from tftransfer.cli import ranking, sources
 from tftransfer.config import RunConfig, short_repr
 from tftransfer.errors import ConfigError, ExportError
 
@@ -113,6 +113,8 @@ def check_run(config: RunConfig) -> None:
     """
     sources.check_path(config.data)
     check_writable(run_dir(config), "runs_dir")
+    if config.backbone.handle == ranking.BEST:
+        ranking.best_candidate(config)
     if config.export.enabled:
         check_writable(export_base(config), "export.base_path")
     if config.cache_dir is not None:
@@ -123,6 +125,8 @@ def build_backbone(config: RunConfig):
     """The `Backbone` the recipe file's `backbone:` section names."""
     import tftransfer
 
+    if config.backbone.handle == ranking.BEST:
+        return ranking.build_best(config)
     options = dict(config.backbone.options)
     if config.backbone.seq_length is not None:
         options["seq_length"] = config.backbone.seq_length
@@ -170,9 +174,12 @@ def build_recipe(config: RunConfig, backbone, folder: Path, callbacks: Sequence 
     """The `FeatureExtraction` or `FineTuning` recipe the file describes,
     training into the run folder `folder` with Keras `callbacks`."""
     recipe_class = _recipe_classes()[config.recipe.kind]
+    arguments = config_lib.recipe_arguments(config)
+    if config.backbone.handle == ranking.BEST:
+        arguments = {**ranking.best_recipe_arguments(config), **arguments}
     return recipe_class(
         backbone,
-        **config_lib.recipe_arguments(config),
+        **arguments,
         run_dir=folder,
         verbose=2,
         callbacks=list(callbacks),
@@ -284,8 +291,12 @@ def _checkpoint_digests(folder: Path) -> dict[str, str]:
 
 
 def _settings(config: RunConfig) -> dict:
-    """The settings as JSON reads them back (lists, not tuples)."""
-    return json.loads(json.dumps(config.to_dict()))
+    """The settings as JSON reads them back (lists, not tuples); with
+    `backbone: best`, the candidate of `rank.json` it stood for too."""
+    settings = json.loads(json.dumps(config.to_dict()))
+    if config.backbone.handle == ranking.BEST:
+        settings["backbone"]["best"] = ranking.best_candidate(config)
+    return settings
 
 
 def _write_record(folder: Path, config: RunConfig, digest: str) -> None:
@@ -477,7 +488,7 @@ def check_export(folder: str | Path, *, retrain: bool = False):
     settings = _settings(config)
     edited = [
         key
-        for key in config_lib.known_keys()
+        for key in [*config_lib.known_keys(), "backbone.best"]
         if key.startswith(_TRAINING_SECTIONS)
         and _lookup(settings, key) != _lookup(record["settings"], key)
     ]

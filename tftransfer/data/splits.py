@@ -175,3 +175,46 @@ def split(
         validation=_subset(data, assignment == 1, "validation", detail),
         test=_subset(data, assignment == 2, "test", detail) if test else None,
     )
+
+
+def sample(data: LabeledData, size: int, *, seed: int = 0) -> LabeledData:
+    """A stratified random subset of about `size` examples of `data`.
+
+    Each class (multi-label: each rarest-label group; regression: all
+    examples) keeps its share of `data`, and at least `min(2, its count)`
+    examples, so every class stays represented; data of `size` examples or
+    fewer is returned unchanged. Which examples are kept depends only on
+    `seed` and the order of `data`.
+
+    Args:
+        data: What a reader returned.
+        size: The number of examples to keep (at least 1).
+        seed: Seed of the shuffle that picks them.
+
+    Returns:
+        A `LabeledData` with the kept examples, in their order in `data`.
+
+    Raises:
+        DataError: if `size` is not a positive integer.
+
+    Example:
+
+    >>> few = tftransfer.data.sample(train, 500, seed=0)
+    >>> few.num_examples
+    500
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DataError(
+            f"Expected `size` to be a positive number of examples. Received: "
+            f"size={size!r}."
+        )
+    labels = _labels(data)
+    if len(labels) <= size:
+        return data
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(labels), bool)
+    for _, indices in _strata(data, labels):
+        share = round(size * len(indices) / len(labels))
+        count = min(len(indices), max(share, 2))
+        keep[rng.permutation(indices)[:count]] = True
+    return _subset(data, keep, "sample", f"stratified sample (seed={seed})")

@@ -1,5 +1,24 @@
-"""Choosing a backbone before training: transferability scores and rankings."""
+"""Choosing a backbone before training: transferability scores and rankings.
+
+`scores` holds the estimators (LogME, LEEP, a cross-validated linear probe,
+H-score); `rank()` scores candidate backbones, layers and poolings on a
+sample of a dataset's frozen features and recommends one.
+"""
 
 from tftransfer.selection import scores
+from tftransfer.selection.ranking import (
+    Candidate,
+    RankedCandidate,
+    Ranking,
+    Recommendation,
+    rank,
+)
 
-__all__ = ["scores"]
+__all__ = [
+    "Candidate",
+    "RankedCandidate",
+    "Ranking",
+    "Recommendation",
+    "rank",
+    "scores",
+]
