@@ -62,6 +62,34 @@ class Backbone:
             (text only).
         source: The registered name of the source whose model this is
             (`Backbone.from_source()` sets it); `None` for a hand-built one.
+        feature_layers: The names of the intermediate layers the source
+            offers as feature candidates for `layers=` (below), shallow to
+            deep; empty where it offers none.
+
+    Features from intermediate layers: the KerasHub, `keras.applications`
+    and TF Hub text sources take `layers=`, a list whose items are each an
+    int (an index into `feature_layers`, negatives counting from the end)
+    or a str (a layer name of the underlying Keras model). Each selected
+    layer's output is pooled with the backbone's pooling (images: mean or
+    max over space; text: masked mean, first token or masked max over
+    tokens) and the results are concatenated in the order given, so
+    `feature_dim` is the sum of their sizes. `feature_layers` are each
+    stage's output for image backbones (the last block at each spatial
+    size; KerasHub's pyramid outputs where a model has them, the last block
+    of each stage for EfficientNet) and each transformer layer for text
+    encoders (`transformer_layer_0` ... for KerasHub BERT,
+    `encoder_outputs_0` ... for TF Hub). With `output_key="feature_map"`
+    (images) the selected maps are not pooled but returned as sequences of
+    positions `[batch, height * width, channels]` (concatenated along the
+    channels; they must share one spatial size), and with
+    `output_key="sequence_output"` (text) the selected layers' token
+    outputs `[batch, tokens, dim]`, concatenated along the features;
+    recipes pool those with `pooling=`.
+
+    Random-init controls: KerasHub backbones take `load_weights=False` and
+    `keras.applications` ones `weights=None`: the same architecture with
+    random weights, the same for the same `seed=` (0 by default), drawn
+    without touching the caller's random state.
 
     Example:
 
@@ -69,6 +97,9 @@ class Backbone:
     >>> backbone.image_size, backbone.value_range, backbone.feature_dim
     ((224, 224), (0.0, 1.0), 1280)
     >>> features = backbone.build(trainable=False)(images)  # [batch, 1280]
+    >>> minilm = tftransfer.backbone("all-minilm-l6-v2", layers=[2, -1])
+    >>> minilm.feature_layers[:2], minilm.feature_dim
+    (('transformer_layer_0', 'transformer_layer_1'), 768)
     """
 
     def __init__(
@@ -86,6 +117,7 @@ class Backbone:
         outputs: tuple[str, ...] = (),
         preprocessor_factory: Callable[[], Callable] | None = None,
         source: str | None = None,
+        feature_layers: tuple[str, ...] = (),
     ):
         if source is not None:
             registry.get_source(source)
@@ -116,6 +148,7 @@ class Backbone:
         self.seq_length = int(seq_length) if seq_length is not None else None
         self.output_key = output_key
         self.outputs = tuple(outputs)
+        self.feature_layers = tuple(feature_layers)
         self._builder = builder
         self._preprocessor_factory = preprocessor_factory
         self._preprocessor = None
@@ -335,7 +368,11 @@ class Backbone:
             **options: The source's keyword arguments, below.
             seq_length: Tokens per example given to the encoder (128).
             output_key: The encoder output used as the feature vector, where
-                it returns a dict; defaults to `"pooled_output"`.
+                it returns a dict; defaults to `"pooled_output"`. With
+                `layers`: `None` (pooled) or `"sequence_output"` (unpooled).
+            layers: Encoder layers (`encoder_outputs`, BERT-style) whose
+                token outputs, pooled, are concatenated (see above).
+            pooling: With `layers`: `"mean"` (default), `"first"` or `"max"`.
             name: Short name; defaults to one derived from the encoder handle.
 
         Example:
@@ -366,12 +403,19 @@ class Backbone:
             seq_length: Tokens per example (text presets; 128).
             pooling: How features are pooled (`tftransfer.vocabulary.POOLINGS`).
                 Images: `"mean"` (default) or `"max"`. Text: `"pooled"` (the
-                `[CLS]` pooler, default), `"first"` (the raw `[CLS]` token)
-                or `"mean"` (masked mean over tokens, sentence-transformers
-                style).
-            output_key: Text only: `"sequence_output"` (the token outputs
+                `[CLS]` pooler, default), `"first"` (the raw `[CLS]` token),
+                `"mean"` (masked mean over tokens, sentence-transformers
+                style) or `"max"` (masked max over tokens). With `layers`,
+                text takes `"mean"` (default), `"first"` or `"max"`: the
+                pooler sees only the last layer.
+            output_key: Text: `"sequence_output"` (the token outputs
                 `[batch, tokens, dim]`, unpooled) or `"pooled_output"` (the
-                `[CLS]` pooler) instead of the `pooling` result.
+                `[CLS]` pooler) instead of the `pooling` result. Images:
+                `"feature_map"` (`[batch, height * width, channels]`).
+            layers: Intermediate layers whose outputs, pooled, are
+                concatenated (see above); `None` for the model's output.
+            load_weights: `False` for random weights (a negative control).
+            seed: Seed of those random weights (0).
             name: Short name; defaults to one derived from the preset.
 
         Example:
@@ -398,6 +442,11 @@ class Backbone:
             image_size: `(height, width)`; defaults to the application's
                 default size.
             pooling: `"mean"` (default) or `"max"`.
+            layers: Intermediate layers whose outputs, pooled, are
+                concatenated (see above); `None` for the model's output.
+            output_key: `"feature_map"` for `[batch, height * width,
+                channels]`, unpooled.
+            seed: Seed of the random weights of `weights=None` (0).
 
         Example:
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -13,11 +14,19 @@ import tensorflow as tf
 
 from tftransfer.backbones.description import Backbone
 from tftransfer.backbones.hub_text_preprocessor import HubTextPreprocessor
+from tftransfer.backbones.layer_features import (
+    SEQUENCE_POOLINGS,
+    concatenate,
+    pooled_sequences,
+    select_layers,
+)
 from tftransfer.backbones.registry import register_source
-from tftransfer.backbones.source import BackboneSource
-from tftransfer.errors import ExportError, HandleError, InputSpecError
+from tftransfer.backbones.source import BackboneSource, check_pooling
+from tftransfer.errors import ConfigError, ExportError, HandleError, InputSpecError
 
 _FEATURE_KEYS = ("default", "feature_vector", "pooled_output", "outputs")
+# The output of BERT-style TF Hub encoders with one sequence per layer.
+_LAYERS_KEY = "encoder_outputs"
 _SCHEMES = ("http://", "https://", "gs://", "file://")
 
 
@@ -92,9 +101,19 @@ class HubTextSource(_HubSource):
         preprocessor: str | None,
         seq_length: int = 128,
         output_key: str | None = None,
+        layers: Sequence[int | str] | None = None,
+        pooling: str | None = None,
         name: str | None = None,
     ) -> Backbone:
-        return _text_backbone(preprocessor, handle, seq_length, output_key, name)
+        if layers is None and pooling is not None:
+            raise ConfigError(
+                f"pooling={pooling!r} for backbone {handle!r} pools the "
+                "`layers` it is given; the encoder's own outputs are chosen "
+                "with output_key=. Pass layers= too, or omit pooling."
+            )
+        return _text_backbone(
+            preprocessor, handle, seq_length, output_key, name, layers, pooling
+        )
 
 
 def _image_backbone(
@@ -166,6 +185,8 @@ def _text_backbone(
     seq_length: int,
     output_key: str | None,
     name: str | None,
+    layers: Sequence[int | str] | None = None,
+    pooling: str | None = None,
 ) -> Backbone:
     from tftransfer.hub import resolve
 
@@ -173,6 +194,25 @@ def _text_backbone(
     preprocessor_path = resolve(preprocessor) if preprocessor else None
     text_preprocessor = HubTextPreprocessor(preprocessor_path, seq_length)
     outputs = loaded(text_preprocessor(tf.constant(["a"])))
+    if layers is not None:
+        probed = outputs.get(_LAYERS_KEY) if isinstance(outputs, dict) else None
+        if not isinstance(probed, (list, tuple)):
+            raise ConfigError(
+                f"The TF Hub encoder {encoder!r} returns no {_LAYERS_KEY!r} (one "
+                "output per layer), so `layers` cannot apply. Its outputs are "
+                f"{list(_output_keys(outputs))}; choose one with output_key=."
+            )
+        return _encoder_layers_backbone(
+            encoder,
+            name or name_from_handle(encoder),
+            [int(t.shape[-1]) for t in probed],
+            layers,
+            pooling,
+            output_key,
+            seq_length=seq_length if preprocessor else None,
+            outputs=_output_keys(outputs),
+            preprocessor_factory=lambda: text_preprocessor,
+        )
     if output_key is None and isinstance(outputs, dict) and "pooled_output" in outputs:
         output_key = "pooled_output"
     key = _pick_output_key(outputs, output_key, encoder)
@@ -201,6 +241,66 @@ def _text_backbone(
         outputs=_output_keys(outputs),
         # The preprocessor that probed the encoder is the one reused.
         preprocessor_factory=lambda: text_preprocessor,
+    )
+
+
+def _encoder_layers_backbone(
+    handle: str,
+    name: str,
+    widths: list[int],
+    layers: Sequence[int | str],
+    pooling: str | None,
+    output_key: str | None,
+    **description: Any,
+) -> Backbone:
+    """The text `Backbone` of the encoder `handle` giving the selected layers
+    of its `encoder_outputs` (BERT-style: one `[batch, tokens, dim]` output
+    per transformer layer, of `widths` features each), each pooled over the
+    unmasked tokens (or not, for `"sequence_output"`), concatenated.
+    `description` holds the rest of the `Backbone`'s arguments."""
+    pooling = check_pooling(handle, pooling or "mean", SEQUENCE_POOLINGS)
+    if output_key not in (None, "sequence_output"):
+        raise ConfigError(
+            f"With `layers`, backbone {handle!r} gives their pooled outputs "
+            "(output_key=None) or their token outputs "
+            f"(output_key='sequence_output'). Received: output_key={output_key!r}."
+        )
+    feature_layers = tuple(f"{_LAYERS_KEY}_{i}" for i in range(len(widths)))
+    names = select_layers(handle, layers, feature_layers)
+    indices = [feature_layers.index(name) for name in names]
+
+    def builder(
+        trainable: bool, load_options: tf.saved_model.LoadOptions | None = None
+    ) -> keras.Layer:
+        from tftransfer.hub import HubLayer
+
+        layer = HubLayer(
+            handle,
+            trainable=trainable,
+            output_key=_LAYERS_KEY,
+            load_options=load_options,
+        )
+        inputs = {
+            key: keras.Input((None,), dtype="int32", name=key)
+            for key in ("input_word_ids", "input_mask", "input_type_ids")
+        }
+        every_layer = layer(inputs)
+        sequences = [every_layer[i] for i in indices]
+        if output_key == "sequence_output":
+            features = concatenate(sequences)
+        else:
+            features = pooled_sequences(sequences, pooling, inputs["input_mask"])
+        return keras.Model(inputs, features, name=f"{name}_layers")
+
+    return Backbone(
+        name=name,
+        handle=handle,
+        modality="text",
+        feature_dim=sum(widths[i] for i in indices),
+        builder=builder,
+        output_key=output_key,
+        feature_layers=feature_layers,
+        **description,
     )
 
 

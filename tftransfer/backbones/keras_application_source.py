@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
 
-from tftransfer.backbones.description import Backbone
+from tftransfer.backbones import layer_features
+from tftransfer.backbones.description import Backbone, check_output_key
 from tftransfer.backbones.registry import register_source
-from tftransfer.backbones.source import BackboneSource, check_pooling
+from tftransfer.backbones.source import (
+    BackboneSource,
+    check_pooling,
+    seeded_initialization,
+)
 from tftransfer.errors import HandleError, HandleNotFoundError
 
 _PREFIXES = ("keras.applications.", "keras:")
@@ -65,6 +70,9 @@ class KerasApplicationSource(BackboneSource):
         weights: str | None = "imagenet",
         image_size: tuple[int, int] | None = None,
         pooling: str = "mean",
+        layers: Sequence[int | str] | None = None,
+        output_key: str | None = None,
+        seed: int = 0,
         name: str | None = None,
     ) -> Backbone:
         application_name = _application_name(handle)
@@ -82,6 +90,9 @@ class KerasApplicationSource(BackboneSource):
             pooling,
             lambda base: base,
             weights=weights,
+            layers=layers,
+            output_key=output_key,
+            seed=seed,
             name=name,
         )
 
@@ -109,6 +120,9 @@ def application_backbone(
     load: Callable[[keras.Model], keras.Model],
     *,
     weights: str | None = None,
+    layers: Sequence[int | str] | None = None,
+    output_key: str | None = None,
+    seed: int = 0,
     handle: str | None = None,
     name: str | None = None,
 ) -> Backbone:
@@ -123,7 +137,14 @@ def application_backbone(
             `weights`) before it is wrapped; returns it, with any weights
             it assigns.
         weights: What `keras.applications` loads itself: `"imagenet"`, a
-            weights file or `None`.
+            weights file or `None` (random weights, seeded by `seed`).
+        layers: Intermediate layers whose outputs, pooled, are concatenated
+            into the features (see `Backbone`); `None` for the model's
+            output.
+        output_key: `"feature_map"` for the unpooled features
+            `[batch, height * width, channels]`, or `None`.
+        seed: Seed of the random initial weights (see
+            `tftransfer.backbones.source.seeded_initialization`).
         handle: The backbone's handle;
             `"keras.applications.<application_name>"` by default.
         name: The backbone's short name; `application_name` by default.
@@ -134,37 +155,66 @@ def application_backbone(
     """
     constructor = application(application_name)
     handle = handle or f"keras.applications.{application_name}"
+    name = name or application_name
     pooling = check_pooling(handle, pooling, ("mean", "max"))
+    check_output_key(name, handle, output_key, (layer_features.FEATURE_MAP,))
     if image_size is None:
         size = _DEFAULT_SIZES.get(application_name, 224)
         image_size = (size, size)
     image_size = (int(image_size[0]), int(image_size[1]))
     preprocess_input = importlib.import_module(constructor.__module__).preprocess_input
+    # The application's own pooling where it gives the result; else ours.
+    own_pooling = layers is None and output_key is None
 
-    def base_model(weights: str | None) -> keras.Model:
+    def base_model(weights: str | None, pooled: bool) -> keras.Model:
         return constructor(
             include_top=False,
             weights=weights,
             input_shape=(*image_size, 3),
-            pooling=_KERAS_POOLING[pooling],
+            pooling=_KERAS_POOLING[pooling] if pooled else None,
         )
+
+    skeleton = base_model(None, pooled=False)
+    feature_layers = layer_features.stage_ends(skeleton)
+    names = (
+        layer_features.select_layers(
+            handle, layers, feature_layers, [layer.name for layer in skeleton.layers]
+        )
+        if layers is not None
+        else (layer_features.layer_name(skeleton.output),)
+    )
+    specs = layer_features.output_specs(skeleton, names)
+    layer_features.check_ranks(handle, names, specs, 4, "feature maps")
+    if output_key == layer_features.FEATURE_MAP:
+        layer_features.check_same_size(handle, names, specs)
 
     def builder(trainable: bool, load_options=None) -> keras.Layer:
         del load_options  # keras.applications read no SavedModel.
-        base = load(base_model(weights))
+        with seeded_initialization(seed):
+            base = load(base_model(weights, pooled=own_pooling))
         base.trainable = trainable
         images = keras.Input((*image_size, 3), dtype="float32", name="images")
-        features = base(preprocess_input(images))
+        scaled = preprocess_input(images)
+        if own_pooling:
+            return keras.Model(images, base(scaled), name=f"{base.name}_backbone")
+        maps = layer_features.outputs_model(base, names)(scaled)
+        if output_key == layer_features.FEATURE_MAP:
+            features = layer_features.feature_map(maps)
+        else:
+            features = layer_features.pooled_images(maps, pooling)
         return keras.Model(images, features, name=f"{base.name}_backbone")
 
     return Backbone(
-        name=name or application_name,
+        name=name,
         handle=handle,
         modality="image",
-        feature_dim=base_model(None).output_shape[-1],
+        feature_dim=sum(int(spec.shape[-1]) for spec in specs),
         builder=builder,
         image_size=image_size,
         value_range=(0.0, 255.0),
+        output_key=output_key,
+        outputs=(layer_features.FEATURE_MAP,),
+        feature_layers=feature_layers,
     )
 
 

