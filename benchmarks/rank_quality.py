@@ -133,8 +133,7 @@ def shift_candidates(work: Path) -> list[tuple[Candidate, bool]]:
             if control
             else {"handle": str(folder / "classifier"), "image_size": [28, 28]}
         )
-        outputs = ("default", "block2") if not control else ("default",)
-        for output in outputs:
+        for output in ("default", "block2"):
             backbone = {
                 "handle": features,
                 "image_size": [28, 28],
@@ -161,19 +160,22 @@ TASKS = {
 }
 
 
-def run_task(task: str, arguments) -> dict:
+def run_task(task: str, arguments) -> None:
     load, make_candidates = TASKS[task]
     work = Path(arguments.work_dir)
     data = load(0, arguments)
     candidates = make_candidates(work)
-    start = time.perf_counter()
-    ranking = tftransfer.rank(
-        [candidate for candidate, _ in candidates],
-        data.train,
-        cache_dir=work / f"rank-cache-{task}",
-        verbose=arguments.verbose,
-    )
-    rank_seconds = time.perf_counter() - start
+    rankings = {}
+    for examples in arguments.examples:
+        start = time.perf_counter()
+        ranking = tftransfer.rank(
+            [candidate for candidate, _ in candidates],
+            data.train,
+            examples=examples,
+            cache_dir=work / f"rank-cache-{task}-{examples}",
+            verbose=arguments.verbose,
+        )
+        rankings[examples] = (ranking, time.perf_counter() - start)
     accuracies, train_seconds = {}, 0.0
     for candidate, _ in candidates:
         start = time.perf_counter()
@@ -191,24 +193,24 @@ def run_task(task: str, arguments) -> dict:
             f"{task}: {candidate.label}: test accuracy {accuracies[candidate.label]:.4f}",
             flush=True,
         )
-    return report(task, ranking, accuracies, candidates, rank_seconds, train_seconds)
+    for ranking, rank_seconds in rankings.values():
+        report(task, ranking, accuracies, candidates, rank_seconds, train_seconds)
 
 
 def report(task, ranking, accuracies, candidates, rank_seconds, train_seconds):
+    """Prints the table and the goals' figures of one ranking."""
     controls = {candidate.label for candidate, control in candidates if control}
     names = [row.name for row in ranking.rows]
-    scores = [row.scores[ranking.by] for row in ranking.rows]
     actual = [accuracies[name] for name in names]
-    tau = kendall_tau(scores, actual)
     gap = max(actual) - actual[0]
     controls_last = set(names[len(names) - len(controls) :]) == controls
-    ratio = rank_seconds / train_seconds
     estimators = [
         k
         for k in ranking.rows[0].scores
         if any(r.scores[k] is not None for r in ranking.rows)
     ]
-    print(f"\n### {task} ({ranking.num_examples} examples ranked)\n")
+    size = ranking.num_examples
+    print(f"\n### {task}, {size} examples ranked\n")
     print("| rank | candidate | " + " | ".join(estimators) + " | test accuracy |")
     print("| --- | --- | " + " | ".join("---" for _ in estimators) + " | --- |")
     for index, row in enumerate(ranking.rows, 1):
@@ -221,17 +223,24 @@ def report(task, ranking, accuracies, candidates, rank_seconds, train_seconds):
             + " | ".join(values)
             + f" | {accuracies[row.name]:.4f} |"
         )
+    print()
+    for name in estimators:
+        scored = [r for r in ranking.rows if r.scores[name] is not None]
+        if len(scored) == len(ranking.rows):
+            tau = kendall_tau(
+                [r.scores[name] for r in scored], [accuracies[r.name] for r in scored]
+            )
+            default = " (the default score)" if name == ranking.by else ""
+            print(f"{task}_{size}_kendall_tau_{name}: {tau:.3f}{default}")
     print(
-        f"\n{task}_kendall_tau: {tau:.3f}\n"
-        f"{task}_top_pick_gap_points: {100 * gap:.2f}\n"
-        f"{task}_controls_last: {controls_last}\n"
-        f"{task}_rank_over_train_time: {ratio:.3f} ({rank_seconds:.0f} s / "
-        f"{train_seconds:.0f} s)\n"
-        f"{task}_recommendation: {ranking.recommendation.recipe} "
+        f"{task}_{size}_top_pick_gap_points: {100 * gap:.2f}\n"
+        f"{task}_{size}_controls_last: {controls_last}\n"
+        f"{task}_{size}_rank_over_train_time: {rank_seconds / train_seconds:.3f} "
+        f"({rank_seconds:.0f} s / {train_seconds:.0f} s)\n"
+        f"{task}_{size}_recommendation: {ranking.recommendation.recipe} "
         f"({ranking.recommendation.reason})",
         flush=True,
     )
-    return {"tau": tau, "gap": gap, "controls_last": controls_last, "ratio": ratio}
 
 
 def main() -> None:
@@ -240,8 +249,14 @@ def main() -> None:
     )
     parser.add_argument("--tasks", default="mnist,fashion,bbc,shift")
     parser.add_argument("--work-dir", default=None)
+    parser.add_argument(
+        "--examples",
+        default=str(tftransfer.defaults.RANK_EXAMPLES),
+        help="comma-separated sample sizes to rank at (each its own cold run)",
+    )
     parser.add_argument("--verbose", type=int, default=1)
     arguments = parser.parse_args()
+    arguments.examples = [int(n) for n in arguments.examples.split(",")]
     arguments.work_dir = arguments.work_dir or tempfile.mkdtemp(prefix="rank-quality-")
     # `few_shot` loaders read these (transfer_quality's options).
     arguments.per_class, arguments.test_per_class = 100, 100
