@@ -20,7 +20,8 @@ Tasks (`--tasks`):
 
 - `mnist`, `fashion`: 100 training, 50 validation and 100 test images per
   class (the pools of `transfer_quality.py`); EfficientNet-Lite0/1/2
-  (ImageNet), Lite0's last three stages, max pooling, random-init Lite0/1.
+  (ImageNet), Lite0's stages 6 and 7 (`layers=[-3]`, `[-2]`), max pooling,
+  random-init Lite0/1.
 - `bbc`: BBC News (60/20/20 split, seed 0); all-MiniLM-L6-v2 at layers 2, 4
   and 6 with mean pooling, layer 6 with the first token and its pooler, a
   concatenation of layers 4-6, random-init MiniLM (two seeds).
@@ -79,8 +80,8 @@ def image_candidates(_work: Path) -> list[tuple[Candidate, bool]]:
     return [
         lite(0, "lite0"),
         lite(0, "lite0-max", pooling="max"),
-        lite(0, "lite0-stage6", layers=[-2]),
-        lite(0, "lite0-stage5", layers=[-3]),
+        lite(0, "lite0-block7", layers=[-2]),
+        lite(0, "lite0-block6", layers=[-3]),
         lite(1, "lite1"),
         lite(2, "lite2"),
         lite(0, "lite0-random", True, load_weights=False),

@@ -301,7 +301,7 @@ def test_bert_pack_inputs_trims_pairs_round_robin(keras_hub_bert_preset):
 
 def test_from_keras_hub_rejects_unknown_pooling(keras_hub_bert_preset):
     with pytest.raises(tftransfer.ConfigError, match="pooling"):
-        Backbone.from_keras_hub(keras_hub_bert_preset, pooling="max")
+        Backbone.from_keras_hub(keras_hub_bert_preset, pooling="sum")
 
 
 def test_from_keras_hub_first_pooling_takes_the_cls_token(keras_hub_bert_preset):

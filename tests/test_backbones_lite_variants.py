@@ -128,6 +128,11 @@ def test_lite1_features_take_keras_hub_options_and_switch_to_probabilities(
     means = np.asarray(mean.build()(images))
     assert maxima.shape == means.shape == (1, 1280)
     assert np.all(maxima >= means - 1e-5) and np.any(maxima > means + 1e-3)
+    # The unpooled feature map passes through too; its mean is the features.
+    spatial = tftransfer.backbone("efficientnet-lite1", output_key="feature_map")
+    positions = np.asarray(spatial.build()(images))
+    assert positions.shape == (1, 64, 1280)  # 240 / 32 -> 8 x 8
+    np.testing.assert_allclose(positions.mean(axis=1), means, atol=1e-4)
     probabilities = mean.with_output("imagenet_probabilities")
     assert (
         probabilities.get_config()["arguments"]["output_key"]

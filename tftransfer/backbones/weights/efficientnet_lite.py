@@ -301,7 +301,8 @@ def backbone(
     Args:
         variant: 0, 1 or 2.
         output_key: `None` for the 1280-d pooled features (a KerasHub
-            backbone, see `Backbone.from_keras_hub`), or
+            backbone, see `Backbone.from_keras_hub`), `"feature_map"` for
+            the unpooled `[batch, positions, 1280]` ones, or
             `"imagenet_probabilities"` for the classifier's `[batch, 1000]`
             softmax probabilities (for LEEP-style scores; class names:
             `imagenet_class_name()`). The features backbone lists it in
@@ -323,12 +324,15 @@ def backbone(
     TensorShape([1, 1000])
     """
     from tftransfer.backbones.description import Backbone, check_output_key
+    from tftransfer.backbones.layer_features import FEATURE_MAP
 
     spec = _spec(variant)
     name = name or f"efficientnet-lite{variant}"
-    check_output_key(name, spec.package, output_key, OUTPUTS)
-    if output_key is None:
-        features = Backbone.from_keras_hub(preset_dir(variant), name=name, **options)
+    check_output_key(name, spec.package, output_key, (*OUTPUTS, FEATURE_MAP))
+    if output_key not in OUTPUTS:
+        features = Backbone.from_keras_hub(
+            preset_dir(variant), name=name, output_key=output_key, **options
+        )
         features.outputs = (*features.outputs, *OUTPUTS)
         return features
     if options:
