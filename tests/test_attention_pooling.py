@@ -97,7 +97,7 @@ def _planted(count, seed):
 
 def _planted_recipe(tmp_path, pooling, **kwargs):
     settings = {
-        "head_epochs": 20,
+        "head_epochs": 15,
         "learning_rate": 0.03,
         "head_weight_decay": 0.0,
         "cache_dir": tmp_path / "cache",
@@ -113,13 +113,13 @@ def _planted_recipe(tmp_path, pooling, **kwargs):
 
 
 def test_attention_learns_where_the_label_is_carried_by_one_position(tmp_path):
-    train, validation = _planted(384, 0), _planted(128, 1)
+    train, validation = _planted(256, 0), _planted(128, 1)
     accuracy = {}
     for pooling in ("mean", "attention"):
         recipe = _planted_recipe(tmp_path, pooling)
         recipe.fit(train, validation)
         accuracy[pooling] = recipe.evaluate(validation, split="validation")["accuracy"]
-    # Measured: mean 0.53, attention 0.99.
+    # Measured: mean 0.49, attention 0.99 (max 0.50, first 0.52).
     assert accuracy["mean"] <= 0.65
     assert accuracy["attention"] >= 0.95
     # The joined model (backbone, masked sequence, head) predicts what the
@@ -135,18 +135,23 @@ def test_attention_learns_where_the_label_is_carried_by_one_position(tmp_path):
 
 def test_attention_caches_sequences_and_a_second_fit_reuses_them(tmp_path):
     train = _planted(64, 0)
-    first = _planted_recipe(tmp_path, "attention", head_epochs=2)
+    first = _planted_recipe(tmp_path, "attention", head_epochs=1)
     first.fit(train)
     (manifest,) = (tmp_path / "cache").glob("*/train/manifest.json")
     assert json.loads(manifest.read_text())["feature_shape"] == [POSITIONS, DIM + 1]
     features, _ = first.cache.lookup(manifest.parent.parent.name, "train").arrays()
     np.testing.assert_array_equal(features[..., -1], 1.0)  # No padding.
-    second = _planted_recipe(tmp_path, "attention", head_epochs=2)
+    # Another head (a user's, on the pooled [batch, dim]) on the same
+    # features: no backbone pass, they come from the cache.
+    custom = keras.layers.Dense(2, name="custom")
+    second = _planted_recipe(tmp_path, "attention", head_epochs=1, head=custom)
     second.fit(train)
-    # No backbone pass: the features came from the cache.
     assert second._pass_functions == {}
+    pooling, dense = second.head.layers[:2]
+    assert (pooling.name, dense.name) == ("attention_pooling", "custom")
+    assert tuple(dense.kernel.shape) == (DIM, 2)
     # Mean-pooled features of the same data are cached apart.
-    _planted_recipe(tmp_path, "mean", head_epochs=2).fit(train)
+    _planted_recipe(tmp_path, "mean", head_epochs=1).fit(train)
     shapes = sorted(
         json.loads(path.read_text())["feature_shape"]
         for path in (tmp_path / "cache").glob("*/train/manifest.json")
@@ -302,8 +307,8 @@ def test_fine_tuning_trains_attention_pooling_with_head_then_backbone(tmp_path):
     recipe = FineTuning(
         backbone,
         pooling="attention",
-        head_epochs=3,
-        fine_tune_epochs=2,
+        head_epochs=2,
+        fine_tune_epochs=1,
         learning_rate=0.03,
         head_weight_decay=0.0,
         fine_tune_learning_rate=1e-3,

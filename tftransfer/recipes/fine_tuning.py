@@ -49,6 +49,9 @@ class FineTuning(FeatureExtraction):
     gradient clipping. BatchNorm layers stay in inference mode (their
     statistics untouched) unless `train_batchnorm=True`. Each phase stops
     early and restores its best weights, and resumes after a restart.
+    With `pooling="attention"` the `AttentionPooling` is part of the head:
+    phase 1 trains it on the cached sequences, phase 2 with the backbone
+    (at the head's learning rate).
 
     By default the learning rates come from the data: phase 1's from a
     search on the cached features (see `FeatureExtraction`), phase 2's peak
