@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 import tftransfer
+from tftransfer.backbones.layer_features import MaskedPooling
+from tftransfer.recipes.attention_pooling import AttentionPooling, MaskChannel
 from tftransfer.recipes.heads import (
     FeaturePooling,
     InferenceMode,
@@ -143,7 +145,50 @@ def test_hub_layer_round_trips_in_a_keras_file(image_model_path, tmp_path):
 
 # The test above for each registered name; a new registered object without a
 # case here fails `test_every_registered_object_has_a_round_trip_case`.
+def test_attention_pooling_round_trips(tmp_path):
+    sequence = RNG.normal(size=(2, 5, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "float32")
+
+    def trained_model(layer):
+        model = _sequence_model(layer)
+        # Every weight random (the query starts at zero: the mean).
+        model.set_weights([RNG.normal(size=w.shape) for w in model.get_weights()])
+        return model
+
+    rebuilt = assert_round_trip(
+        AttentionPooling(num_heads=2, key_dim=4, value_dim=2),
+        tmp_path,
+        inputs=[sequence, mask],
+        build_model=trained_model,
+    )
+    assert (rebuilt.num_heads, rebuilt.key_dim, rebuilt.value_dim) == (2, 4, 2)
+
+
+def test_mask_channel_round_trips(tmp_path):
+    sequence = RNG.normal(size=(2, 5, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "float32")
+    assert_round_trip(
+        MaskChannel(), tmp_path, inputs=[sequence, mask], build_model=_sequence_model
+    )
+
+
+@pytest.mark.parametrize("mode", ["mean", "max", "first"])
+def test_masked_pooling_round_trips(mode, tmp_path):
+    sequence = RNG.normal(size=(2, 5, 3)).astype("float32")
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "float32")
+    rebuilt = assert_round_trip(
+        MaskedPooling(mode),
+        tmp_path,
+        inputs=[sequence, mask],
+        build_model=_sequence_model,
+    )
+    assert rebuilt.mode == mode
+
+
 ROUND_TRIP_CASES = {
+    "tftransfer>AttentionPooling": test_attention_pooling_round_trips,
+    "tftransfer>MaskChannel": test_mask_channel_round_trips,
+    "tftransfer>MaskedPooling": test_masked_pooling_round_trips,
     "tftransfer>FeaturePooling": test_feature_pooling_round_trips,
     "tftransfer>InferenceMode": test_inference_mode_round_trips_with_its_wrapped_layer,
     "tftransfer>SmoothedSparseCrossentropy": (

@@ -3,7 +3,7 @@ classification, multi-label and regression tasks."""
 
 from tftransfer.recipes.feature_extraction import FeatureExtraction
 from tftransfer.recipes.fine_tuning import FineTuning, fine_tune
-from tftransfer.recipes.heads import FeaturePooling, build_head
+from tftransfer.recipes.heads import AttentionPooling, FeaturePooling, build_head
 from tftransfer.recipes.metrics import (
     classification_metrics,
     multi_label_metrics,
@@ -12,6 +12,7 @@ from tftransfer.recipes.metrics import (
 from tftransfer.recipes.tasks import get_task, task_metrics
 
 __all__ = [
+    "AttentionPooling",
     "FeatureExtraction",
     "FeaturePooling",
     "FineTuning",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tftransfer.backbones.layer_features import MaskedPooling
 from tftransfer.errors import ConfigError
 from tftransfer.recipes.attention_pooling import AttentionPooling, MaskChannel
 from tftransfer.vocabulary import POOLINGS
@@ -30,12 +31,15 @@ FIXED_POOLINGS = tuple(mode for mode in POOLING_MODES if mode != "attention")
 
 
 @keras.saving.register_keras_serializable(package="tftransfer")
-class FeaturePooling(keras.layers.Layer):
-    """Pools a sequence output `[batch, length, dim]` into `[batch, dim]`.
+class FeaturePooling(MaskedPooling):
+    """Pools a sequence output `[batch, length, dim]` into `[batch, dim]`:
+    the recipes' fixed pooling, `MaskedPooling` under the name that saved
+    recipe models record.
 
     Args:
         mode: `"mean"` (average over the positions the mask keeps), `"max"`
-            or `"first"` (the first token, such as `[CLS]`).
+            or `"first"` (the first token, such as `[CLS]`); `"attention"`
+            is learned, in the head (`attention_head()`).
 
     Call arguments:
         sequence: float tensor `[batch, length, dim]`.
@@ -48,35 +52,13 @@ class FeaturePooling(keras.layers.Layer):
     """
 
     def __init__(self, mode: str = "mean", **kwargs):
-        super().__init__(**kwargs)
         if mode not in FIXED_POOLINGS:
             learned = " (a learned pooling: see AttentionPooling)"
             raise ConfigError(
                 f"Expected pooling in {FIXED_POOLINGS}. Received: pooling={mode!r}"
                 + (learned if mode == "attention" else "")
             )
-        self.mode = mode
-        # It consumes a Keras mask (KerasHub's sequence output carries one);
-        # the pooled output has no time axis, so no mask goes on.
-        self.supports_masking = True
-
-    def compute_mask(self, inputs, mask=None):
-        return None
-
-    def call(self, sequence, mask=None):
-        if self.mode == "first":
-            return sequence[:, 0]
-        if mask is None:
-            mask = tf.ones(tf.shape(sequence)[:2], sequence.dtype)
-        mask = tf.cast(mask, sequence.dtype)[..., None]
-        if self.mode == "max":
-            lowest = tf.cast(sequence.dtype.min, sequence.dtype)
-            return tf.reduce_max(tf.where(mask > 0, sequence, lowest), axis=1)
-        total = tf.reduce_sum(sequence * mask, axis=1)
-        return total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
-
-    def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        super().__init__(mode, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="tftransfer")
