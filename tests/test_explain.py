@@ -1,0 +1,301 @@
+"""tftransfer.explain: integrated gradients, Grad-CAM and occlusion on tiny
+image and text models, their completeness and sanity checks, rendering."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+from data_fixtures import seeded_image_backbone, signal_images, tiny_recipe
+
+from tftransfer import data
+from tftransfer.backbones import Backbone
+from tftransfer.backbones.keras_hub_source import bert_feature_model
+from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
+from tftransfer.errors import ArgumentError
+from tftransfer.explain import explain, render, text
+from tftransfer.recipes import FeatureExtraction
+
+SEQ_LENGTH = 16
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+FILLER = [
+    "piano",
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "on",
+    "with",
+    "for",
+    "by",
+    "at",
+    "from",
+    "news",
+    "game",
+    "team",
+    "play",
+    "music",
+    "show",
+]
+VOCABULARY = [*SPECIAL, "rugby", *FILLER, ",", "##s"]
+KEYWORD = "rugby"
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation of two flat arrays (no ties expected)."""
+    ranks_a = np.argsort(np.argsort(a.ravel()))
+    ranks_b = np.argsort(np.argsort(b.ravel()))
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def randomised(model: keras.Model, seed: int = 1) -> keras.Model:
+    """A copy of `model` with every weight redrawn (Adebayo et al.'s
+    cascading randomisation, all layers), each at its own scale."""
+    clone = keras.models.clone_model(model)
+    rng = np.random.default_rng(seed)
+    for weight in clone.weights:
+        value = np.asarray(weight.numpy())
+        scale = float(value.std()) or 0.1
+        weight.assign(rng.normal(0.0, scale, value.shape).astype(value.dtype))
+    return clone
+
+
+@pytest.fixture(scope="module")
+def image_model():
+    """A conv + softmax classifier of 8x8 images by their red brightness."""
+    backbone = seeded_image_backbone("tiny", conv_filters=4)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            backbone.build(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    pixels, signal = signal_images(96)
+    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+    model.fit(pixels / 255.0, (signal > 0.5).astype(int), epochs=30, verbose=0)
+    return model, backbone, pixels
+
+
+def keyword_texts(count: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """4 to 8 filler words; every second text has one replaced by KEYWORD
+    (label 1), so length says nothing of the label."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for index in range(count):
+        words = list(rng.choice(FILLER, rng.integers(4, 9)))
+        if index % 2:
+            words[rng.integers(len(words))] = KEYWORD
+        texts.append(" ".join(words))
+        labels.append(index % 2)
+    return texts, np.array(labels)
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    """A one-layer KerasHub BERT with a softmax head, trained to find KEYWORD."""
+    preprocessor = BertTextPreprocessor(
+        VOCABULARY, lowercase=True, seq_length=SEQ_LENGTH
+    )
+    keras.utils.set_random_seed(0)
+    bert = keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCABULARY),
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=SEQ_LENGTH,
+    )
+    layer = bert_feature_model(bert, "mean", "tiny_bert")
+    backbone = Backbone(
+        name="tiny_bert",
+        handle="test://tiny_bert",
+        modality="text",
+        feature_dim=16,
+        builder=lambda trainable: layer,
+        seq_length=SEQ_LENGTH,
+        preprocessor_factory=lambda: preprocessor,
+    )
+    inputs = {
+        key: keras.Input((SEQ_LENGTH,), dtype="int32", name=key)
+        for key in ("input_word_ids", "input_mask", "input_type_ids")
+    }
+    head = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, head(layer(inputs)))
+    texts, labels = keyword_texts(240, seed=0)
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(dict(preprocessor(tf.constant(texts))), labels, epochs=12, verbose=0)
+    return model, backbone
+
+
+def test_integrated_gradients_add_up_to_the_change_of_an_image_models_output(
+    image_model,
+):
+    model, backbone, pixels = image_model
+    explanations = explain(model, list(pixels[:8]), backbone=backbone)
+    for explanation in explanations:
+        change = explanation.score - explanation.baseline_score
+        assert abs(change) > 0.05
+        assert explanation.completeness_gap < 0.01
+        assert explanation.attributions.shape == (8, 8)
+        assert explanation.image.dtype == np.uint8
+
+
+def test_integrated_gradients_add_up_on_token_embeddings_and_keyword_comes_first(
+    text_model,
+):
+    model, backbone = text_model
+    texts, labels = keyword_texts(40, seed=1)
+    with_keyword = [t for t, label in zip(texts, labels, strict=True) if label]
+    explanations = explain(model, with_keyword, backbone=backbone)
+    assert [e.target for e in explanations] == [1] * len(with_keyword)
+    gaps = [e.completeness_gap for e in explanations]
+    assert max(gaps) < 0.01, gaps
+    first = [e.top(1)[0][0] == KEYWORD for e in explanations]
+    assert np.mean(first) >= 0.9
+
+
+def test_attributions_of_trained_and_randomised_weights_differ(image_model, text_model):
+    model, backbone, pixels = image_model
+    trained = explain(model, list(pixels[:8]), backbone=backbone)
+    random = explain(randomised(model), list(pixels[:8]), backbone=backbone)
+    image_correlations = [
+        rank_correlation(a.attributions, b.attributions)
+        for a, b in zip(trained, random, strict=True)
+    ]
+    model, backbone = text_model
+    texts, labels = keyword_texts(20, seed=2)
+    trained = explain(model, texts, backbone=backbone, target=1)
+    random = explain(randomised(model), texts, backbone=backbone, target=1)
+    text_correlations = [
+        rank_correlation(a.attributions, b.attributions)
+        for a, b in zip(trained, random, strict=True)
+    ]
+    assert np.mean(image_correlations) < 0.5, image_correlations
+    assert np.mean(text_correlations) < 0.5, text_correlations
+
+
+def test_grad_cam_and_integrated_gradients_on_a_keras_application():
+    backbone = Backbone.from_keras_application(
+        "MobileNetV2", weights=None, image_size=(64, 64)
+    )
+    model = keras.Sequential(
+        [
+            keras.Input((64, 64, 3)),
+            backbone.build(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype("uint8")
+    cam = explain(model, [image], method="grad_cam", backbone=backbone)[0]
+    assert cam.attributions.shape == (64, 64)
+    assert cam.attributions.min() >= 0 and cam.attributions.max() > 0
+    assert cam.baseline_score is None and cam.completeness_gap is None
+    integrated = explain(model, [image], backbone=backbone, target=2)[0]
+    assert integrated.target == 2 and integrated.attributions.shape == (64, 64)
+
+
+def test_grad_cam_refuses_a_hub_layer_that_hides_its_feature_maps(image_model_path):
+    backbone = Backbone.from_hub(image_model_path, image_size=(8, 8))
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), backbone.build(), keras.layers.Dense(2)]
+    )
+    image = np.zeros((8, 8, 3), "uint8")
+    with pytest.raises(ArgumentError, match="grad_cam.*TF Hub SavedModel hides"):
+        explain(model, [image], method="grad_cam", backbone=backbone)
+    # Pixels stay reachable through the SavedModel: integrated gradients work.
+    integrated = explain(model, [image + 200], backbone=backbone)[0]
+    assert integrated.method == "integrated_gradients"
+    assert integrated.attributions.shape == (8, 8)
+    assert abs(integrated.score - integrated.baseline_score) > 0.05
+    assert integrated.completeness_gap < 0.01
+
+
+def test_a_hub_text_encoder_is_explained_by_occlusion_and_says_so(bert_paths):
+    backbone = Backbone.from_hub_text(*bert_paths, seq_length=16)
+    inputs = {
+        key: keras.Input((16,), dtype="int32", name=key)
+        for key in ("input_word_ids", "input_mask", "input_type_ids")
+    }
+    keras.utils.set_random_seed(0)
+    model = keras.Model(
+        inputs, keras.layers.Dense(2, activation="softmax")(backbone.build()(inputs))
+    )
+    sentence = "the quick brown fox"
+    with pytest.warns(UserWarning, match="hides.*leave-one-word-out occlusion"):
+        explanation = explain(model, [sentence], backbone=backbone)[0]
+    assert explanation.method == "occlusion"
+    assert "TF Hub SavedModel" in explanation.note
+    assert explanation.words == sentence.split()
+    prepare = data.prepare_fn(backbone)
+    without_fox = model(prepare(tf.constant(["the quick brown"])))[0]
+    expected = explanation.score - float(without_fox[explanation.target])
+    np.testing.assert_allclose(explanation.attributions[3], expected, rtol=1e-5)
+
+
+def test_patch_occlusion_spreads_each_patchs_drop_over_its_pixels(image_model):
+    model, backbone, pixels = image_model
+    explanation = explain(model, [pixels[0]], method="occlusion", backbone=backbone)[0]
+    image = pixels[0] / 255.0
+    hidden = image.copy()
+    hidden[0:1, 0:1] = 0.0  # 8 patches per side of 8 pixels: one pixel each.
+    drop = explanation.score - float(model(hidden[None])[0, explanation.target])
+    assert explanation.attributions[0, 0] == pytest.approx(drop, abs=1e-6)
+    empty = float(model(np.zeros((1, 8, 8, 3)))[0, explanation.target])
+    assert explanation.baseline_score == pytest.approx(empty, abs=1e-6)
+
+
+def test_word_pieces_map_to_their_words_and_words_past_the_cut_get_none():
+    preprocessor = BertTextPreprocessor(VOCABULARY, lowercase=True, seq_length=6)
+    words = text.split_words("Rugby, games the news")
+    ids = preprocessor(tf.constant([" ".join(words)]))["input_word_ids"][0].numpy()
+    positions = text.word_positions(preprocessor, words, ids)
+    # [CLS] rugby , game ##s [SEP]: "Rugby," and "games" are two pieces each.
+    assert positions.tolist() == [-1, 0, 0, 1, 1, -1]
+    sums = text.word_sums(np.array([9.0, 1, 2, 3, 4, 9]), positions, len(words))
+    assert sums[:2].tolist() == [3.0, 7.0]
+    assert np.isnan(sums[2:]).all()
+
+
+def test_explain_takes_a_fitted_recipe_and_names_the_class(tmp_path):
+    pixels, signal = signal_images(48)
+    labeled = data.from_arrays(pixels, np.where(signal > 0.5, "bright", "dark"))
+    recipe = tiny_recipe(FeatureExtraction, tmp_path, head_epochs=2)
+    with pytest.raises(ArgumentError, match="not fitted"):
+        explain(recipe, [pixels[0]])
+    parts = data.split(labeled, validation=0.25, seed=0)
+    recipe.fit(parts.train, parts.validation)
+    explanation = explain(recipe, [pixels[0]], method="occlusion")[0]
+    assert explanation.target_name == recipe.class_names[explanation.target]
+    with pytest.raises(ArgumentError, match="method=.*saliency"):
+        explain(recipe, [pixels[0]], method="saliency")
+    with pytest.raises(ArgumentError, match="target=7"):
+        explain(recipe, [pixels[0]], target=7)
+    with pytest.raises(ArgumentError, match="steps=0"):
+        explain(recipe, [pixels[0]], steps=0)
+
+
+def test_grad_cam_refuses_text(text_model):
+    model, backbone = text_model
+    with pytest.raises(ArgumentError, match="grad_cam.*text"):
+        explain(model, ["the rugby game"], method="grad_cam", backbone=backbone)
+
+
+def test_renders_heat_maps_and_shaded_words(image_model, text_model, tmp_path):
+    model, backbone, pixels = image_model
+    image = explain(model, [pixels[0]], backbone=backbone)[0]
+    overlay = render.overlay(image)
+    assert overlay.shape == (8, 8, 3) and overlay.dtype == np.uint8
+    strongest = np.unravel_index(np.abs(image.attributions).argmax(), (8, 8))
+    assert not np.array_equal(overlay[strongest], image.image[strongest])
+    model, backbone = text_model
+    words = explain(model, ["the <b>rugby</b> game"], backbone=backbone)[0]
+    shaded = render.shaded_text(words)
+    assert "&lt;b&gt;rugby&lt;/b&gt;" in shaded and shaded.count("<span") == 4
+    page = render.page([image, words], ["red.png", "text.txt"], "why", tmp_path)
+    content = page.read_text()
+    assert "data:image/png;base64," in content and "rugby" in content
+    assert "integrated_gradients for output 1" in render.summary(words)

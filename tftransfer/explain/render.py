@@ -1,0 +1,133 @@
+"""Pictures of attributions: heat maps over images, text with shaded words.
+
+Both are self-contained (a PNG, an HTML fragment with inline styles), for
+the run report and for `tftransfer explain`. Red speaks for the explained
+output, blue against it; the strongest attribution of each explanation is
+fully coloured.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tftransfer.explain.explanation import Explanation
+
+# How opaque the heat map is where an attribution is strongest.
+MAX_ALPHA = 0.6
+_RED = np.array([220.0, 30.0, 30.0])
+_BLUE = np.array([30.0, 80.0, 220.0])
+
+
+def _scaled(values: np.ndarray) -> np.ndarray:
+    """`values` divided by their largest magnitude (`nan` kept; 0 if all 0)."""
+    peak = np.nanmax(np.abs(values), initial=0.0)
+    return values / peak if peak > 0 else np.zeros_like(values)
+
+
+def overlay(explanation: Explanation) -> np.ndarray:
+    """The image with its attributions as a heat map over it.
+
+    Returns:
+        uint8 `[height, width, 3]`.
+    """
+    scaled = _scaled(explanation.attributions)[..., None]
+    colour = np.where(scaled >= 0, _RED, _BLUE)
+    alpha = MAX_ALPHA * np.abs(scaled)
+    image = explanation.image.astype(np.float64)
+    return np.round(image * (1 - alpha) + colour * alpha).astype(np.uint8)
+
+
+def write_png(pixels: np.ndarray, path: str | os.PathLike, size: int | None = None):
+    """Writes uint8 `pixels` `[height, width, 3]` as a PNG, its longer side
+    resized to `size` if given; returns the path."""
+    import tensorflow as tf
+
+    image = tf.constant(pixels)
+    if size is not None:
+        image = tf.image.resize(image, (size, size), preserve_aspect_ratio=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    tf.io.write_file(str(path), tf.io.encode_png(image))
+    return Path(path)
+
+
+def data_uri(path: str | os.PathLike) -> str:
+    """The PNG file `path` as a `data:` URI, to embed in a page."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def shaded_text(explanation: Explanation) -> str:
+    """The text's words as HTML spans shaded by attribution.
+
+    Each word's `title` gives its attribution; words past the model's
+    sequence length are grey.
+
+    Returns:
+        An HTML fragment (a `<span class="shaded">`).
+    """
+    spans = []
+    values = explanation.attributions
+    for word, raw, value in zip(
+        explanation.words, values, _scaled(values), strict=True
+    ):
+        if np.isnan(value):
+            spans.append(f'<span style="color:#999">{html.escape(word)}</span>')
+            continue
+        red, green, blue = (_RED if value >= 0 else _BLUE).astype(int)
+        spans.append(
+            f'<span title="{raw:+.4f}" style="background:rgba({red},{green},'
+            f'{blue},{MAX_ALPHA * abs(value):.2f})">{html.escape(word)}</span>'
+        )
+    return f'<span class="shaded">{" ".join(spans)}</span>'
+
+
+def summary(explanation: Explanation, k: int = 5) -> str:
+    """One line: the method, the explained output and its top `k` parts."""
+    target = explanation.target_name or f"output {explanation.target}"
+    parts = ", ".join(f"{part} ({value:+.3f})" for part, value in explanation.top(k))
+    line = f"{explanation.method} for {target} ({explanation.score:.3f}): {parts}"
+    return f"{line} [{explanation.note}]" if explanation.note else line
+
+
+def page(
+    explanations: Sequence[Explanation],
+    names: Sequence[str],
+    title: str,
+    folder: str | os.PathLike,
+) -> Path:
+    """Writes `explanations.html` (and a PNG per image) into `folder`.
+
+    Args:
+        explanations: One per input.
+        names: The inputs' names (file names), in the same order.
+        title: The page's title.
+        folder: Where to write; created if missing.
+
+    Returns:
+        The path of the page, self-contained (PNGs embedded).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    for index, (explanation, name) in enumerate(zip(explanations, names, strict=True)):
+        head = f"<h2>{html.escape(name)}</h2><p>{html.escape(summary(explanation))}</p>"
+        if explanation.words is not None:
+            body = f"<p>{shaded_text(explanation)}</p>"
+        else:
+            picture = write_png(overlay(explanation), folder / f"{index:03d}.png")
+            body = f'<img src="{data_uri(picture)}" alt="{html.escape(name)}">'
+        items.append(head + body)
+    path = folder / "explanations.html"
+    path.write_text(
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title></head>"
+        f'<body style="font-family:system-ui,sans-serif;max-width:1000px;'
+        f'margin:2em auto">{"".join(items)}</body></html>\n',
+        encoding="utf-8",
+    )
+    return path
