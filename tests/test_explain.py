@@ -1,46 +1,19 @@
 """tftransfer.explain: integrated gradients, Grad-CAM and occlusion on tiny
 image and text models, their completeness and sanity checks, rendering."""
 
+import explain_fixtures
 import keras
-import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import seeded_image_backbone, signal_images, tiny_recipe
+from data_fixtures import signal_images, tiny_recipe
 
 from tftransfer import data
 from tftransfer.backbones import Backbone
-from tftransfer.backbones.keras_hub_source import bert_feature_model
 from tftransfer.backbones.text_preprocessing import BertTextPreprocessor
 from tftransfer.errors import ArgumentError
 from tftransfer.explain import explain, render, text
 from tftransfer.recipes import FeatureExtraction
-
-SEQ_LENGTH = 16
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-FILLER = [
-    "piano",
-    "the",
-    "a",
-    "of",
-    "and",
-    "to",
-    "in",
-    "on",
-    "with",
-    "for",
-    "by",
-    "at",
-    "from",
-    "news",
-    "game",
-    "team",
-    "play",
-    "music",
-    "show",
-]
-VOCABULARY = [*SPECIAL, "rugby", *FILLER, ",", "##s"]
-KEYWORD = "rugby"
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -64,71 +37,12 @@ def randomised(model: keras.Model, seed: int = 1) -> keras.Model:
 
 @pytest.fixture(scope="module")
 def image_model():
-    """A conv + softmax classifier of 8x8 images by their red brightness."""
-    backbone = seeded_image_backbone("tiny", conv_filters=4)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            backbone.build(),
-            keras.layers.Dense(2, activation="softmax"),
-        ]
-    )
-    pixels, signal = signal_images(96)
-    model.compile(keras.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
-    model.fit(pixels / 255.0, (signal > 0.5).astype(int), epochs=30, verbose=0)
-    return model, backbone, pixels
-
-
-def keyword_texts(count: int, seed: int) -> tuple[list[str], np.ndarray]:
-    """4 to 8 filler words; every second text has one replaced by KEYWORD
-    (label 1), so length says nothing of the label."""
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for index in range(count):
-        words = list(rng.choice(FILLER, rng.integers(4, 9)))
-        if index % 2:
-            words[rng.integers(len(words))] = KEYWORD
-        texts.append(" ".join(words))
-        labels.append(index % 2)
-    return texts, np.array(labels)
+    return explain_fixtures.image_model()
 
 
 @pytest.fixture(scope="module")
 def text_model():
-    """A one-layer KerasHub BERT with a softmax head, trained to find KEYWORD."""
-    preprocessor = BertTextPreprocessor(
-        VOCABULARY, lowercase=True, seq_length=SEQ_LENGTH
-    )
-    keras.utils.set_random_seed(0)
-    bert = keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCABULARY),
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQ_LENGTH,
-    )
-    layer = bert_feature_model(bert, "mean", "tiny_bert")
-    backbone = Backbone(
-        name="tiny_bert",
-        handle="test://tiny_bert",
-        modality="text",
-        feature_dim=16,
-        builder=lambda trainable: layer,
-        seq_length=SEQ_LENGTH,
-        preprocessor_factory=lambda: preprocessor,
-    )
-    inputs = {
-        key: keras.Input((SEQ_LENGTH,), dtype="int32", name=key)
-        for key in ("input_word_ids", "input_mask", "input_type_ids")
-    }
-    head = keras.layers.Dense(2, activation="softmax")
-    model = keras.Model(inputs, head(layer(inputs)))
-    texts, labels = keyword_texts(240, seed=0)
-    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
-    model.fit(dict(preprocessor(tf.constant(texts))), labels, epochs=12, verbose=0)
-    return model, backbone
+    return explain_fixtures.text_model()
 
 
 def test_integrated_gradients_add_up_to_the_change_of_an_image_models_output(
@@ -148,13 +62,13 @@ def test_integrated_gradients_add_up_on_token_embeddings_and_keyword_comes_first
     text_model,
 ):
     model, backbone = text_model
-    texts, labels = keyword_texts(40, seed=1)
+    texts, labels = explain_fixtures.keyword_texts(40, seed=1)
     with_keyword = [t for t, label in zip(texts, labels, strict=True) if label]
     explanations = explain(model, with_keyword, backbone=backbone)
     assert [e.target for e in explanations] == [1] * len(with_keyword)
     gaps = [e.completeness_gap for e in explanations]
     assert max(gaps) < 0.01, gaps
-    first = [e.top(1)[0][0] == KEYWORD for e in explanations]
+    first = [e.top(1)[0][0] == explain_fixtures.KEYWORD for e in explanations]
     assert np.mean(first) >= 0.9
 
 
@@ -167,7 +81,7 @@ def test_attributions_of_trained_and_randomised_weights_differ(image_model, text
         for a, b in zip(trained, random, strict=True)
     ]
     model, backbone = text_model
-    texts, labels = keyword_texts(20, seed=2)
+    texts, labels = explain_fixtures.keyword_texts(20, seed=2)
     trained = explain(model, texts, backbone=backbone, target=1)
     random = explain(randomised(model), texts, backbone=backbone, target=1)
     text_correlations = [
@@ -249,7 +163,9 @@ def test_patch_occlusion_spreads_each_patchs_drop_over_its_pixels(image_model):
 
 
 def test_word_pieces_map_to_their_words_and_words_past_the_cut_get_none():
-    preprocessor = BertTextPreprocessor(VOCABULARY, lowercase=True, seq_length=6)
+    preprocessor = BertTextPreprocessor(
+        explain_fixtures.VOCABULARY, lowercase=True, seq_length=6
+    )
     words = text.split_words("Rugby, games the news")
     ids = preprocessor(tf.constant([" ".join(words)]))["input_word_ids"][0].numpy()
     positions = text.word_positions(preprocessor, words, ids)

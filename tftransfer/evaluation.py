@@ -5,7 +5,10 @@ training history, and the test predictions) into files a person reads:
 `metrics.json`, a per-class (per-label, per-target) CSV,
 `training_curves.png`, a picture of the errors, the worst predictions
 (image thumbnails or text snippets) and `report.html`, which shows all of
-it in one self-contained page. Each task has its own numbers and picture:
+it in one self-contained page. Given an `explainer` (see `write_report()`),
+a classifier's most confidently wrong and typical correct predictions come
+with their attributions: heat maps over the images, words shaded by how
+much they carried the prediction. Each task has its own numbers and picture:
 
 | task | numbers | picture |
 | --- | --- | --- |
@@ -20,12 +23,11 @@ tftransfer[report]`).
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ from tftransfer.errors import ConfigError
 
 SNIPPET_CHARS = 300
 THUMBNAIL_SIZE = 96
+# Top words or regions listed beside each explained example.
+TOP_PARTS = 5
 
 
 def _pyplot():
@@ -275,6 +279,34 @@ def confidently_wrong(
     return [int(i) for i in wrong[order][:count]]
 
 
+def typical_correct(
+    labels: np.ndarray, probabilities: np.ndarray, count: int
+) -> list[int]:
+    """Returns the indices of up to `count` typical correct predictions.
+
+    One per class, in class order: of the class's correct predictions, the
+    one whose confidence is the median (the lower middle one of an even
+    number), so the report shows how the model usually decides, not its
+    easiest cases.
+
+    Example:
+
+    >>> typical_correct(np.array([0, 0, 0, 1]),
+    ...                 np.array([[.9, .1], [.6, .4], [.7, .3], [.2, .8]]), 5)
+    [2, 3]
+    """
+    labels = np.asarray(labels).reshape(-1)
+    probabilities = np.asarray(probabilities)
+    predicted = probabilities.argmax(axis=1)
+    chosen = []
+    for label in range(probabilities.shape[1]):
+        right = np.flatnonzero((predicted == labels) & (labels == label))
+        if len(right):
+            order = np.argsort(probabilities[right, label], kind="stable")
+            chosen.append(int(right[order[(len(right) - 1) // 2]]))
+    return chosen[:count]
+
+
 def write_report(
     run_dir: str | os.PathLike,
     *,
@@ -289,6 +321,8 @@ def write_report(
     confidently_wrong_count: int = 12,
     skipped: Sequence[str] = (),
     fallbacks: Sequence[str] = (),
+    explainer: Callable[[Sequence[Any]], Sequence[Any]] | None = None,
+    typical_correct_count: int = 5,
 ) -> Path:
     """Writes the run report files into `run_dir`; returns `report.html`.
 
@@ -313,6 +347,18 @@ def write_report(
             (`LabeledData.skipped`): counted and listed in the report.
         fallbacks: The inputs read by a fallback (`LabeledData.fallbacks`,
             e.g. text files that are not UTF-8): counted and listed.
+        explainer: Classification: a function from raw inputs (texts,
+            encoded image bytes, image file paths or pixel arrays) to one
+            `tftransfer.explain.Explanation` each, of the predicted class,
+            such as `functools.partial(tftransfer.explain.explain, recipe)`.
+            With it, the most confidently wrong predictions and a new
+            section of typical correct ones (`typical_correct()`) show
+            their attributions: heat maps beside the thumbnails
+            (`<section>/NN_attributions.png`), shaded words, the top words
+            or regions (also in `confidently_wrong.json` and
+            `typical_correct.json`).
+        typical_correct_count: How many typical correct predictions to
+            explain (one per class, at most this many).
 
     Returns:
         The path of `report.html`.
@@ -321,7 +367,8 @@ def write_report(
 
     >>> write_report("runs/bbc", metrics=metrics, history=history.history,
     ...              labels=y, probabilities=p, inputs=texts,
-    ...              input_format="text", title="bbc")
+    ...              input_format="text", title="bbc",
+    ...              explainer=functools.partial(tftransfer.explain.explain, recipe))
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -331,19 +378,16 @@ def write_report(
     _write_per_class_csv(metrics[rows_key], column, run_dir / f"{_CSV[task]}.csv")
     curves = plot_training_curves(history, run_dir / "training_curves.png")
     picture = _picture(task, metrics, labels, probabilities, run_dir)
-    mistakes = _write_mistakes(
-        run_dir,
-        worst_predictions(task, labels, probabilities, confidently_wrong_count),
-        task,
-        labels,
-        probabilities,
-        inputs,
-        input_format,
-        metrics[_NAMES[task]],
-    )
+    explain = explainer if task == "classification" else None
+    common = (task, labels, probabilities, inputs, input_format, metrics[_NAMES[task]])
+    worst = worst_predictions(task, labels, probabilities, confidently_wrong_count)
+    sections = [_write_examples(run_dir, _WORST, worst, *common, explain)]
+    if explain is not None:
+        typical = typical_correct(labels, probabilities, typical_correct_count)
+        sections.append(_write_examples(run_dir, _TYPICAL, typical, *common, explain))
     data_notes = _data_notes(skipped, fallbacks)
     page = _page(
-        run_dir, title, metrics, curves, picture, mistakes, settings or {}, data_notes
+        run_dir, title, metrics, curves, picture, sections, settings or {}, data_notes
     )
     path = run_dir / "report.html"
     path.write_text(page, encoding="utf-8")
@@ -428,12 +472,40 @@ def _described(task: str, label, output, names) -> tuple[str, str, dict]:
     return values(label), values(output), {"error": float(np.abs(output - label).sum())}
 
 
-def _write_mistakes(
-    run_dir, indices, task, labels, probabilities, inputs, input_format, names
+# The sections of explained examples: their files' name.
+_WORST = "confidently_wrong"
+_TYPICAL = "typical_correct"
+
+
+def _raw(value, input_format: str):
+    """An input as `tftransfer.explain.explain()` takes it."""
+    if input_format == "file_path":
+        return value.decode() if isinstance(value, bytes) else str(value)
+    return value
+
+
+def _write_examples(
+    run_dir,
+    section,
+    indices,
+    task,
+    labels,
+    probabilities,
+    inputs,
+    input_format,
+    names,
+    explain,
 ):
-    """Writes `confidently_wrong.json` (and thumbnails); returns the rows."""
+    """Writes `<section>.json` (and thumbnails, heat maps into `<section>/`);
+    returns `(section, rows, explanations)`, `explanations` being `None`
+    without `explain`."""
+    from tftransfer.explain import render
+
+    explanations = None
+    if explain is not None and indices:
+        explanations = explain([_raw(inputs[i], input_format) for i in indices])
     rows = []
-    folder = run_dir / "confidently_wrong"
+    folder = run_dir / section
     for rank, index in enumerate(indices):
         true, predicted, score = _described(
             task, labels[index], probabilities[index], names
@@ -454,9 +526,21 @@ def _write_mistakes(
             row["image"] = str(thumbnail.relative_to(run_dir))
             if input_format == "file_path":
                 row["file"] = value.decode() if isinstance(value, bytes) else str(value)
+        if explanations is not None:
+            explanation = explanations[rank]
+            row["explanation"] = {
+                "method": explanation.method,
+                "top": [[part, value] for part, value in explanation.top(TOP_PARTS)],
+                "completeness_gap": explanation.completeness_gap,
+                **({"note": explanation.note} if explanation.note else {}),
+            }
+            if explanation.words is None:
+                heat_map = folder / f"{rank:02d}_attributions.png"
+                render.write_png(render.overlay(explanation), heat_map, THUMBNAIL_SIZE)
+                row["attributions_image"] = str(heat_map.relative_to(run_dir))
         rows.append(row)
-    (run_dir / "confidently_wrong.json").write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
+    (run_dir / f"{section}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return section, rows, explanations
 
 
 def _save_thumbnail(value, input_format: str, path: Path) -> None:
@@ -474,11 +558,6 @@ def _save_thumbnail(value, input_format: str, path: Path) -> None:
     if image.shape[-1] == 1:
         image = tf.image.grayscale_to_rgb(image)
     tf.io.write_file(str(path), tf.io.encode_png(image[..., :3]))
-
-
-def _embedded(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"data:image/png;base64,{data}"
 
 
 _STYLE = """
@@ -540,9 +619,64 @@ def _cards(task: str, metrics: Mapping[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def _examples_html(run_dir, task, section, rows, explanations) -> str:
+    """One section of examples (worst or typical), with their attributions."""
+    from tftransfer.explain import render
+
+    e = html.escape
+    items = []
+    for rank, row in enumerate(rows):
+        score = (
+            f"({row['confidence']:.1%})"
+            if "confidence" in row
+            else f"(error {row['error']:.4g})"
+        )
+        header_html = (
+            f"true <b>{e(row['true'])}</b>, predicted <b>{e(row['predicted'])}</b> "
+            f"{score}"
+        )
+        explanation = explanations[rank] if explanations is not None else None
+        if "text" in row:
+            shown = (
+                render.shaded_text(explanation) if explanation else f"{e(row['text'])}…"
+            )
+            body = f"<div>{shown}</div>"
+        else:
+            images = [row["image"], *filter(None, [row.get("attributions_image")])]
+            pictures = " ".join(
+                f'<img src="{render.data_uri(run_dir / image)}" alt="example">'
+                for image in images
+            )
+            body = f"{pictures} <small>{e(row.get('file', ''))}</small>"
+        if explanation is not None:
+            body += (
+                f"<div><small>{e(render.summary(explanation, TOP_PARTS))}</small></div>"
+            )
+        items.append(f'<div class="mistake">{header_html}{body}</div>')
+    if section == _TYPICAL:
+        title = "Typical correct predictions"
+        empty = "<p>No correct predictions on this split.</p>"
+    else:
+        title = "Largest errors" if task == "regression" else "Most confidently wrong"
+        empty = "<p>No mistakes on this split.</p>"
+    legend = ""
+    if explanations:
+        parts = "words" if "text" in rows[0] else "regions of the heat map"
+        legend = (
+            f"<p><small>Red {parts} carried the predicted class, blue ones spoke "
+            "against it; the strongest is fully coloured. Hover a word for "
+            "its attribution. Below each: the method, the predicted class "
+            f"with its probability and the {TOP_PARTS} parts that carried it "
+            "most.</small></p>"
+        )
+    return f"<h2>{title}</h2>{legend}{''.join(items) or empty}"
+
+
 def _page(
-    run_dir, title, metrics, curves, picture, mistakes, settings, data_notes
+    run_dir, title, metrics, curves, picture, sections, settings, data_notes
 ) -> str:
+    from tftransfer.explain.render import data_uri
+
     e = html.escape
     task = metrics.get("task", "classification")
     cards = "".join(
@@ -562,26 +696,7 @@ def _page(
         + "</tr>"
         for name, row in rows.items()
     )
-    items = []
-    for row in mistakes:
-        score = (
-            f"({row['confidence']:.1%})"
-            if "confidence" in row
-            else f"(error {row['error']:.4g})"
-        )
-        header_html = (
-            f"true <b>{e(row['true'])}</b>, predicted <b>{e(row['predicted'])}</b> "
-            f"{score}"
-        )
-        if "text" in row:
-            body = f"<div>{e(row['text'])}…</div>"
-        else:
-            src = _embedded(run_dir / row["image"])
-            caption = e(row.get("file", ""))
-            body = f'<img src="{src}" alt="example"> <small>{caption}</small>'
-        items.append(f'<div class="mistake">{header_html}{body}</div>')
-    mistakes_html = "".join(items) or "<p>No mistakes on this split.</p>"
-    worst = "Largest errors" if task == "regression" else "Most confidently wrong"
+    examples = "".join(_examples_html(run_dir, task, *section) for section in sections)
     picture_title = _PICTURES[task]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{e(title)}: tftransfer run report</title>
@@ -589,12 +704,12 @@ def _page(
 <h1>{e(title)}</h1>
 <p>Task: {e(task)}</p>
 <div class="cards">{cards}</div>
-<h2>Training curves</h2><img class="plot" src="{_embedded(curves)}" alt="training curves">
-<h2>{picture_title}</h2><img class="plot" src="{_embedded(picture)}" alt="{picture_title.lower()}">
+<h2>Training curves</h2><img class="plot" src="{data_uri(curves)}" alt="training curves">
+<h2>{picture_title}</h2><img class="plot" src="{data_uri(picture)}" alt="{picture_title.lower()}">
 <h2>Per-{column} metrics</h2>
 <table><tr>{header}</tr>
 {table}</table>
-<h2>{worst}</h2>{mistakes_html}
+{examples}
 {data_notes}
 <h2>Settings</h2><pre>{e(json.dumps(settings, indent=2, default=str))}</pre>
 <p>TensorBoard logs: <code>tensorboard --logdir logs</code> in this folder.</p>

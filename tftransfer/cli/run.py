@@ -16,6 +16,7 @@ data or backbone is loaded).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -397,6 +398,7 @@ def run(config: RunConfig) -> Path:
     PosixPath('runs/bbc-news-topics')
     """
     from tftransfer import evaluation
+    from tftransfer.explain import explain
     from tftransfer.recipes.tasks import get_task
 
     folder = run_dir(config)
@@ -407,7 +409,10 @@ def run(config: RunConfig) -> Path:
     split_name, held_out = held_out_split(config, parts)
     if split_name != config.evaluation.split:
         print("    (the data has no test part: data.test is null)")
-    with step(f"Evaluating on the {split_name} split and writing the report"):
+    with step(
+        f"Evaluating on the {split_name} split and writing the report "
+        "(with the attributions of its worst and typical predictions)"
+    ):
         labels, probabilities, metrics = _evaluate(recipe, split_name, held_out)
         inputs = [x for x, _ in held_out.dataset.as_numpy_iterator()]
         report = evaluation.write_report(
@@ -423,6 +428,7 @@ def run(config: RunConfig) -> Path:
             confidently_wrong_count=config.evaluation.confidently_wrong,
             skipped=data.skipped,
             fallbacks=data.fallbacks,
+            explainer=functools.partial(explain, recipe),
         )
     print(f"\n{split_name} {get_task(recipe.task).headline(metrics)}")
     export_path = None

@@ -64,24 +64,32 @@ def data_uri(path: str | os.PathLike) -> str:
 def shaded_text(explanation: Explanation) -> str:
     """The text's words as HTML spans shaded by attribution.
 
-    Each word's `title` gives its attribution; words past the model's
-    sequence length are grey.
+    Each word's `title` gives its attribution. The words past the model's
+    sequence length (no attribution) are left out and counted.
 
     Returns:
         An HTML fragment (a `<span class="shaded">`).
     """
-    spans = []
     values = explanation.attributions
+    known = np.flatnonzero(~np.isnan(values))
+    seen = int(known[-1]) + 1 if len(known) else 0
+    spans = []
     for word, raw, value in zip(
-        explanation.words, values, _scaled(values), strict=True
+        explanation.words[:seen], values[:seen], _scaled(values)[:seen], strict=True
     ):
         if np.isnan(value):
-            spans.append(f'<span style="color:#999">{html.escape(word)}</span>')
+            spans.append(html.escape(word))
             continue
         red, green, blue = (_RED if value >= 0 else _BLUE).astype(int)
         spans.append(
             f'<span title="{raw:+.4f}" style="background:rgba({red},{green},'
             f'{blue},{MAX_ALPHA * abs(value):.2f})">{html.escape(word)}</span>'
+        )
+    unseen = len(values) - seen
+    if unseen:
+        spans.append(
+            f'<span style="color:#999">(and {unseen} more words, past the '
+            "model's sequence length)</span>"
         )
     return f'<span class="shaded">{" ".join(spans)}</span>'
 
