@@ -3,8 +3,9 @@
 Subcommands: `run` (a whole job from a recipe file), `rank` (score a recipe
 file's candidate backbones before training), `inspect` (what a
 SavedModel or backbone holds), `backbones` (the catalogue), `predict` and
-`evaluate` (use an exported model), `export` (repeat a run's export from its
-checkpoint). Exit codes: 0 success, 2 bad usage or bad recipe file, 1 any
+`evaluate` (use an exported model), `explain` (which words or image regions
+made a run's or an export's prediction), `export` (repeat a run's export
+from its checkpoint). Exit codes: 0 success, 2 bad usage or bad recipe file, 1 any
 other failure. Errors are one readable paragraph, alone on stderr (the lines
 TensorFlow's runtime writes while it starts are hidden); `--debug` shows the
 traceback and TensorFlow's logs instead.
@@ -118,6 +119,33 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "data",
         help="a folder with one sub-folder per class (images or .txt files), or a .csv / .jsonl file",
+    )
+
+    explain = commands.add_parser(
+        "explain",
+        help="which words or image regions made a model predict what it did",
+    )
+    explain.add_argument(
+        "model",
+        help="a run folder (runs/<name>), or an exported version folder or its "
+        "base folder",
+    )
+    explain.add_argument(
+        "files", nargs="+", help="image files, or text files for a text model"
+    )
+    explain.add_argument(
+        "--method",
+        default="integrated_gradients",
+        help="integrated_gradients (default), grad_cam (images, run folders) "
+        "or occlusion",
+    )
+    explain.add_argument(
+        "--top-k", type=int, default=5, help="words or regions printed per file"
+    )
+    explain.add_argument(
+        "--output",
+        default="explanations",
+        help="folder for explanations.html and its pictures (default: explanations)",
     )
 
     export = commands.add_parser(
@@ -239,6 +267,18 @@ def _dispatch(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return FAILURE
+    elif args.command == "explain":
+        from tftransfer.cli import explain
+
+        explain.check_model(args.model)
+        _start_tensorflow(args.debug)
+        explain.explain_files(
+            args.model,
+            args.files,
+            method=args.method,
+            top_k=args.top_k,
+            output=args.output,
+        )
     else:
         _start_tensorflow(args.debug)
         if args.command == "inspect":

@@ -553,6 +553,24 @@ def export_run(config: RunConfig, folder: str | Path, record: dict | None) -> Pa
     return path
 
 
+def restore(folder: str | Path):
+    """The trained recipe of the run in `folder`, restored from its
+    checkpoints without training (for `tftransfer explain`).
+
+    Checks the folder as `check_export()` does, then reads the data and
+    rebuilds the recipe, which restores every phase from the checkpoints.
+
+    Raises:
+        ConfigError: if `folder` is not a run folder or its recipe is invalid.
+        ExportError: if the run did not finish, or its recipe, data or
+            checkpoints changed since (restoring would retrain).
+    """
+    config, record = check_export(folder)
+    check_recipe(config, os.path.join(folder, RECIPE_FILE))
+    _, _, recipe = _train(config, Path(folder), record)
+    return recipe
+
+
 def _print_serving(path: Path) -> None:
     base = Path(path).resolve().parent
     print(f"Model:       {Path(path).resolve()}")

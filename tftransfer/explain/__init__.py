@@ -31,7 +31,14 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.errors import ArgumentError
-from tftransfer.explain import grad_cam, integrated_gradients, layers, occlusion, text
+from tftransfer.explain import (
+    grad_cam,
+    integrated_gradients,
+    layers,
+    occlusion,
+    render,
+    text,
+)
 from tftransfer.explain.explanation import Explanation
 from tftransfer.explain.integrated_gradients import DEFAULT_STEPS
 
@@ -178,7 +185,7 @@ class _Explainer:
 class _Image(_Explainer):
     def __init__(self, *args):
         super().__init__(*args)
-        self.low, self.high = self.backbone.value_range
+        self.low = self.backbone.value_range[0]
         self.layer = None  # Grad-CAM's, found on the first image.
 
     def explain_one(self, raw, target) -> Explanation:
@@ -202,7 +209,6 @@ class _Image(_Explainer):
             values, score, baseline_score = occlusion.patches(
                 self.predict, image.numpy(), self.low, target
             )
-        pixels = (image.numpy() - self.low) * (255.0 / (self.high - self.low))
         return Explanation(
             method=self.method,
             target=target,
@@ -210,7 +216,7 @@ class _Image(_Explainer):
             score=score,
             baseline_score=baseline_score,
             attributions=np.asarray(values, np.float64),
-            image=np.clip(np.round(pixels), 0, 255).astype(np.uint8),
+            image=render.display_pixels(image.numpy(), self.backbone.value_range),
         )
 
 

@@ -29,7 +29,8 @@ class Explanation:
         baseline_score: Its output on the baseline (integrated gradients:
             black image, or the text with its word pieces' embeddings
             replaced by the padding token's) or on
-            the fully occluded input; `None` for Grad-CAM.
+            the fully occluded input; `None` for Grad-CAM and where it is
+            unknown (a served `explain` signature does not return it).
         attributions: Images: float `[height, width]` on the prepared
             image (summed over the colour channels). Text: one per word of
             `words`, `nan` for words past the model's sequence length.
@@ -60,7 +61,7 @@ class Explanation:
         baseline_score)| / |score - baseline_score|`, how far the attributions
         are from adding up to the change of the output (0 is exact; `None`
         for other methods)."""
-        if self.method != "integrated_gradients":
+        if self.method != "integrated_gradients" or self.baseline_score is None:
             return None
         change = self.score - self.baseline_score
         total = float(np.nansum(self.attributions))

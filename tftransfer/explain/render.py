@@ -30,6 +30,13 @@ def _scaled(values: np.ndarray) -> np.ndarray:
     return values / peak if peak > 0 else np.zeros_like(values)
 
 
+def display_pixels(prepared: np.ndarray, value_range: Sequence[float]) -> np.ndarray:
+    """A prepared image (values in `value_range`) as uint8 pixels to show."""
+    low, high = value_range
+    pixels = (np.asarray(prepared, np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
 def overlay(explanation: Explanation) -> np.ndarray:
     """The image with its attributions as a heat map over it.
 

@@ -58,6 +58,10 @@ class ServingArchive:
             (one probability per label) or `"regression"` (predicted
             values). Defaults to the recipe's task, else
             `"classification"`.
+        explain: Also add the `explain` signature (raw inputs to the
+            largest output and its integrated gradients; see
+            `tftransfer.export.explain_signature`). Off by default, which
+            leaves the archive as it was without it.
 
     Attributes:
         model: The Keras model.
@@ -97,6 +101,7 @@ class ServingArchive:
         prepare: Callable | None = None,
         top_k: int = DEFAULT_TOP_K,
         task: str | None = None,
+        explain: bool = False,
     ):
         model, backbone, class_names, card_info = _unpack(
             model_or_recipe, backbone, class_names
@@ -123,6 +128,16 @@ class ServingArchive:
         self._module = _Module(labels_file)
         self._functions: dict[str, Any] = {}
         signatures.add_default_signatures(self)
+        if explain:
+            from tftransfer.export.explain_signature import add_explain_signature
+
+            add_explain_signature(self)
+
+    @property
+    def labels_table(self) -> tf.lookup.StaticHashTable:
+        """The table from output index (int64) to class, label or target
+        name that signatures look names up in (read from `labels.txt`)."""
+        return self._module.labels
 
     def serve(self, prepared) -> dict:
         """Runs the model on prepared inputs and names its outputs.
@@ -146,7 +161,7 @@ class ServingArchive:
         outputs = tf.cast(self.model(prepared, training=False), tf.float32)
         if self.task == "classification":
             return signatures.classification_outputs(
-                outputs, self._module.labels, self.top_k
+                outputs, self.labels_table, self.top_k
             )
         if self.task == "multi_label":
             return signatures.multi_label_outputs(

@@ -32,6 +32,7 @@ def export(
     card: ModelCardInfo | None = None,
     allow_ops: Iterable[str] = (),
     tflite: TFLiteOptions | None = None,
+    explain: bool = False,
 ) -> Path:
     """Exports a trained model as the next version of a served model.
 
@@ -104,6 +105,11 @@ def export(
             multi-label: micro F1; regression: MAE) and the largest output
             difference on the options' validation data recorded in the
             model card.
+        explain: Also serve the `explain` signature: raw inputs to the
+            largest output and its integrated gradients (images: per
+            pixel; text: per word), checked against TF Serving's ops like
+            the others (see `docs/serving.md`). With an archive, pass it to
+            `ServingArchive(..., explain=True)` instead.
 
     Returns:
         The path of the version folder written.
@@ -111,7 +117,9 @@ def export(
     Raises:
         ExportError: if a recipe is not fitted or a model not built, the
             names do not match its outputs, an archive comes with
-            `backbone`, `class_names`, `prepare`, `top_k` or `task`, `card`
+            `backbone`, `class_names`, `prepare`, `top_k`, `task` or
+            `explain`, `explain` meets a text model whose embedding lookup
+            is hidden, `card`
             records another task than the one served, a signature
             uses an op stock TF Serving cannot load, the base path is a file, the
             version exists (without `overwrite`), or the folder cannot be
@@ -155,7 +163,9 @@ def export(
     >>> tftransfer.export(model, "saved_models/prices", backbone=backbone,
     ...                   class_names=["price"], task="regression")
     """
-    archive = _archive(model_or_recipe, backbone, class_names, prepare, top_k, task)
+    archive = _archive(
+        model_or_recipe, backbone, class_names, prepare, top_k, task, explain
+    )
     if card is not None and not isinstance(card, ModelCardInfo):
         raise ExportError(
             "Expected `card` to be a `tftransfer.export.ModelCardInfo`. "
@@ -201,7 +211,7 @@ def export(
 
 
 def _archive(
-    model_or_recipe, backbone, class_names, prepare, top_k, task
+    model_or_recipe, backbone, class_names, prepare, top_k, task, explain
 ) -> ServingArchive:
     """`model_or_recipe` if it is an archive, else an archive made of it."""
     if not isinstance(model_or_recipe, ServingArchive):
@@ -212,6 +222,7 @@ def _archive(
             prepare=prepare,
             top_k=DEFAULT_TOP_K if top_k is None else top_k,
             task=task,
+            explain=explain,
         )
     given = {
         "backbone": backbone,
@@ -219,6 +230,7 @@ def _archive(
         "prepare": prepare,
         "top_k": top_k,
         "task": task,
+        "explain": explain or None,
     }
     given = sorted(key for key, value in given.items() if value is not None)
     if given:
