@@ -13,7 +13,7 @@ from tftransfer import defaults
 from tftransfer.backbones import Backbone
 from tftransfer.errors import ConfigError
 from tftransfer.messages import short_repr
-from tftransfer.recipes import learning_rates, training_loop
+from tftransfer.recipes import learning_rates, peft, training_loop
 from tftransfer.recipes.base import (
     check_auto_or_number,
     check_epochs,
@@ -35,6 +35,10 @@ PHASE_2_SETTINGS = (
     "weight_decay",
     "clipnorm",
     "train_batchnorm",
+    "method",
+    "lora_rank",
+    "lora_alpha",
+    "lora_targets",
 )
 
 
@@ -49,6 +53,17 @@ class FineTuning(FeatureExtraction):
     gradient clipping. BatchNorm layers stay in inference mode (their
     statistics untouched) unless `train_batchnorm=True`. Each phase stops
     early and restores its best weights, and resumes after a restart.
+
+    `method` chooses what phase 2 trains of the part of the backbone that
+    `unfreeze` chose: all of it (`"full"`); its biases and normalization
+    parameters only (`"bitfit"`, every backbone, TF Hub SavedModels
+    included); low-rank factors `a @ b * lora_alpha / lora_rank` added to
+    the kernels of its layers that match `lora_targets` (`"lora"`, through
+    Keras's `enable_lora`: KerasHub and `keras.applications` backbones);
+    or nothing (`"head"`: phase 1 alone). After LoRA, `model` serves a
+    rebuilt backbone with the product merged into its kernels (no LoRA
+    overhead when exported); `lora_factors` keeps the factors for
+    `tftransfer.deltas.save_delta`.
     With `pooling="attention"` the `AttentionPooling` is part of the head:
     phase 1 trains it on the cached sequences, phase 2 with the backbone
     (at the head's learning rate).
@@ -93,6 +108,15 @@ class FineTuning(FeatureExtraction):
         train_batchnorm: let BatchNorm statistics update in phase 2 (the
             backbone then follows the model's `training` flag, so its
             dropout is active too).
+        method: `"full"`, `"lora"`, `"bitfit"` or `"head"` (see above).
+        lora_rank: the rank of the LoRA factors.
+        lora_alpha: LoRA's scale numerator (the product is scaled by
+            `lora_alpha / lora_rank`); `None`: the rank (a scale of 1).
+        lora_targets: `"auto"` (the attention query and value projections
+            where the backbone has them, else every layer LoRA supports,
+            such as the convolutions of an image backbone) or a list of
+            regular expressions matched against kernel variable paths
+            (for example `["query", "value", "intermediate"]`).
         **kwargs: `FeatureExtraction` arguments (`task`, `head`,
             `head_epochs`, `hidden_units`, `dropout`, `label_smoothing`,
             `patience`, `batch_size`, `run_dir`, `strategy`, `cache_dir`,
@@ -106,6 +130,7 @@ class FineTuning(FeatureExtraction):
     >>> recipe = FineTuning(backbone, unfreeze=0.3, fine_tune_epochs=5)
     >>> recipe.fit(train, validation)
     >>> recipe.evaluate(test)["accuracy"]
+    >>> lora = FineTuning(backbone, method="lora", lora_rank=8)
     """
 
     kind = "fine_tuning"
@@ -122,9 +147,22 @@ class FineTuning(FeatureExtraction):
         weight_decay: float = defaults.FINE_TUNE_WEIGHT_DECAY,
         clipnorm: float | None = defaults.CLIPNORM,
         train_batchnorm: bool = False,
+        method: str = defaults.FINE_TUNE_METHOD,
+        lora_rank: int = defaults.LORA_RANK,
+        lora_alpha: float | None = defaults.LORA_ALPHA,
+        lora_targets: str | list[str] = defaults.LORA_TARGETS,
         **kwargs,
     ):
         check_epochs("fine_tune_epochs", fine_tune_epochs)
+        peft.check_method(method, lora_rank, lora_alpha, lora_targets)
+        if method == "lora" and not isinstance(backbone, Backbone):
+            raise ConfigError(
+                "method='lora' needs a tftransfer.Backbone: after training, "
+                "the recipe serves a copy of the backbone rebuilt with the "
+                "LoRA product merged into its kernels, and a plain Keras "
+                f"layer cannot be rebuilt. Received: backbone={short_repr(backbone)}. "
+                "Wrap it as Backbone(builder=...), or use method='bitfit' or 'full'."
+            )
         _check_unfreeze(unfreeze)
         check_auto_or_number(
             "fine_tune_learning_rate", fine_tune_learning_rate, positive=True
@@ -145,9 +183,15 @@ class FineTuning(FeatureExtraction):
                 "weight_decay": weight_decay,
                 "clipnorm": clipnorm,
                 "train_batchnorm": train_batchnorm,
+                "method": method,
+                "lora_rank": lora_rank,
+                "lora_alpha": lora_alpha,
+                "lora_targets": lora_targets,
             }
         )
         self.head_history: keras.callbacks.History | None = None
+        # After LoRA: {position in the served backbone's weights: (a, b, scale)}.
+        self.lora_factors: dict = {}
         # The float32 backbone layer while phase 2 trains a reduced one.
         self._float32_layer: keras.Layer | None = None
 
@@ -172,6 +216,9 @@ class FineTuning(FeatureExtraction):
         self._start_from_the_pretrained_backbone()
         train, validation = self._prepare_splits(train, validation, class_names)
         self.head_history = self._fit_head(train, validation, class_names)
+        if self.settings["method"] == "head":
+            self.history, self.chosen = self.head_history, "frozen"
+            return self.history
         self._train_in_pass_precision()
         train_batches = self._batches(train, training=True)
         validation_batches = (
@@ -235,21 +282,25 @@ class FineTuning(FeatureExtraction):
         self._model = None
 
     def _serve_in_float32(self) -> None:
-        """After phase 2 in a reduced precision, `model` computes in
-        float32 again: a float32 backbone layer takes the trained weights
-        (mixed precision keeps them in float32), so predictions and exports
-        compute as they are served."""
-        if (self._pass_policy or "float32") == "float32":
-            return
+        """After phase 2 in a reduced precision or with LoRA, `model`
+        computes in float32 with plain kernels: a float32 backbone layer
+        without LoRA takes the trained weights (mixed precision keeps them
+        in float32; LoRA products merged into their kernels, the factors
+        kept in `lora_factors`), so predictions and exports compute as they
+        are served."""
         trained = self.backbone_layer
+        self.lora_factors = peft.lora_factors(trained)
+        if (self._pass_policy or "float32") == "float32" and not self.lora_factors:
+            return
         layer = self._float32_layer
         if layer is None:
             with self._building():
                 layer = self._backbone_layer(trainable=False)
         self._float32_layer = None
         layer.trainable = trained.trainable
-        for variable, source in zip(layer.weights, trained.weights, strict=True):
-            variable.assign(source)
+        served = peft.served_weights(trained)
+        for variable, (source, value) in zip(layer.weights, served, strict=True):
+            variable.assign(value)
             variable.trainable = source.trainable
         self.backbone_layer = layer
         self._model = None
@@ -267,6 +318,7 @@ class FineTuning(FeatureExtraction):
             )
         self.backbone_layer = None
         self.head = self._model = None
+        self.lora_factors = {}
         self._predictors = {}
         self._pass_layers, self._pass_functions = {}, {}
 
@@ -352,12 +404,30 @@ class FineTuning(FeatureExtraction):
         self.say(f"Keeping the frozen model: {reason}.")
 
     def unfreeze(self) -> list:
-        """Makes the chosen backbone variables trainable; returns them."""
+        """Makes the backbone variables that `unfreeze` and `method` choose
+        trainable (for LoRA, new factors of the chosen layers); returns them."""
         # Phase 1 may not have built it: its features can come from the cache.
         layer = self._built_backbone()
         layer.trainable = True
         candidates = list(layer.trainable_weights)
         chosen = _select(layer, candidates, self._unfreeze)
+        method = self.settings["method"]
+        if method == "bitfit":
+            chosen = peft.bitfit_variables(chosen)
+            if not chosen:
+                raise ConfigError(
+                    "method='bitfit' found no bias or normalization parameter "
+                    f"among the backbone variables unfreeze={short_repr(self._unfreeze)} "
+                    "chose. Choose more of the backbone, or use method='full'."
+                )
+        elif method == "lora":
+            s = self.settings
+            chosen = peft.enable_lora(
+                peft.lora_layers(layer, chosen, s["lora_targets"]),
+                s["lora_rank"],
+                s["lora_alpha"],
+                seed=s["seed"],
+            )
         chosen_ids = {id(v) for v in chosen}
         for variable in candidates:
             variable.trainable = id(variable) in chosen_ids
@@ -496,9 +566,13 @@ def _select(layer: keras.Layer, candidates: list, unfreeze) -> list:
         return candidates
     if isinstance(unfreeze, list | tuple):
         patterns = [re.compile(p) for p in unfreeze]
-        chosen = [v for v in candidates if any(p.search(_path(v)) for p in patterns)]
+        chosen = [
+            v
+            for v in candidates
+            if any(p.search(peft.variable_path(v)) for p in patterns)
+        ]
         if not chosen:
-            names = ", ".join(_path(v) for v in candidates[:8])
+            names = ", ".join(peft.variable_path(v) for v in candidates[:8])
             raise ConfigError(
                 f"No backbone variable matches unfreeze={list(unfreeze)}. "
                 f"Variable paths look like: {names}, ..."
@@ -552,7 +626,3 @@ def _weighted_layers(layer: keras.Layer) -> list[keras.Layer]:
         elif sub.trainable_weights:
             leaves.append(sub)
     return leaves
-
-
-def _path(variable) -> str:
-    return getattr(variable, "path", None) or variable.name

@@ -1,0 +1,242 @@
+"""Parameter-efficient fine-tuning: which backbone weights phase 2 trains.
+
+`FineTuning(method=...)` trains all of the chosen backbone variables
+(`"full"`), only their biases and normalization parameters (`"bitfit"`),
+low-rank factors added to the kernels of chosen layers (`"lora"`, through
+Keras's own `enable_lora` of `Dense`, `EinsumDense`, `Embedding` and the
+convolutions), or nothing of the backbone (`"head"`: phase 1 only).
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+
+from tftransfer import defaults
+from tftransfer.errors import ConfigError
+from tftransfer.messages import short_list, short_repr
+from tftransfer.recipes.optimizers import NO_DECAY_PATTERNS
+
+METHODS = ("full", "lora", "bitfit", "head")
+
+# `lora_targets="auto"`: the attention query and value projections where a
+# backbone has them (Hu et al., 2021), else every layer LoRA supports (the
+# convolutions of an image backbone).
+ATTENTION_TARGETS = (r"(^|/)(query|value)(_dense)?/",)
+
+
+def check_method(method, lora_rank, lora_alpha, lora_targets) -> None:
+    """Raises a `ConfigError` for a method or LoRA option out of range.
+
+    Example:
+
+    >>> check_method("lora", 8, 16.0, "auto")
+    """
+    if method not in METHODS:
+        raise ConfigError(
+            f"Expected method to be one of {list(METHODS)}. "
+            f"Received: method={short_repr(method)}"
+        )
+    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank < 1:
+        raise ConfigError(
+            f"Expected lora_rank >= 1 (an integer). Received: lora_rank={short_repr(lora_rank)}"
+        )
+    if lora_alpha is not None and (
+        isinstance(lora_alpha, bool)
+        or not isinstance(lora_alpha, int | float)
+        or lora_alpha <= 0
+    ):
+        raise ConfigError(
+            "Expected lora_alpha > 0 (or None: the rank, a scale of 1). "
+            f"Received: lora_alpha={short_repr(lora_alpha)}"
+        )
+    if lora_targets != defaults.AUTO and (
+        not isinstance(lora_targets, list | tuple)
+        or not lora_targets
+        or not all(isinstance(p, str) for p in lora_targets)
+    ):
+        raise ConfigError(
+            "Expected lora_targets='auto' or a non-empty list of regular "
+            "expressions matched against kernel variable paths. Received: "
+            f"lora_targets={short_repr(lora_targets)}"
+        )
+
+
+def bitfit_variables(variables: list) -> list:
+    """The biases and normalization parameters among `variables` (the
+    variables `DiscriminativeAdamW` does not decay), by variable path.
+
+    Example:
+
+    >>> [v.path for v in bitfit_variables(layer.trainable_weights)]
+    ['dense/bias', 'layer_normalization/gamma', 'layer_normalization/beta']
+    """
+    pattern = re.compile("|".join(map(re.escape, NO_DECAY_PATTERNS)))
+    return [v for v in variables if pattern.search(variable_path(v))]
+
+
+def lora_layers(layer: keras.Layer, variables: list, targets) -> list[keras.Layer]:
+    """The layers of `layer` that LoRA adapts: those with Keras's
+    `enable_lora` whose kernel is one of `variables` (the part `unfreeze`
+    chose) and whose kernel path matches `targets` (`"auto"`: see
+    `ATTENTION_TARGETS`).
+
+    Raises:
+        ConfigError: if no layer qualifies (a TF Hub SavedModel has none:
+            its variables are not Keras layers' kernels).
+    """
+    chosen = {id(v) for v in variables}
+    capable = [
+        sub
+        for sub in layer._flatten_layers(include_self=True, recursive=True)
+        if hasattr(sub, "enable_lora")
+        and sub.built
+        and id(_base_kernel(sub)) in chosen
+        and not getattr(sub, "kernel_constraint", None)
+    ]
+    patterns = ATTENTION_TARGETS if targets == defaults.AUTO else targets
+    compiled = [re.compile(p) for p in patterns]
+    matched = [
+        sub
+        for sub in capable
+        if any(p.search(variable_path(_base_kernel(sub))) for p in compiled)
+    ]
+    if targets == defaults.AUTO and not matched:
+        matched = capable
+    if not matched:
+        paths = [variable_path(_base_kernel(sub)) for sub in capable]
+        found = (
+            f"Kernel paths of the layers it supports: {short_list(paths)}."
+            if paths
+            else (
+                "The backbone has no layer with Keras's enable_lora "
+                "(Dense, EinsumDense, Embedding, convolutions) among the "
+                "variables unfreeze chose; a TF Hub SavedModel has none. "
+                "Use method='bitfit' or 'full' there."
+            )
+        )
+        raise ConfigError(
+            f"method='lora' found no layer to adapt with "
+            f"lora_targets={short_repr(targets)}. {found}"
+        )
+    return matched
+
+
+def enable_lora(
+    layers: list[keras.Layer], rank: int, alpha: float | None, seed: int = 0
+) -> list:
+    """Enables LoRA of `rank` on `layers` (their kernels freeze); returns the
+    new trainable factors. The first factors start from He-uniform values
+    drawn from `seed` (so a run starts the same in every process), the
+    second at zero (so the model starts as the pretrained one).
+
+    Example:
+
+    >>> factors = enable_lora(lora_layers(backbone_layer, variables, "auto"), 8, 16)
+    """
+    factors = []
+    for index, layer in enumerate(layers):
+        layer.enable_lora(
+            rank,
+            lora_alpha=alpha,
+            a_initializer=keras.initializers.HeUniform(seed=seed + index),
+        )
+        factors += _factor_variables(layer)
+    return factors
+
+
+def lora_enabled(layer: keras.Layer) -> list[keras.Layer]:
+    """The layers of `layer` (itself included) with LoRA enabled."""
+    return [
+        sub
+        for sub in layer._flatten_layers(include_self=True, recursive=True)
+        if getattr(sub, "lora_enabled", False)
+    ]
+
+
+def lora_factors(layer: keras.Layer) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
+    """The LoRA factors of `layer`, keyed by the position of their kernel
+    in `served_weights(layer)`: `{position: (a, b, scale)}`, the kernel's
+    change being `scale * a @ b` (reshaped as the kernel).
+
+    Example:
+
+    >>> a, b, scale = lora_factors(backbone_layer)[0]
+    """
+    positions = {id(v): i for i, (v, _) in enumerate(served_weights(layer))}
+    factors = {}
+    for sub in lora_enabled(layer):
+        a, b = _factor_variables(sub)
+        factors[positions[id(_base_kernel(sub))]] = (
+            np.asarray(a.numpy()),
+            np.asarray(b.numpy()),
+            float(sub.lora_alpha / sub.lora_rank),
+        )
+    return factors
+
+
+def served_weights(layer: keras.Layer) -> list[tuple[keras.Variable, np.ndarray]]:
+    """`(variable, value)` of each weight of `layer` as a copy of it without
+    LoRA has them, in that copy's order: the LoRA factors left out, the
+    kernels they adapt with the product merged in.
+
+    Example:
+
+    >>> for target, (source, value) in zip(fresh.weights, served_weights(tuned)):
+    ...     target.assign(value)
+    """
+    merged = {}
+    factor_ids = set()
+    for sub in lora_enabled(layer):
+        merged[id(_base_kernel(sub))] = _merged_kernel(sub)
+        factor_ids.update(id(v) for v in _factor_variables(sub))
+    return [
+        (v, merged[id(v)] if id(v) in merged else np.asarray(v.numpy()))
+        for v in layer.weights
+        if id(v) not in factor_ids
+    ]
+
+
+def merged_weights(factors: dict, values: list[np.ndarray]) -> list[np.ndarray]:
+    """`values` (a backbone's weights, in order) with `scale * a @ b` of
+    each `factors` entry (see `lora_factors`) added to its kernel.
+
+    Example:
+
+    >>> merged = merged_weights(lora_factors(tuned), [w.numpy() for w in source.weights])
+    """
+    values = list(values)
+    for position, (a, b, scale) in factors.items():
+        kernel = values[position]
+        values[position] = (kernel + scale * (a @ b).reshape(kernel.shape)).astype(
+            kernel.dtype
+        )
+    return values
+
+
+def variable_path(variable) -> str:
+    return getattr(variable, "path", None) or variable.name
+
+
+def _base_kernel(layer: keras.Layer):
+    """The weight that Keras's LoRA adapts: the kernel, or an embedding table."""
+    if hasattr(layer, "_embeddings"):
+        return layer._embeddings
+    return getattr(layer, "_kernel", None)
+
+
+def _factor_variables(layer: keras.Layer) -> tuple:
+    if hasattr(layer, "lora_embeddings_a"):
+        return layer.lora_embeddings_a, layer.lora_embeddings_b
+    return layer.lora_kernel_a, layer.lora_kernel_b
+
+
+def _merged_kernel(layer: keras.Layer) -> np.ndarray:
+    base = _base_kernel(layer)
+    a, b = _factor_variables(layer)
+    scale = layer.lora_alpha / layer.lora_rank
+    value = np.asarray(base.numpy())
+    product = np.asarray(a.numpy()) @ np.asarray(b.numpy())
+    return (value + scale * product.reshape(value.shape)).astype(value.dtype)
