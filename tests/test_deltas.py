@@ -1,0 +1,121 @@
+"""Δθ artifacts: save_delta stores only what fine-tuning changed; load_delta
+rebuilds the model from the source backbone, checked by digest."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from hub_fixtures import ImageFeatureVector, save_as_hub_model
+
+from tftransfer import Backbone, ExportError, HandleError, data
+from tftransfer.deltas import load_delta, save_delta
+from tftransfer.recipes import FineTuning
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "plot"]
+
+
+def _pixels(count=48, seed=0):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(count, 8, 8, 3), dtype="uint8")
+    labels = pixels[:, :4].mean(axis=(1, 2, 3)) > pixels[:, 4:].mean(axis=(1, 2, 3))
+    return data.from_arrays(pixels, labels.astype(int), class_names=["a", "b"])
+
+
+def _fit(backbone, train, validation, tmp_path, **kwargs):
+    recipe = FineTuning(
+        backbone,
+        cache_dir=tmp_path / "cache",
+        run_dir=tmp_path / "run",
+        strategy="default",
+        head_epochs=1,
+        fine_tune_epochs=1,
+        fine_tune_learning_rate=3e-2,
+        verbose=0,
+        **kwargs,
+    )
+    # Keep the fine-tuned weights whatever the validation data says.
+    recipe._keep_frozen = lambda weights, reason: None
+    recipe.fit(train, validation)
+    return recipe
+
+
+def _prepared(recipe, labeled):
+    return next(iter(recipe._batches(labeled)))[0]
+
+
+@pytest.mark.parametrize(
+    "method, stored",
+    [
+        ("bitfit", {"beta", "gamma"}),
+        ("full", {"kernel", "beta", "gamma"}),
+    ],
+)
+def test_hub_delta_stores_changed_weights_and_reproduces_outputs(
+    image_model_path, tmp_path, method, stored
+):
+    backbone = Backbone.from_hub(image_model_path, image_size=(8, 8))
+    recipe = _fit(backbone, _pixels(), _pixels(16, seed=1), tmp_path, method=method)
+    folder = save_delta(recipe, tmp_path / "deltas")
+    assert folder == tmp_path / "deltas" / "1"
+    metadata = json.loads((folder / "delta.json").read_text())
+    assert {e["kind"] for e in metadata["entries"]} == {"difference"}
+    assert {e["path"].rsplit("/", 1)[-1] for e in metadata["entries"]} == stored
+    assert metadata["class_names"] == ["a", "b"]
+    inputs = _prepared(recipe, _pixels(16, seed=2))
+    loaded = load_delta(tmp_path / "deltas")
+    np.testing.assert_allclose(
+        loaded(inputs).numpy(), recipe.model(inputs).numpy(), atol=1e-5
+    )
+
+
+def test_delta_versions_and_refuses_a_mismatching_source(image_model_path, tmp_path):
+    backbone = Backbone.from_hub(image_model_path, image_size=(8, 8))
+    recipe = _fit(backbone, _pixels(), _pixels(16, seed=1), tmp_path, method="bitfit")
+    save_delta(recipe, tmp_path / "deltas")
+    assert save_delta(recipe, tmp_path / "deltas") == tmp_path / "deltas" / "2"
+    with pytest.raises(ExportError, match="already exists"):
+        save_delta(recipe, tmp_path / "deltas", version=1)
+    assert sorted(p.name for p in (tmp_path / "deltas").iterdir()) == ["1", "2"]
+    # Another source: the same SavedModel with one weight changed.
+    module = ImageFeatureVector()
+    module.kernel.assign_add(np.full(module.kernel.shape, 1e-3, "float32"))
+    other = Backbone.from_hub(
+        save_as_hub_model(module, str(tmp_path / "other")), image_size=(8, 8)
+    )
+    with pytest.raises(HandleError, match="does not hold the weights"):
+        load_delta(tmp_path / "deltas" / "1", backbone=other)
+    with pytest.raises(HandleError, match="No delta"):
+        load_delta(tmp_path / "nothing")
+
+
+def test_lora_delta_holds_the_factors_and_is_small(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    path = str(tmp_path / "bert")
+    keras.utils.set_random_seed(3)
+    keras_hub.models.BertBackbone(
+        vocabulary_size=len(VOCAB),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        intermediate_dim=64,
+        max_sequence_length=16,
+    ).save_to_preset(path)
+    keras_hub.models.BertTokenizer(vocabulary=VOCAB).save_to_preset(path)
+    backbone = Backbone.from_keras_hub(path, seq_length=8)
+    words = ["good film", "bad film", "good plot", "bad plot"] * 8
+    labeled = data.from_arrays(words, [int(w.startswith("good")) for w in words])
+    recipe = _fit(backbone, labeled, labeled, tmp_path, method="lora", lora_rank=2)
+    folder = save_delta(recipe, tmp_path / "deltas")
+    metadata = json.loads((folder / "delta.json").read_text())
+    kinds = {e["path"].rsplit("/", 2)[-2]: e["kind"] for e in metadata["entries"]}
+    assert kinds == {"query": "lora", "value": "lora"}
+    assert len(metadata["entries"]) == 4
+    backbone_bytes = sum(w.numpy().nbytes for w in recipe.backbone_layer.weights)
+    assert (folder / "delta.npz").stat().st_size < 0.1 * backbone_bytes
+    inputs = _prepared(recipe, labeled)
+    loaded = load_delta(folder)
+    np.testing.assert_allclose(
+        loaded(inputs).numpy(), recipe.model(inputs).numpy(), atol=1e-5
+    )
+    assert not [w for w in loaded.weights if "lora" in w.path]
