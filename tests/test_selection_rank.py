@@ -90,7 +90,7 @@ def test_rank_puts_the_informative_candidate_first_with_every_score(
     assert ranking.best is informative
     assert ranking.num_examples == 120
     assert ranking.recommendation.recipe == "feature_extraction"
-    assert "0.9" in ranking.recommendation.reason
+    assert "0.95" in ranking.recommendation.reason
     assert first.feature_dim == 2 and first.feature_seconds > 0
 
 

@@ -418,3 +418,20 @@ def test_multi_label_and_regression_refuse_unusable_targets():
         scores.logme(features, np.zeros(4), task="regression")
     with pytest.raises(DataError, match=r"constant target column\(s\) \[0\]"):
         scores.linear_probe(features, np.ones(4), task="regression")
+
+
+def test_linear_probe_fits_in_the_row_space_when_features_outnumber_examples(
+    monkeypatch,
+):
+    # Fewer examples than features: the probe fits in the span of each
+    # fold's training rows, which must give the same predictions as the
+    # fit in all the features' coordinates.
+    rng = np.random.default_rng(3)
+    labels = np.arange(120) % 6
+    centres = rng.normal(size=(6, 400))
+    features = rng.normal(size=(120, 400)) + 0.15 * centres[labels]
+    reduced = scores.linear_probe(features, labels, seed=1)
+    monkeypatch.setattr(scores, "_row_space", lambda train, test: (train, test))
+    full = scores.linear_probe(features, labels, seed=1)
+    assert 0.3 < reduced < 0.95  # neither chance nor trivially separable
+    assert reduced == full

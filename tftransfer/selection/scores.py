@@ -465,6 +465,21 @@ def _standardise(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.nd
     return (train - mean) / scale, (test - mean) / scale
 
 
+def _row_space(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both parts in the coordinates of the training rows' span, where there
+    are fewer rows than features.
+
+    An L2-regularised linear model's weights lie in that span (its loss
+    gradient `x.T @ residual` does, and the penalty removes the rest), so
+    the fit and its predictions are the same, from `k <= n` coordinates
+    instead of `d`.
+    """
+    if train.shape[1] <= len(train):
+        return train, test
+    _, _, basis = _thin_svd(train)
+    return train @ basis, test @ basis
+
+
 def _fit_softmax(
     x: np.ndarray, indices: np.ndarray, num_classes: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -621,7 +636,7 @@ def linear_probe(
         correct = 0
         for fold in np.unique(assignment):
             test = assignment == fold
-            train_x, test_x = _standardise(features[~test], features[test])
+            train_x, test_x = _row_space(*_standardise(features[~test], features[test]))
             weights, bias = _fit_softmax(train_x, indices[~test], num_classes)
             predicted = np.argmax(test_x @ weights + bias, axis=1)
             correct += int(np.sum(predicted == indices[test]))
