@@ -16,7 +16,7 @@ from tftransfer.errors import ArgumentError, HandleError, HandleNotFoundError
 from tftransfer.export.writer import atomic_version_dir, resolve_version, versions
 from tftransfer.recipes import heads, peft
 
-FORMAT = "tftransfer.delta/1"
+FORMAT = "tftransfer-delta/1"
 _METADATA = "delta.json"
 _ARRAYS = "delta.npz"
 _HEAD = "head.keras"
