@@ -1,8 +1,8 @@
 """LoRA vs full fine-tuning of all-MiniLM-L6-v2 on BBC News, and its delta.
 
 One bounded configuration for both sides (stated in the output): BBC News
-(60/20/20 split, seed 0; `--train-examples` keeps the first N training
-articles), seq_length `--seq-length`, one head epoch, `--epochs` phase-2
+(60/20/20 split, seed 0; `--train-examples` keeps N training articles
+at random, seed 0), seq_length `--seq-length`, one head epoch, `--epochs` phase-2
 epochs at fixed peak learning rates (no range test: it would cost more
 than the training), batch 32.
 
@@ -106,7 +106,9 @@ def main():
     if args.train_examples:
         splits.train = dataclasses.replace(
             splits.train,
-            dataset=splits.train.dataset.take(args.train_examples),
+            dataset=splits.train.dataset.shuffle(4096, seed=0).take(
+                args.train_examples
+            ),
             num_examples=min(args.train_examples, splits.train.num_examples),
         )
     print(
