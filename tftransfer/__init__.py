@@ -27,7 +27,9 @@ if TYPE_CHECKING:
         config,
         data,
         defaults,
+        deltas,
         distribute,
+        explain,
         export,
         hub,
         precision,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
         vocabulary,
     )
     from tftransfer.backbones import Backbone, backbone, hubify
+    from tftransfer.deltas import load_delta, save_delta
     from tftransfer.hub import HubLayer, resolve
     from tftransfer.recipes import fine_tune
     from tftransfer.selection import rank
@@ -51,15 +54,19 @@ _LAZY_EXPORTS = {
     "config": ("tftransfer.config", None),
     "data": ("tftransfer.data", None),
     "defaults": ("tftransfer.defaults", None),
+    "deltas": ("tftransfer.deltas", None),
     "distribute": ("tftransfer.distribute", None),
+    "explain": ("tftransfer.explain", None),  # a callable module
     "export": ("tftransfer.export", None),  # a callable module
     "fine_tune": ("tftransfer.recipes", "fine_tune"),
     "hub": ("tftransfer.hub", None),
     "hubify": ("tftransfer.backbones", "hubify"),
+    "load_delta": ("tftransfer.deltas", "load_delta"),
     "precision": ("tftransfer.precision", None),
     "rank": ("tftransfer.selection", "rank"),
     "recipes": ("tftransfer.recipes", None),
     "resolve": ("tftransfer.hub", "resolve"),
+    "save_delta": ("tftransfer.deltas", "save_delta"),
     "selection": ("tftransfer.selection", None),
     "vocabulary": ("tftransfer.vocabulary", None),
 }
@@ -82,15 +89,19 @@ __all__ = [
     "config",
     "data",
     "defaults",
+    "deltas",
     "distribute",
+    "explain",
     "export",
     "fine_tune",
     "hub",
     "hubify",
+    "load_delta",
     "precision",
     "rank",
     "recipes",
     "resolve",
+    "save_delta",
     "selection",
     "vocabulary",
 ]
