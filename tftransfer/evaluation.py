@@ -188,7 +188,9 @@ def plot_scores(
     positions = np.arange(len(names))
     for axis, (score, values) in zip(axes, scores.items(), strict=True):
         shown = [np.nan if value is None else value for value in values]
-        axis.barh(positions, shown, color="tab:blue")
+        bars = axis.barh(positions, shown, color="tab:blue")
+        axis.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
+        axis.margins(x=0.25)
         axis.set_title(score)
         axis.grid(alpha=0.3, axis="x")
         axis.axvline(0.0, color="grey", linewidth=0.8)
