@@ -73,23 +73,26 @@ def test_integrated_gradients_add_up_on_token_embeddings_and_keyword_comes_first
 
 
 def test_attributions_of_trained_and_randomised_weights_differ(image_model, text_model):
+    """Adebayo et al.'s model randomisation test: each input's attributions
+    to the trained model's predicted class, by the trained model and by the
+    randomised one, have a mean Spearman rank correlation below 0.5."""
+
+    def correlations(model, backbone, inputs):
+        random = randomised(model)
+        values = []
+        for raw in inputs:
+            trained = explain(model, [raw], backbone=backbone)[0]
+            other = explain(random, [raw], backbone=backbone, target=trained.target)
+            values.append(rank_correlation(trained.attributions, other[0].attributions))
+        return values
+
     model, backbone, pixels = image_model
-    trained = explain(model, list(pixels[:8]), backbone=backbone)
-    random = explain(randomised(model), list(pixels[:8]), backbone=backbone)
-    image_correlations = [
-        rank_correlation(a.attributions, b.attributions)
-        for a, b in zip(trained, random, strict=True)
-    ]
+    image = correlations(model, backbone, list(pixels[:6]))
     model, backbone = text_model
-    texts, labels = explain_fixtures.keyword_texts(20, seed=2)
-    trained = explain(model, texts, backbone=backbone, target=1)
-    random = explain(randomised(model), texts, backbone=backbone, target=1)
-    text_correlations = [
-        rank_correlation(a.attributions, b.attributions)
-        for a, b in zip(trained, random, strict=True)
-    ]
-    assert np.mean(image_correlations) < 0.5, image_correlations
-    assert np.mean(text_correlations) < 0.5, text_correlations
+    texts, _ = explain_fixtures.keyword_texts(10, seed=2)
+    text = correlations(model, backbone, texts)
+    assert np.mean(image) < 0.5, image
+    assert np.mean(text) < 0.5, text
 
 
 def test_grad_cam_and_integrated_gradients_on_a_keras_application():

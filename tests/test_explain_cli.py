@@ -137,6 +137,7 @@ def test_explain_signature_refuses_a_hub_text_encoder(bert_paths, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_explain_restores_a_run_folder_for_grad_cam(tmp_path, capsys):
     data = image_folder(tmp_path / "images", {"cats": 6, "dogs": 6}, size=(32, 32))
     settings = {

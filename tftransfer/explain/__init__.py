@@ -1,6 +1,7 @@
 """Explain predictions: attributions for images and text.
 
-`explain(model_or_recipe, inputs)` says which parts of each input made the
+`tftransfer.explain` is a callable module: `tftransfer.explain(recipe,
+inputs)` calls `explain()`, which says which parts of each input made the
 model give its output: pixels of an image, words of a text.
 
 | method | images | text |
@@ -22,6 +23,8 @@ heat maps over images and shades the words of texts. See `docs/explain.md`.
 from __future__ import annotations
 
 import os
+import sys
+import types
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +36,7 @@ import tensorflow as tf
 from tftransfer.errors import ArgumentError
 from tftransfer.explain import (
     grad_cam,
+    graph,
     integrated_gradients,
     layers,
     occlusion,
@@ -53,7 +57,7 @@ UNMAPPED_TOKENS = (
     "BERT-style `tokenize()`); explained by leave-one-word-out occlusion instead"
 )
 
-__all__ = ["DEFAULT_STEPS", "METHODS", "Explanation", "explain"]
+__all__ = ["DEFAULT_STEPS", "METHODS", "Explanation", "explain", "graph", "render"]
 
 
 def explain(
@@ -121,9 +125,9 @@ def explain(
 
     Example:
 
-    >>> explanation, = tftransfer.explain(recipe, ["Piero gives rugby perspective"])
+    >>> explanation, = tftransfer.explain(recipe, [piero_article])
     >>> explanation.target_name, explanation.top(2)
-    ('sport', [('rugby', 0.61), ('perspective', 0.08)])
+    ('sports', [('try', 0.142), ('England', 0.132)])
     >>> tftransfer.explain(recipe, ["cat.jpg"], method="grad_cam")[0].attributions.shape
     (224, 224)
     """
@@ -308,3 +312,13 @@ def _unpack(model_or_recipe, backbone, class_names):
             f"Received: backbone={backbone!r}."
         )
     return model, backbone, class_names
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `tftransfer.explain(...)` call `tftransfer.explain.explain(...)`."""
+
+    def __call__(self, *args, **kwargs):
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

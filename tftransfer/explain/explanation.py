@@ -40,9 +40,9 @@ class Explanation:
 
     Example:
 
-    >>> explanation = tftransfer.explain(recipe, ["Piero gives rugby perspective"])[0]
+    >>> explanation = tftransfer.explain(recipe, [piero_article])[0]
     >>> explanation.top(2)
-    [('rugby', 0.61), ('perspective', 0.08)]
+    [('try', 0.142), ('England', 0.132)]
     """
 
     method: str

@@ -102,10 +102,14 @@ def shaded_text(explanation: Explanation) -> str:
 
 
 def summary(explanation: Explanation, k: int = 5) -> str:
-    """One line: the method, the explained output and its top `k` parts."""
+    """One line: the method, the explained output, its top `k` parts and,
+    for integrated gradients, the completeness gap."""
     target = explanation.target_name or f"output {explanation.target}"
     parts = ", ".join(f"{part} ({value:+.3f})" for part, value in explanation.top(k))
     line = f"{explanation.method} for {target} ({explanation.score:.3f}): {parts}"
+    gap = explanation.completeness_gap
+    if gap is not None:
+        line += f"; completeness gap {gap:.1%}"
     return f"{line} [{explanation.note}]" if explanation.note else line
 
 

@@ -10,12 +10,15 @@
 - `tftransfer.export.TFLiteOptions` and `tftransfer.export.ModelCardInfo`
   group the TFLite and model card arguments of `tftransfer.export()`;
 - `tftransfer.export.verify(path, examples, model=...)` loads it in a fresh
-  TensorFlow-only process and checks it against the in-memory model.
+  TensorFlow-only process and checks it against the in-memory model;
+- `tftransfer.export.explain_signature` adds the optional `explain`
+  signature (`tftransfer.export(..., explain=True)`).
 """
 
 import sys
 import types
 
+from tftransfer.export import explain_signature
 from tftransfer.export.archive import ServingArchive
 from tftransfer.export.exporter import export
 from tftransfer.export.model_card import ModelCardInfo
@@ -29,6 +32,7 @@ __all__ = [
     "ServingArchive",
     "TFLiteOptions",
     "check_serving_ops",
+    "explain_signature",
     "export",
     "graph_ops",
     "verify",
