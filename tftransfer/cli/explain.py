@@ -77,8 +77,8 @@ def explain_files(
 
     Example:
 
-    >>> explain_files("runs/bbc-news-topics", ["article.txt"])
-    article.txt: sport (0.998), integrated_gradients: rugby (+0.412), ...
+    >>> explain_files("runs/bbc-news-topics", ["piero.txt"])
+    piero.txt: integrated_gradients for sports (0.998): try (+0.142), ...
     """
     from tftransfer.cli import run
     from tftransfer.explain import METHODS, render
