@@ -53,6 +53,9 @@ def _recipe(tmp_path, **kwargs):
         head_epochs=1,
         fine_tune_epochs=2,
         fine_tune_learning_rate=3e-2,
+        # Fixed head rates: no head search (not what these tests check).
+        learning_rate=1e-2,
+        head_weight_decay=0.0,
         verbose=0,
     )
     settings.update(kwargs)
