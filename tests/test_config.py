@@ -36,6 +36,24 @@ def test_minimal_recipe_fills_defaults(tmp_path):
     assert run.recipe.kind == "feature_extraction"
     assert run.export.enabled is True
     assert run.data.test == 0.2
+    # The report explains its worst and typical predictions; exports add
+    # the explain signature only when asked.
+    assert run.evaluation.explain is True and run.export.explain is False
+    assert run.rank.candidates == [] and run.rank.by == "logme"
+
+
+def test_rank_candidates_are_checked_item_by_item(tmp_path):
+    text = MINIMAL + (
+        "rank:\n  candidates:\n    - {handle: minilm, options: {layers: [2]}}\n"
+        "    - {handle: minilm, pooling: first, name: cls}\n"
+    )
+    run = config.loads(text)
+    assert [c.name for c in run.rank.candidates] == [None, "cls"]
+    assert run.rank.candidates[0].options == {"layers": [2]}
+    with pytest.raises(ConfigError, match=r"rank.candidates\[1\].pool"):
+        config.loads(text.replace("pooling: first", "pool: first"))
+    with pytest.raises(ConfigError, match="must be a list of mappings"):
+        config.loads(MINIMAL + "rank: {candidates: minilm}\n")
 
 
 def test_integer_is_accepted_where_a_number_is_expected(tmp_path):

@@ -104,6 +104,9 @@ def test_no_public_function_shadows_a_module_of_its_package():
         ("data", {"backbones", "recipes", "export", "cli", "config"}),
         ("export", {"cli", "config"}),
         ("recipes", {"export", "cli", "config"}),
+        ("selection", {"export", "explain", "deltas", "cli", "config"}),
+        ("explain", {"selection", "deltas", "cli", "config"}),
+        ("deltas", {"selection", "cli", "config"}),
     ],
 )
 def test_a_package_does_not_import_the_layers_above_it(package, above):

@@ -245,7 +245,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         settings = config.load(args.recipe, args.overrides)
         sources.check_path(settings.data)
         _start_tensorflow(args.debug)
-        ranking.rank(settings)
+        ranking.rank(settings, args.recipe)
     elif args.command == "export":
         from tftransfer.cli import run
 

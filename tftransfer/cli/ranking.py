@@ -20,10 +20,14 @@ BEST = "best"
 RANK_FILE = "rank.json"
 
 
-def rank(config: RunConfig) -> Path:
+def rank(config: RunConfig, recipe_file: str = "RECIPE") -> Path:
     """Ranks the candidates of `config.rank` on the training split, prints
     the table and the recommendation, and writes `rank.json` and `rank.png`
     into the run folder.
+
+    Args:
+        config: The recipe file's settings.
+        recipe_file: Its path, for the command the output suggests.
 
     Returns:
         The path of `rank.json`.
@@ -73,7 +77,7 @@ def rank(config: RunConfig) -> Path:
         f"Wrote {path} and {path.with_suffix('.png')}. To train it, set "
         f"`backbone: {{handle: {BEST}}}` (and `recipe.kind: "
         f"{recommendation.recipe}`) in the recipe file, or run\n"
-        f"  tftransfer run RECIPE --set backbone.handle={BEST} "
+        f"  tftransfer run {recipe_file} --set backbone.handle={BEST} "
         f"--set recipe.kind={recommendation.recipe}"
     )
     return path

@@ -374,6 +374,7 @@ def _export(config: RunConfig, recipe, data, metrics, held_out) -> Path:
                 settings={**recipe.settings, "recipe_file": config.to_dict()},
             ),
             tflite=tflite,
+            explain=config.export.explain,
         )
         if config.export.verify:
             tftransfer.export.verify(
@@ -409,9 +410,13 @@ def run(config: RunConfig) -> Path:
     split_name, held_out = held_out_split(config, parts)
     if split_name != config.evaluation.split:
         print("    (the data has no test part: data.test is null)")
+    attributions = (
+        " (with the attributions of its worst and typical predictions)"
+        if config.evaluation.explain
+        else ""
+    )
     with step(
-        f"Evaluating on the {split_name} split and writing the report "
-        "(with the attributions of its worst and typical predictions)"
+        f"Evaluating on the {split_name} split and writing the report{attributions}"
     ):
         labels, probabilities, metrics = _evaluate(recipe, split_name, held_out)
         inputs = [x for x, _ in held_out.dataset.as_numpy_iterator()]
@@ -428,7 +433,11 @@ def run(config: RunConfig) -> Path:
             confidently_wrong_count=config.evaluation.confidently_wrong,
             skipped=data.skipped,
             fallbacks=data.fallbacks,
-            explainer=functools.partial(explain, recipe),
+            explainer=(
+                functools.partial(explain, recipe)
+                if config.evaluation.explain
+                else None
+            ),
         )
     print(f"\n{split_name} {get_task(recipe.task).headline(metrics)}")
     export_path = None
