@@ -103,3 +103,46 @@ def tiny_recipe(cls, tmp_path, name: str = "run", **settings):
     )
     arguments.update(settings)
     return cls(seeded_image_backbone("tiny", conv_filters=4), **arguments)
+
+
+def batchnorm_network(seed: int = 0) -> keras.Sequential:
+    """An 8x8 image model built with `seed`: `Conv2D(4)` "conv_a",
+    `BatchNormalization` "bn", `Conv2D(6)` "conv_b", global average pool."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, name="conv_a"),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Conv2D(6, 3, name="conv_b"),
+            keras.layers.GlobalAveragePooling2D(),
+        ],
+        name="tiny",
+    )
+
+
+def batchnorm_backbone() -> Backbone:
+    """A `Backbone` over `batchnorm_network()`: the same pretrained weights
+    at every build, and it takes `LabeledData`."""
+    return Backbone(
+        name="tiny",
+        handle="test://tiny",
+        modality="image",
+        feature_dim=6,
+        builder=lambda trainable: batchnorm_network(),
+        image_size=(8, 8),
+    )
+
+
+def tiny_bert_preset(path: str, vocabulary: list[str], seed: int, **sizes) -> str:
+    """Saves a KerasHub BERT preset (backbone and tokenizer) to `path`, its
+    weights drawn with `seed`; `sizes` are `BertBackbone` arguments
+    (`num_layers`, `num_heads`, `hidden_dim`, `intermediate_dim`)."""
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary), max_sequence_length=16, **sizes
+    ).save_to_preset(path)
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary).save_to_preset(path)
+    return path

@@ -3,9 +3,9 @@ rebuilds the model from the source backbone, checked by digest."""
 
 import json
 
-import keras
 import numpy as np
 import pytest
+from data_fixtures import tiny_bert_preset
 from hub_fixtures import ImageFeatureVector, save_as_hub_model
 
 from tftransfer import Backbone, ExportError, HandleError, data
@@ -93,18 +93,16 @@ def test_delta_versions_and_refuses_a_mismatching_source(image_model_path, tmp_p
 
 
 def test_lora_delta_holds_the_factors_and_is_small(tmp_path):
-    keras_hub = pytest.importorskip("keras_hub")
-    path = str(tmp_path / "bert")
-    keras.utils.set_random_seed(3)
-    keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCAB),
+    pytest.importorskip("keras_hub")
+    path = tiny_bert_preset(
+        str(tmp_path / "bert"),
+        VOCAB,
+        seed=3,
         num_layers=2,
         num_heads=2,
         hidden_dim=32,
         intermediate_dim=64,
-        max_sequence_length=16,
-    ).save_to_preset(path)
-    keras_hub.models.BertTokenizer(vocabulary=VOCAB).save_to_preset(path)
+    )
     backbone = Backbone.from_keras_hub(path, seq_length=8)
     words = ["good film", "bad film", "good plot", "bad plot"] * 8
     labeled = data.from_arrays(words, [int(w.startswith("good")) for w in words])

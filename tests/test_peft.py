@@ -4,38 +4,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import batchnorm_backbone as _backbone
+from data_fixtures import batchnorm_network as _network
+from data_fixtures import tiny_bert_preset
 
 from tftransfer import Backbone, ConfigError
 from tftransfer.config import RecipeConfig
 from tftransfer.recipes import FineTuning, peft
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]
-
-
-def _network():
-    keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Conv2D(4, 3, name="conv_a"),
-            keras.layers.BatchNormalization(name="bn"),
-            keras.layers.Conv2D(6, 3, name="conv_b"),
-            keras.layers.GlobalAveragePooling2D(),
-        ],
-        name="tiny",
-    )
-
-
-def _backbone():
-    """The same pretrained weights at every build (seeded)."""
-    return Backbone(
-        name="tiny",
-        handle="test://tiny",
-        modality="image",
-        feature_dim=6,
-        builder=lambda trainable: _network(),
-        image_size=(8, 8),
-    )
 
 
 def _images(count=64, seed=0):
@@ -191,18 +168,16 @@ def test_lora_resumes_after_a_kill_from_its_factors_checkpoint(tmp_path):
 
 
 def test_lora_on_bert_targets_query_and_value_by_default(tmp_path):
-    keras_hub = pytest.importorskip("keras_hub")
-    path = str(tmp_path / "bert")
-    keras.utils.set_random_seed(2)
-    keras_hub.models.BertBackbone(
-        vocabulary_size=len(VOCAB),
+    pytest.importorskip("keras_hub")
+    path = tiny_bert_preset(
+        str(tmp_path / "bert"),
+        VOCAB,
+        seed=2,
         num_layers=2,
         num_heads=1,
         hidden_dim=8,
         intermediate_dim=16,
-        max_sequence_length=16,
-    ).save_to_preset(path)
-    keras_hub.models.BertTokenizer(vocabulary=VOCAB).save_to_preset(path)
+    )
     layer = Backbone.from_keras_hub(path, seq_length=8).build(trainable=True)
     chosen = peft.lora_layers(layer, layer.trainable_weights, "auto")
     paths = sorted(peft.variable_path(sub._kernel).split("/", 1)[1] for sub in chosen)

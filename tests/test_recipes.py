@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from data_fixtures import COLORS, image_bytes, image_folder
+from data_fixtures import batchnorm_backbone as _image_backbone
+from data_fixtures import batchnorm_network as _backbone
 
 from tftransfer import Backbone, ConfigError, TrainingError, data
 from tftransfer.recipes import (
@@ -30,32 +32,6 @@ def _images(count=64, seed=0, shift=0.0):
     x = rng.normal(size=(count, 8, 8, 3)).astype("float32") + shift
     y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype("int64")
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-
-
-def _backbone(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            keras.layers.Conv2D(4, 3, name="conv_a"),
-            keras.layers.BatchNormalization(name="bn"),
-            keras.layers.Conv2D(6, 3, name="conv_b"),
-            keras.layers.GlobalAveragePooling2D(),
-        ],
-        name="tiny",
-    )
-
-
-def _image_backbone():
-    """A `tftransfer.Backbone` over `_backbone()`: takes `LabeledData`."""
-    return Backbone(
-        name="tiny",
-        handle="test://tiny",
-        modality="image",
-        feature_dim=6,
-        builder=lambda trainable: _backbone(),
-        image_size=(8, 8),
-    )
 
 
 def _pixels(count=64, seed=0):

@@ -312,12 +312,11 @@ def rank(
     else:
         resolved = distribute.resolve_strategy(strategy)
     subset = sample(data, examples, seed=seed)
-    rows = []
-    for candidate in candidates:
-        started = time.perf_counter()
-        features, labels = _features(
-            candidate.backbone,
-            candidate,
+
+    def features_of(backbone, arguments: dict):
+        return _features(
+            backbone,
+            arguments,
             subset,
             resolved,
             cache_dir,
@@ -325,18 +324,14 @@ def rank(
             precision,
             seed,
         )
+
+    rows = []
+    for candidate in candidates:
+        started = time.perf_counter()
+        features, labels = features_of(candidate.backbone, candidate.recipe_arguments())
         probabilities = None
         if candidate.classifier is not None and "leep" in scores:
-            probabilities, _ = _features(
-                candidate.classifier,
-                Candidate(None),
-                subset,
-                resolved,
-                cache_dir,
-                batch_size,
-                precision,
-                seed,
-            )
+            probabilities, _ = features_of(candidate.classifier, {})
         featured = time.perf_counter()
         row_scores = {
             name: _score(name, features, probabilities, labels, data.task, seed)
@@ -365,14 +360,15 @@ def rank(
 
 
 def _features(
-    backbone, candidate, subset, strategy, cache_dir, batch_size, precision, seed
+    backbone, arguments, subset, strategy, cache_dir, batch_size, precision, seed
 ):
-    """`(features, labels)` of `subset` through a frozen `FeatureExtraction`."""
+    """`(features, labels)` of `subset` through a frozen `FeatureExtraction`
+    with the recipe `arguments` (`features`, `pooling`)."""
     from tftransfer.recipes import FeatureExtraction
 
     recipe = FeatureExtraction(
         as_backbone(backbone),
-        **candidate.recipe_arguments(),
+        **arguments,
         cache_dir=cache_dir,
         batch_size=batch_size,
         precision=precision,
