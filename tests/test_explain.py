@@ -218,3 +218,30 @@ def test_renders_heat_maps_and_shaded_words(image_model, text_model, tmp_path):
     content = page.read_text()
     assert "data:image/png;base64," in content and "rugby" in content
     assert "integrated_gradients for output 1" in render.summary(words)
+
+
+def test_heat_map_shows_regions_despite_an_extreme_pixel_and_speckle():
+    from tftransfer.explain.explanation import Explanation
+
+    rng = np.random.default_rng(0)
+    # Speckled signs everywhere, stronger in the top-left quarter, and one
+    # extreme pixel in the bottom-right corner.
+    attributions = rng.choice([-1.0, 1.0], size=(64, 64)) * 0.05
+    attributions[:32, :32] *= 20
+    attributions[63, 63] = 1e4
+    picture = Explanation(
+        method="integrated_gradients",
+        target=0,
+        target_name=None,
+        score=1.0,
+        baseline_score=0.0,
+        attributions=attributions,
+        words=None,
+        image=np.full((64, 64, 3), 128, np.uint8),
+        note="",
+    )
+    tint = render.overlay(picture)[..., 0].astype(int) - 128  # red added
+    # The strong quarter is clearly tinted, the weak rest barely, although
+    # one pixel holds almost all the magnitude and the signs alternate.
+    assert tint[4:28, 4:28].mean() > 40
+    assert tint[36:60, 4:28].mean() < 0.2 * tint[4:28, 4:28].mean()

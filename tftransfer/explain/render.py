@@ -37,15 +37,42 @@ def display_pixels(prepared: np.ndarray, value_range: Sequence[float]) -> np.nda
     return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
+# The share of the image's side that a map's magnitudes are averaged over
+# before it is shown, and the percentile shown at full strength: pixel
+# attributions are speckled (their signs alternate from pixel to pixel), and
+# a few extreme pixels would otherwise leave the rest of the map invisible.
+SMOOTHING = 1 / 32
+SATURATION_PERCENTILE = 99.0
+
+
+def _shown_map(attributions: np.ndarray) -> np.ndarray:
+    """A `[height, width]` attribution map as it is drawn: the magnitudes,
+    averaged over windows of `SMOOTHING` of the side, divided by their
+    `SATURATION_PERCENTILE` and clipped to [0, 1]. Regions show how much
+    they carried the prediction; a pixel's sign says little at that scale."""
+    import tensorflow as tf
+
+    values = np.abs(np.nan_to_num(np.asarray(attributions, np.float64)))
+    window = max(1, round(SMOOTHING * max(values.shape)))
+    if window > 1:
+        values = tf.nn.avg_pool2d(
+            values[None, :, :, None], window, strides=1, padding="SAME"
+        ).numpy()[0, :, :, 0]
+    scale = np.percentile(values, SATURATION_PERCENTILE)
+    if scale <= 0:
+        return np.zeros_like(values)
+    return np.clip(values / scale, 0.0, 1.0)
+
+
 def overlay(explanation: Explanation) -> np.ndarray:
-    """The image with its attributions as a heat map over it.
+    """The image with the magnitude of its attributions as a red heat map
+    over it (smoothed and saturated as `_shown_map()` says).
 
     Returns:
         uint8 `[height, width, 3]`.
     """
-    scaled = _scaled(explanation.attributions)[..., None]
-    colour = np.where(scaled >= 0, _RED, _BLUE)
-    alpha = MAX_ALPHA * np.abs(scaled)
+    alpha = MAX_ALPHA * _shown_map(explanation.attributions)[..., None]
+    colour = _RED
     image = explanation.image.astype(np.float64)
     return np.round(image * (1 - alpha) + colour * alpha).astype(np.uint8)
 
