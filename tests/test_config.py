@@ -437,3 +437,12 @@ def test_names_that_leave_their_folder_are_refused(name):
 )
 def test_ordinary_names_are_accepted(name):
     assert config.loads(MINIMAL, [f"name={name}"]).name == name
+
+
+def test_rank_order_and_scores_name_known_estimators():
+    with pytest.raises(ConfigError, match="Did you mean 'logme'"):
+        config.loads(MINIMAL + "rank: {by: logmee}\n")
+    with pytest.raises(ConfigError, match="each item one of"):
+        config.loads(MINIMAL + "rank: {scores: [logme, magic]}\n")
+    with pytest.raises(ConfigError, match="greater than 0"):
+        config.loads(MINIMAL + "rank: {examples: 0}\n")

@@ -221,3 +221,40 @@ def test_cli_rank_writes_the_table_and_best_trains_the_top_candidate(
     assert main(["run", str(path)]) == 0
     record = (tmp_path / "runs" / "ranked").iterdir()
     assert any(item.name == "report.html" for item in record)
+
+
+def test_rank_refuses_an_order_its_estimator_cannot_give(signal_data, tmp_path):
+    pixels, signal = data_fixtures.signal_images(count=40, seed=2)
+    targets = tftransfer.data.from_arrays(pixels, signal, task="regression")
+    with pytest.raises(tftransfer.ConfigError, match="does not score 'regression'"):
+        tftransfer.rank(
+            [_channel_backbone("signal", [0])],
+            targets,
+            by="h_score",
+            scores=("logme", "h_score"),
+            verbose=0,
+        )
+    # LEEP orders nothing without source classifiers.
+    with pytest.raises(tftransfer.ConfigError, match="classifier"):
+        tftransfer.rank(
+            [_channel_backbone("signal", [0])],
+            signal_data,
+            by="leep",
+            cache_dir=tmp_path,
+            verbose=0,
+        )
+
+
+def test_best_refuses_backbone_settings_it_would_ignore(tmp_path, capsys):
+    recipe = {
+        "name": "ranked",
+        "backbone": {"handle": "best", "seq_length": 64},
+        "data": {"format": "csv", "path": str(tmp_path / "missing.csv")},
+        "runs_dir": str(tmp_path / "runs"),
+    }
+    (tmp_path / "data.csv").write_text("text,label\na,x\nb,y\n")
+    recipe["data"]["path"] = str(tmp_path / "data.csv")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path)]) == 2
+    assert "backbone.seq_length would be ignored" in capsys.readouterr().err

@@ -31,7 +31,10 @@ import yaml
 from tftransfer import defaults
 from tftransfer.errors import ConfigError
 from tftransfer.messages import short_repr, short_text
+from tftransfer.selection.scores import ESTIMATORS
 from tftransfer.vocabulary import DATA_FORMATS
+
+ESTIMATOR_NAMES = tuple(ESTIMATORS)
 
 
 @dataclasses.dataclass
@@ -227,8 +230,8 @@ class RankConfig:
     """
 
     candidates: list[CandidateConfig] = dataclasses.field(default_factory=list)
-    by: str = defaults.RANK_BY
-    scores: list[str] = dataclasses.field(
+    by: Literal[ESTIMATOR_NAMES] = defaults.RANK_BY
+    scores: list[Literal[ESTIMATOR_NAMES]] = dataclasses.field(
         default_factory=lambda: list(defaults.RANK_SCORES)
     )
     examples: int = defaults.RANK_EXAMPLES
@@ -313,6 +316,7 @@ _POSITIVE = {
     "recipe.patience",
     "backbone.seq_length",
     "evaluation.confidently_wrong",
+    "rank.examples",
 }
 _FRACTIONS = {"recipe.dropout"}
 # Split fractions: a part of size 0 is no part (data.test: null says that).

@@ -69,12 +69,18 @@ def rank(config: RunConfig, recipe_file: str = "RECIPE") -> Path:
             cache_dir=config.cache_dir,
             seed=config.data.seed,
         )
-    path = ranking.save(run.run_dir(config))
     print(ranking.table())
+    path = ranking.save(run.run_dir(config))
+    chart = path.with_suffix(".png")
+    wrote = (
+        f"{path} and {chart}"
+        if chart.exists()
+        else f"{path} (no chart: pip install matplotlib)"
+    )
     recommendation = ranking.recommendation
     print(
         f"\nBest by {ranking.by}: {ranking.best.label}. {recommendation.reason}\n"
-        f"Wrote {path} and {path.with_suffix('.png')}. To train it, set "
+        f"Wrote {wrote}. To train it, set "
         f"`backbone: {{handle: {BEST}}}` (and `recipe.kind: "
         f"{recommendation.recipe}`) in the recipe file, or run\n"
         f"  tftransfer run {recipe_file} --set backbone.handle={BEST} "

@@ -115,6 +115,13 @@ def check_run(config: RunConfig) -> None:
     sources.check_path(config.data)
     check_writable(run_dir(config), "runs_dir")
     if config.backbone.handle == ranking.BEST:
+        if config.backbone.options or config.backbone.seq_length is not None:
+            raise ConfigError(
+                f"backbone.handle: {ranking.BEST} trains the top candidate of "
+                "rank.json with that candidate's own options, so the file's "
+                "backbone.options and backbone.seq_length would be ignored. "
+                "Remove them, or set them on the candidates under rank.candidates."
+            )
         ranking.best_candidate(config)
     if config.export.enabled:
         check_writable(export_base(config), "export.base_path")

@@ -182,7 +182,8 @@ def sample(data: LabeledData, size: int, *, seed: int = 0) -> LabeledData:
 
     Each class (multi-label: each rarest-label group; regression: all
     examples) keeps its share of `data`, and at least `min(2, its count)`
-    examples, so every class stays represented; data of `size` examples or
+    examples, so every class stays represented: with more than `size / 2`
+    classes the sample holds more than `size`. Data of `size` examples or
     fewer is returned unchanged. Which examples are kept depends only on
     `seed` and the order of `data`.
 

@@ -1,9 +1,10 @@
 """Pictures of attributions: heat maps over images, text with shaded words.
 
 Both are self-contained (a PNG, an HTML fragment with inline styles), for
-the run report and for `tftransfer explain`. Red speaks for the explained
-output, blue against it; the strongest attribution of each explanation is
-fully coloured.
+the run report and for `tftransfer explain`. Text: words shaded red where
+they speak for the explained output, blue against it, the strongest fully
+coloured. Images: a red heat map of how much each region carried it
+(`overlay()`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _shown_map(attributions: np.ndarray) -> np.ndarray:
         values = tf.nn.avg_pool2d(
             values[None, :, :, None], window, strides=1, padding="SAME"
         ).numpy()[0, :, :, 0]
-    scale = np.percentile(values, SATURATION_PERCENTILE)
+    # A map on less than 1% of the image: its largest value is shown in full.
+    scale = np.percentile(values, SATURATION_PERCENTILE) or values.max()
     if scale <= 0:
         return np.zeros_like(values)
     return np.clip(values / scale, 0.0, 1.0)
@@ -72,9 +74,8 @@ def overlay(explanation: Explanation) -> np.ndarray:
         uint8 `[height, width, 3]`.
     """
     alpha = MAX_ALPHA * _shown_map(explanation.attributions)[..., None]
-    colour = _RED
     image = explanation.image.astype(np.float64)
-    return np.round(image * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return np.round(image * (1 - alpha) + _RED * alpha).astype(np.uint8)
 
 
 def write_png(pixels: np.ndarray, path: str | os.PathLike, size: int | None = None):

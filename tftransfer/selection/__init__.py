@@ -11,6 +11,7 @@ from tftransfer.selection.ranking import (
     RankedCandidate,
     Ranking,
     Recommendation,
+    as_backbone,
     rank,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "RankedCandidate",
     "Ranking",
     "Recommendation",
+    "as_backbone",
     "rank",
     "scores",
 ]

@@ -1,8 +1,8 @@
 """`rank()`: which backbone, layer and pooling to use, before training.
 
 Each candidate's frozen features are computed on a stratified sample of the
-training data through the recipes' feature cache (a rerun, or a later
-`FeatureExtraction` on the same sample, reuses them) and scored by
+training data through the recipes' feature cache (a rerun reuses them) and
+scored by
 transferability estimators (`tftransfer.selection.scores`). Nothing is
 fine-tuned: ranking costs one backbone pass over the sample per candidate.
 """
@@ -10,6 +10,7 @@ fine-tuned: ranking costs one backbone pass over the sample per candidate.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import time
@@ -216,25 +217,28 @@ class Ranking:
         }
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Writes `rank.json` and a bar chart of the scores, `rank.png`
-        (needs matplotlib), into `folder`, atomically.
+        """Writes `rank.json` into `folder`, atomically, and a bar chart of
+        the scores, `rank.png`, where matplotlib is installed (the `report`
+        extra).
 
         Returns:
             The path of `rank.json`.
         """
-        from tftransfer.evaluation import plot_scores
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "rank.json"
         atomic.write_json(path, self.to_dict())
-        names = [name for name in estimators.ESTIMATORS if self._has(name)]
-        plot_scores(
-            [row.name for row in self.rows],
-            {name: [row.scores.get(name) for row in self.rows] for name in names},
-            folder / "rank.png",
-            title=f"Candidates on {self.num_examples} examples, best first by {self.by}",
-        )
+        if importlib.util.find_spec("matplotlib") is not None:
+            from tftransfer.evaluation import plot_scores
+
+            names = [name for name in estimators.ESTIMATORS if self._has(name)]
+            plot_scores(
+                [row.name for row in self.rows],
+                {name: [row.scores.get(name) for row in self.rows] for name in names},
+                folder / "rank.png",
+                title=f"Candidates on {self.num_examples} examples, best first by "
+                f"{self.by}",
+            )
         return path
 
     def _has(self, name: str) -> bool:
@@ -274,7 +278,8 @@ def rank(
         by: The estimator that orders the rows (`"logme"` by default: it
             needs no training and no folds, so it is the cheapest and is
             deterministic).
-        examples: The size of the sample scored (the whole data if smaller).
+        examples: The size of the stratified sample scored (the whole data
+            if smaller; at least 2 examples of each class).
         batch_size: Batch size of the backbone pass.
         precision: The backbone pass's precision (see `FeatureExtraction`).
             float32 by default: on a sample of a few hundred examples the
@@ -311,6 +316,7 @@ def rank(
         resolved = strategy
     else:
         resolved = distribute.resolve_strategy(strategy)
+    _check_task(by, data.task)
     subset = sample(data, examples, seed=seed)
 
     def features_of(backbone, arguments: dict):
@@ -349,6 +355,12 @@ def rank(
         if verbose:
             shown = ", ".join(f"{k} {_format(v)}" for k, v in row_scores.items())
             print(f"rank: {candidate.label}: {shown}", flush=True)
+    if all(row.scores.get(by) is None for row in rows):
+        raise ConfigError(
+            f"No candidate has a {by!r} score to order them by (LEEP needs a "
+            "candidate's `classifier`). Give the candidates classifiers, or "
+            "order them by another estimator (`by=`)."
+        )
     rows.sort(key=lambda row: _sort_key(row.scores.get(by)))
     return Ranking(
         rows=rows,
@@ -497,6 +509,17 @@ def _check_arguments(candidates: list[Candidate], scores: Sequence[str], by: str
         raise ConfigError(
             f"Expected `by` to be one of the computed scores {list(scores)}. "
             f"Received: by={by!r}."
+        )
+
+
+def _check_task(by: str, task: str) -> None:
+    """Refuses an ordering estimator that does not score `task`."""
+    estimator = estimators.ESTIMATORS[by]
+    if task not in estimator.tasks:
+        takers = [n for n, e in estimators.ESTIMATORS.items() if task in e.tasks]
+        raise ConfigError(
+            f"by={by!r} cannot order the candidates: it does not score "
+            f"{task!r} data. Order them by one of {takers}."
         )
 
 
