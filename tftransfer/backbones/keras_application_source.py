@@ -198,10 +198,7 @@ def application_backbone(
         if own_pooling:
             return keras.Model(images, base(scaled), name=f"{base.name}_backbone")
         maps = layer_features.outputs_model(base, names)(scaled)
-        if output_key == layer_features.FEATURE_MAP:
-            features = layer_features.feature_map(maps)
-        else:
-            features = layer_features.pooled_images(maps, pooling)
+        features = layer_features.image_features(maps, output_key, pooling)
         return keras.Model(images, features, name=f"{base.name}_backbone")
 
     return Backbone(

@@ -143,10 +143,7 @@ def _image_backbone(
             maps = [backbone(scaled)]
         else:
             maps = layer_features.outputs_model(backbone, names)(scaled)
-        if output_key == layer_features.FEATURE_MAP:
-            features = layer_features.feature_map(maps)
-        else:
-            features = layer_features.pooled_images(maps, pooling)
+        features = layer_features.image_features(maps, output_key, pooling)
         return keras.Model(images, features, name=f"{name}_backbone")
 
     return Backbone(

@@ -4,9 +4,9 @@ are pooled and concatenated.
 
 The KerasHub, `keras.applications` and TF Hub text sources share this: each
 says its `feature_layers` (stage ends of image models, transformer layers of
-text encoders), `select_layers()` reads a `layers=` option against them, and
-`pooled()` / `feature_map()` turn the selected outputs into the backbone's
-result.
+text encoders), `select_layers()` reads a `layers=` option against them,
+and `image_features()` / `pooled_sequences()` turn the selected outputs into
+the backbone's result.
 """
 
 from __future__ import annotations
@@ -217,6 +217,17 @@ def feature_map(feature_maps: list) -> keras.KerasTensor:
     return concatenate(
         [keras.layers.Reshape((-1, int(x.shape[-1])))(x) for x in feature_maps]
     )
+
+
+def image_features(
+    feature_maps: list, output_key: str | None, pooling: str
+) -> keras.KerasTensor:
+    """An image backbone's result from its selected maps: the unpooled
+    positions for `output_key=FEATURE_MAP` (`feature_map()`), else the maps
+    pooled with `pooling` (`pooled_images()`)."""
+    if output_key == FEATURE_MAP:
+        return feature_map(feature_maps)
+    return pooled_images(feature_maps, pooling)
 
 
 def pooled_sequences(sequences: list, pooling: str, mask) -> keras.KerasTensor:
