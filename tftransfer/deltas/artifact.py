@@ -12,15 +12,18 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.backbones import Backbone
-from tftransfer.errors import ArgumentError, HandleError, HandleNotFoundError
+from tftransfer.errors import HandleError, HandleNotFoundError
 from tftransfer.export.writer import atomic_version_dir, resolve_version, versions
-from tftransfer.recipes import heads, peft
+from tftransfer.recipes import heads
+from tftransfer.recipes.backbone_changes import WeightChange, backbone_changes
 
 FORMAT = "tftransfer-delta/1"
 _METADATA = "delta.json"
 _ARRAYS = "delta.npz"
 _HEAD = "head.keras"
 _ONE_INPUT = ""
+# The arrays of each kind of change, by key prefix in the `.npz` file.
+_ARRAY_KEYS = {"lora": ("a", "b"), "difference": ("d",)}
 
 
 def weights_digest(layer: keras.Layer) -> str:
@@ -82,35 +85,27 @@ def save_delta(
     >>> tftransfer.deltas.save_delta(recipe, "deltas/bbc")
     PosixPath('deltas/bbc/1')
     """
-    model = getattr(recipe, "model", None)
-    if model is None or not isinstance(getattr(recipe, "backbone", None), Backbone):
-        raise ArgumentError(
-            "save_delta needs a fitted recipe whose backbone is a "
-            "tftransfer.Backbone (rebuilt from its config on load). Received: "
-            f"{type(recipe).__name__} "
-            f"{'not fitted' if model is None else 'with a plain Keras layer backbone'}."
-        )
-    config = _backbone_config(recipe)
-    source = _build(config)
-    tuned = peft.served_weights(recipe.backbone_layer)
-    factors = getattr(recipe, "lora_factors", {})
+    found = backbone_changes(recipe)
     arrays, entries = {}, []
-    for position, (weight, (variable, value)) in enumerate(
-        zip(source.weights, tuned, strict=True)
-    ):
-        entry = {"position": position, "path": peft.variable_path(variable)}
-        if position in factors:
-            a, b, scale = factors[position]
-            arrays[f"a{position}"], arrays[f"b{position}"] = a, b
-            entries.append({**entry, "kind": "lora", "scale": scale})
-        elif not np.array_equal(value, weight.numpy()):
-            arrays[f"d{position}"] = value - weight.numpy()
-            entries.append({**entry, "kind": "difference"})
+    for change in found.changes:
+        i = change.position
+        keys = _ARRAY_KEYS[change.kind]
+        arrays.update(
+            {f"{key}{i}": a for key, a in zip(keys, change.arrays, strict=True)}
+        )
+        entries.append(
+            {
+                "position": i,
+                "path": change.path,
+                "kind": change.kind,
+                "scale": change.scale,
+            }
+        )
     metadata = {
         "format": FORMAT,
-        "backbone": config,
-        "source_digest": weights_digest(source),
-        "inputs": _input_configs(model.input),
+        "backbone": found.config,
+        "source_digest": weights_digest(found.source),
+        "inputs": _input_configs(recipe.model.input),
         "pooling": recipe.settings["pooling"],
         "task": recipe.task,
         "class_names": recipe.class_names,
@@ -172,19 +167,18 @@ def load_delta(path: str | os.PathLike, *, backbone: Backbone | None = None):
             "with the source backbone it was fine-tuned from (pass backbone= "
             "where it lives elsewhere)."
         )
-    values = [w.numpy() for w in layer.weights]
     with np.load(folder / _ARRAYS) as arrays:
-        factors = {}
         for entry in metadata["entries"]:
             i = entry["position"]
-            if entry["kind"] == "lora":
-                factors[i] = (arrays[f"a{i}"], arrays[f"b{i}"], entry["scale"])
-            else:
-                values[i] = values[i] + arrays[f"d{i}"]
-    for weight, value in zip(
-        layer.weights, peft.merged_weights(factors, values), strict=True
-    ):
-        weight.assign(value)
+            change = WeightChange(
+                i,
+                entry["path"],
+                entry["kind"],
+                tuple(arrays[f"{key}{i}"] for key in _ARRAY_KEYS[entry["kind"]]),
+                entry["scale"],
+            )
+            weight = layer.weights[i]
+            weight.assign(change.applied_to(weight.numpy()))
     head = keras.saving.load_model(folder / _HEAD)
     specs = {name: _spec(c) for name, c in metadata["inputs"].items()}
     inputs = heads.model_inputs(specs.get(_ONE_INPUT, specs))
@@ -192,12 +186,6 @@ def load_delta(path: str | os.PathLike, *, backbone: Backbone | None = None):
         layer, inputs, pooling=metadata["pooling"], backbone_name=repr(config)
     )
     return keras.Model(features.input, head(features.output), name="delta")
-
-
-def _backbone_config(recipe) -> dict:
-    key = recipe.settings["features"]
-    backbone = recipe.backbone.with_output(key) if key else recipe.backbone
-    return backbone.get_config()
 
 
 def _build(config: dict) -> keras.Layer:
