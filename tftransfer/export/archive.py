@@ -27,7 +27,103 @@ from tftransfer.export.model_card import ModelCardInfo
 DEFAULT_TOP_K = 5
 
 
-class ServingArchive:
+class SignatureArchive:
+    """Serving signatures and what they capture, to save as one SavedModel.
+
+    The base of `ServingArchive` (one model) and
+    `tftransfer.export.MultiTaskArchive` (several tasks on one backbone):
+    signatures are added with `add_signature()`, and the saved module holds
+    only what they capture and the label tables made with `add_labels()`.
+    """
+
+    def __init__(self):
+        # Asset files must exist until `save()` copies them into `assets/`.
+        self._assets_dir = tempfile.TemporaryDirectory(prefix="tftransfer-assets-")
+        self._module = _Module()
+        self._functions: dict[str, Any] = {}
+
+    def add_labels(
+        self, class_names: Sequence[str], file_name: str = "labels.txt"
+    ) -> tf.lookup.StaticHashTable:
+        """A new table from output index (int64) to name, read from the
+        asset `assets/<file_name>` that holds `class_names`, one per line.
+
+        Example:
+
+        >>> table = archive.add_labels(["sport", "tech"], "topic_labels.txt")
+        """
+        labels_file = Path(self._assets_dir.name) / file_name
+        signatures.write_labels(class_names, labels_file)
+        return self._module.add_labels(labels_file)
+
+    def add_signature(self, name: str, fn: Callable, input_spec: Any) -> None:
+        """Adds a serving signature.
+
+        `fn` is traced once, now, on `input_spec`; the variables and tables
+        it captures (the model's weights, a tokenizer's vocabulary) are
+        saved with the archive.
+
+        Args:
+            name: The signature's name (the `signature_name` of a request).
+            fn: Function of one argument, shaped as `input_spec`, returning
+                a dict of named output tensors.
+            input_spec: A `tf.TensorSpec` (its `name` is the signature's
+                input name; without one, `fn`'s argument name) or a dict of
+                them (each input named by its key).
+
+        Raises:
+            ExportError: if `name` is taken or not a non-empty string,
+                `input_spec` is not a `tf.TensorSpec` or a dict of them, or
+                `fn` does not return a dict of tensors.
+
+        Example:
+
+        >>> archive.add_signature(
+        ...     "probabilities_only",
+        ...     lambda text: {"scores": archive.serve(
+        ...         archive.prepare(text))["probabilities"]},
+        ...     tf.TensorSpec([None], tf.string, name="text"))
+        """
+        if not isinstance(name, str) or not name:
+            raise ExportError(
+                "Expected the signature name to be a non-empty string. "
+                f"Received: name={name!r}."
+            )
+        if name in self._functions:
+            raise ExportError(
+                f"The archive already has a signature named {name!r} (it has "
+                f"{sorted(self._functions)}). Choose another name."
+            )
+        concrete = tf.function(
+            fn, input_signature=[_named(name, input_spec)]
+        ).get_concrete_function()
+        outputs = concrete.structured_outputs
+        if not isinstance(outputs, Mapping) or not all(
+            isinstance(key, str) and isinstance(value, tf.Tensor)
+            for key, value in outputs.items()
+        ):
+            raise ExportError(
+                f"Expected signature {name!r} to return a dict from output "
+                f"name to tensor. Received: {outputs!r}. Return, for example, "
+                '`{"probabilities": ...}`.'
+            )
+        self._functions[name] = concrete
+        self._module.captured_resources = _owners_of_captures(self._functions.values())
+
+    def signatures(self) -> dict:
+        """Returns the concrete functions to save, keyed by signature name."""
+        return dict(self._functions)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the SavedModel with every signature into the folder `path`.
+
+        Only the SavedModel: `tftransfer.export()` checks the ops first and
+        writes a TF Serving version with its model card.
+        """
+        tf.saved_model.save(self._module, str(path), signatures=self.signatures())
+
+
+class ServingArchive(SignatureArchive):
     """A trained model and the serving signatures to export with it.
 
     Made with the two default signatures (`serving_default` on raw inputs,
@@ -103,6 +199,7 @@ class ServingArchive:
         task: str | None = None,
         explain: bool = False,
     ):
+        super().__init__()
         model, backbone, class_names, card_info = _unpack(
             model_or_recipe, backbone, class_names
         )
@@ -121,12 +218,7 @@ class ServingArchive:
         self.prepared_input_spec = signatures.prepared_spec(
             self.prepare, raw_spec, self.modality
         )
-        # The asset file must exist until `save()` copies it into `assets/`.
-        self._labels_dir = tempfile.TemporaryDirectory(prefix="tftransfer-labels-")
-        labels_file = Path(self._labels_dir.name) / "labels.txt"
-        signatures.write_labels(class_names, labels_file)
-        self._module = _Module(labels_file)
-        self._functions: dict[str, Any] = {}
+        self._labels = self.add_labels(class_names)
         signatures.add_default_signatures(self)
         if explain:
             from tftransfer.export.explain_signature import add_explain_signature
@@ -137,7 +229,7 @@ class ServingArchive:
     def labels_table(self) -> tf.lookup.StaticHashTable:
         """The table from output index (int64) to class, label or target
         name that signatures look names up in (read from `labels.txt`)."""
-        return self._module.labels
+        return self._labels
 
     def serve(self, prepared) -> dict:
         """Runs the model on prepared inputs and names its outputs.
@@ -158,96 +250,28 @@ class ServingArchive:
             regression, `predictions` float32 `[batch, targets]` and
             `target_names` string `[batch, targets]`.
         """
-        outputs = tf.cast(self.model(prepared, training=False), tf.float32)
-        if self.task == "classification":
-            return signatures.classification_outputs(
-                outputs, self.labels_table, self.top_k
-            )
-        if self.task == "multi_label":
-            return signatures.multi_label_outputs(
-                outputs, self.class_names, signatures.MULTI_LABEL_THRESHOLD
-            )
-        return signatures.regression_outputs(outputs, self.class_names)
-
-    def add_signature(self, name: str, fn: Callable, input_spec: Any) -> None:
-        """Adds a serving signature.
-
-        `fn` is traced once, now, on `input_spec`; the variables and tables
-        it captures (the model's weights, a tokenizer's vocabulary) are
-        saved with the archive.
-
-        Args:
-            name: The signature's name (the `signature_name` of a request).
-            fn: Function of one argument, shaped as `input_spec`, returning
-                a dict of named output tensors.
-            input_spec: A `tf.TensorSpec` (its `name` is the signature's
-                input name; without one, `fn`'s argument name) or a dict of
-                them (each input named by its key).
-
-        Raises:
-            ExportError: if `name` is taken or not a non-empty string,
-                `input_spec` is not a `tf.TensorSpec` or a dict of them, or
-                `fn` does not return a dict of tensors.
-
-        Example:
-
-        >>> archive.add_signature(
-        ...     "probabilities_only",
-        ...     lambda text: {"scores": archive.serve(
-        ...         archive.prepare(text))["probabilities"]},
-        ...     tf.TensorSpec([None], tf.string, name="text"))
-        """
-        if not isinstance(name, str) or not name:
-            raise ExportError(
-                "Expected the signature name to be a non-empty string. "
-                f"Received: name={name!r}."
-            )
-        if name in self._functions:
-            raise ExportError(
-                f"The archive already has a signature named {name!r} (it has "
-                f"{sorted(self._functions)}). Choose another name."
-            )
-        concrete = tf.function(
-            fn, input_signature=[_named(name, input_spec)]
-        ).get_concrete_function()
-        outputs = concrete.structured_outputs
-        if not isinstance(outputs, Mapping) or not all(
-            isinstance(key, str) and isinstance(value, tf.Tensor)
-            for key, value in outputs.items()
-        ):
-            raise ExportError(
-                f"Expected signature {name!r} to return a dict from output "
-                f"name to tensor. Received: {outputs!r}. Return, for example, "
-                '`{"probabilities": ...}`.'
-            )
-        self._functions[name] = concrete
-        self._module.captured_resources = _owners_of_captures(self._functions.values())
-
-    def signatures(self) -> dict:
-        """Returns the concrete functions to save, keyed by signature name."""
-        return dict(self._functions)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the SavedModel with every signature into the folder `path`.
-
-        Only the SavedModel: `tftransfer.export()` checks the ops first and
-        writes a TF Serving version with its model card.
-        """
-        tf.saved_model.save(self._module, str(path), signatures=self.signatures())
+        outputs = self.model(prepared, training=False)
+        return signatures.task_outputs(
+            self.task, outputs, self._labels, self.class_names, self.top_k
+        )
 
 
 class _Module(tf.Module):
-    """What the SavedModel holds: the class name table and what the signatures
-    capture. The Keras model is deliberately not an attribute:
+    """What the SavedModel holds: the label tables and what the signatures
+    capture. A Keras model is deliberately not an attribute:
     tracking it would save its optimizer's state, and the weights of a hub
     layer's SavedModel under two owners."""
 
-    def __init__(self, labels_file: Path):
+    def __init__(self):
         super().__init__(name="tftransfer_serving")
-        self.labels_asset = tf.saved_model.Asset(str(labels_file))
-        self.labels = tf.lookup.StaticHashTable(
+        self.label_assets = []
+        self.label_tables = []
+
+    def add_labels(self, labels_file: Path) -> tf.lookup.StaticHashTable:
+        asset = tf.saved_model.Asset(str(labels_file))
+        table = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
-                self.labels_asset,
+                asset,
                 key_dtype=tf.int64,
                 key_index=tf.lookup.TextFileIndex.LINE_NUMBER,
                 value_dtype=tf.string,
@@ -255,6 +279,9 @@ class _Module(tf.Module):
             ),
             default_value="",
         )
+        self.label_assets.append(asset)
+        self.label_tables.append(table)
+        return table
 
 
 def _named(signature: str, input_spec: Any):

@@ -10,7 +10,7 @@ from typing import Any
 from tftransfer import serving_ops
 from tftransfer.errors import ExportError
 from tftransfer.export import model_card, signatures, writer
-from tftransfer.export.archive import DEFAULT_TOP_K, ServingArchive
+from tftransfer.export.archive import DEFAULT_TOP_K, ServingArchive, SignatureArchive
 from tftransfer.export.model_card import ModelCardInfo
 from tftransfer.export.tflite import TFLITE_FILE, TFLiteOptions, export_tflite
 
@@ -182,17 +182,12 @@ def export(
     signatures.resolve_task(archive.task, info)
     name = name or (Path(base_path).name if base_path else archive.model.name)
     base = Path(base_path) if base_path else Path(DEFAULT_BASE_DIR) / name
-    version = writer.resolve_version(base, version, overwrite)
-    functions = archive.signatures()
-    ops = serving_ops.graph_ops(functions.values())
-    serving_ops.check_serving_ops(ops, allow_ops)
 
-    with writer.atomic_version_dir(base, version, overwrite) as tmp:
-        archive.save(tmp)
+    def card_of(folder: Path, version: int, described: dict, ops: dict) -> dict:
         tflite_facts = None
         if tflite is not None:
-            tflite_facts = export_tflite(archive, tmp / TFLITE_FILE, tflite)
-        card_dict = model_card.build_model_card(
+            tflite_facts = export_tflite(archive, folder / TFLITE_FILE, tflite)
+        return model_card.build_model_card(
             name=name,
             version=version,
             task=archive.task,
@@ -202,11 +197,45 @@ def export(
             data_source=info.data_source,
             metrics=info.metrics,
             settings=info.settings,
-            signatures=signatures.describe(functions),
-            serving_ops=serving_ops.summary(ops, allow_ops),
+            signatures=described,
+            serving_ops=ops,
             tflite=tflite_facts,
         )
-        model_card.write_model_card(card_dict, tmp / model_card.CARD_FILE)
+
+    return write_version(archive, base, version, overwrite, allow_ops, card_of)
+
+
+def write_version(
+    archive: SignatureArchive,
+    base: Path,
+    version: int | None,
+    overwrite: bool,
+    allow_ops: Iterable[str],
+    card_of: Callable[[Path, int, dict, dict], dict],
+) -> Path:
+    """Checks the ops of `archive`'s signatures against stock TF Serving,
+    then writes it as `base/<version>` (`None`: the next one) atomically,
+    with the model card `card_of(folder, version, signatures, serving_ops)`
+    returns (it may write more files into the folder first).
+
+    Example:
+
+    >>> write_version(archive, Path("saved_models/news"), None, False, (), card_of)
+    PosixPath('saved_models/news/1')
+    """
+    version = writer.resolve_version(base, version, overwrite)
+    functions = archive.signatures()
+    ops = serving_ops.graph_ops(functions.values())
+    serving_ops.check_serving_ops(ops, allow_ops)
+    with writer.atomic_version_dir(base, version, overwrite) as tmp:
+        archive.save(tmp)
+        card = card_of(
+            tmp,
+            version,
+            signatures.describe(functions),
+            serving_ops.summary(ops, allow_ops),
+        )
+        model_card.write_model_card(card, tmp / model_card.CARD_FILE)
     return base / str(version)
 
 

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 CARD_FILE = "model_card.json"
+# The `task` of a model card whose version serves several tasks.
+MULTI_TASK = "multi_task"
 LIBRARIES = ("tftransfer", "tensorflow", "keras", "tensorflow-text", "tensorflow-hub")
 
 
@@ -124,24 +126,74 @@ def build_model_card(
     Returns:
         A JSON-serialisable dict.
     """
-    card = {
+    card = _card(
+        name,
+        version,
+        task,
+        modality,
+        backbone,
+        signatures,
+        serving_ops,
+        data_source=data_source,
+        class_names=list(class_names),
+        metrics=_jsonable(metrics or {}),
+        recipe_settings=_jsonable(settings or {}),
+    )
+    if tflite is not None:
+        card["tflite"] = _jsonable(tflite)
+    return card
+
+
+def build_multi_task_card(
+    *,
+    name: str,
+    version: int,
+    modality: str,
+    backbone: Any,
+    tasks: Mapping[str, Mapping[str, Any]],
+    signatures: Mapping[str, Any],
+    serving_ops: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Assembles the model card of a version that serves several tasks on
+    one backbone: `task` is `"multi_task"`, and `tasks` holds each task's
+    facts (its task, class names, metrics, settings, what it changed of
+    the backbone), by task name.
+
+    Example:
+
+    >>> build_multi_task_card(name="news", version=1, modality="text",
+    ...     backbone=backbone, tasks={"topic": {...}}, signatures=described,
+    ...     serving_ops=summary)["task"]
+    'multi_task'
+    """
+    return _card(
+        name,
+        version,
+        MULTI_TASK,
+        modality,
+        backbone,
+        signatures,
+        serving_ops,
+        tasks=_jsonable(dict(tasks)),
+    )
+
+
+def _card(
+    name, version, task, modality, backbone, signatures, serving_ops, **fields
+) -> dict:
+    """A model card: what every card has, around the `fields` of its kind."""
+    return {
         "name": name,
         "version": int(version),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "task": task,
         "modality": modality,
         "backbone": backbone_summary(backbone),
-        "data_source": data_source,
-        "class_names": list(class_names),
-        "metrics": _jsonable(metrics or {}),
-        "recipe_settings": _jsonable(settings or {}),
+        **fields,
         "signatures": dict(signatures),
         "serving_ops": dict(serving_ops),
         "library_versions": library_versions(),
     }
-    if tflite is not None:
-        card["tflite"] = _jsonable(tflite)
-    return card
 
 
 def _jsonable(value: Any) -> Any:

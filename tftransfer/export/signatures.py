@@ -185,6 +185,29 @@ def regression_outputs(predictions: tf.Tensor, target_names: Sequence[str]) -> d
     }
 
 
+def task_outputs(
+    task: str,
+    outputs: tf.Tensor,
+    labels: tf.lookup.StaticHashTable,
+    class_names: Sequence[str],
+    top_k: int,
+) -> dict:
+    """The named outputs of `task` from a model's outputs `[batch, outputs]`
+    (cast to float32): those of `classification_outputs()`,
+    `multi_label_outputs()` or `regression_outputs()`.
+
+    Example:
+
+    >>> task_outputs("classification", model(prepared), table, names, top_k=5)
+    """
+    outputs = tf.cast(outputs, tf.float32)
+    if task == "classification":
+        return classification_outputs(outputs, labels, top_k)
+    if task == "multi_label":
+        return multi_label_outputs(outputs, class_names, MULTI_LABEL_THRESHOLD)
+    return regression_outputs(outputs, class_names)
+
+
 def recorded_task(card_info) -> str | None:
     """The task a `ModelCardInfo` records: the `task` of its settings (a
     recipe's), else of its metrics (`tftransfer.recipes.tasks.task_metrics`

@@ -120,14 +120,12 @@ def verify(
     ['roses']
     """
     path = Path(path)
-    card_file = path / model_card.CARD_FILE
-    if not card_file.is_file():
+    card = _read_card(path)
+    if card["task"] == model_card.MULTI_TASK:
         raise ExportError(
-            f"{str(path)!r} is not a version folder written by "
-            f"tftransfer.export (no {model_card.CARD_FILE}). Pass "
-            "'<base_path>/<version>'."
+            f"{str(path)!r} serves several tasks: check it with "
+            "tftransfer.export.verify_tasks(path, examples, tasks)."
         )
-    card = json.loads(card_file.read_text())
     described = card["signatures"]
     to_run = dict(signature_inputs or {})
     unknown = sorted(set(to_run) - set(described))
@@ -156,12 +154,7 @@ def verify(
     )
     if print_signatures:
         print(cli_output)
-    missing = sorted(set(described) - set(result["signatures"]))
-    if missing:
-        raise ExportError(
-            f"Signatures {missing} of the model card of {str(path)!r} are not "
-            f"in its SavedModel (it has {result['signatures']}). Export again."
-        )
+    _check_loaded(path, described, result)
     ran = {signatures.DEFAULT_SIGNATURE: result["outputs"]}
     ran.update(result["signature_outputs"])
     for name, outputs in ran.items():
@@ -190,6 +183,126 @@ def verify(
         imported=result["imported"],
         saved_model_cli=cli_output,
     )
+
+
+def verify_tasks(
+    path: str | os.PathLike,
+    examples: Sequence[bytes | str],
+    tasks: Mapping[str, Any],
+    *,
+    atol: float = 1e-5,
+    print_signatures: bool = True,
+    timeout: float = 600.0,
+) -> VerifyReport:
+    """Checks a multi-task export (`export_tasks()`) in a fresh
+    TensorFlow-only process, as `verify()` checks a single one.
+
+    Runs `serving_default` (every task) and each task's own signature on
+    the raw examples; for each task, both must return what its recipe's
+    model computes on the examples prepared in memory (probabilities, or a
+    regression's predictions) within `atol`, with the classes of the
+    highest probabilities.
+
+    Args:
+        path: A version folder written by `export_tasks()`.
+        examples: Raw inputs as a client sends them.
+        tasks: Task name to the recipe exported under that name (every
+            task of the export).
+        atol: Largest allowed absolute difference.
+        print_signatures: Print the `saved_model_cli show --all` output.
+        timeout: Seconds to wait for the fresh process.
+
+    Returns:
+        A `VerifyReport`: `outputs` are `serving_default`'s, each task's
+        signature's are in `signature_outputs`.
+
+    Raises:
+        ExportError: if `path` is not a multi-task export, `tasks` are not
+            its tasks, the SavedModel does not load or run, or a task's
+            outputs differ from its recipe's by more than `atol`.
+
+    Example:
+
+    >>> report = tftransfer.export.verify_tasks(
+    ...     path, ["A late goal won the cup."],
+    ...     {"topic": topic_recipe, "sentiment": lora_recipe})
+    >>> report.max_abs_difference <= 1e-5
+    True
+    """
+    path = Path(path)
+    card = _read_card(path)
+    if card["task"] != model_card.MULTI_TASK or set(tasks) != set(card["tasks"]):
+        raise ExportError(
+            f"Expected {str(path)!r} to be an export of the tasks "
+            f"{sorted(tasks)}. It serves "
+            f"{sorted(card.get('tasks') or []) or 'one model'}; pass one "
+            "recipe per task it serves (verify() checks a single export)."
+        )
+    input_name = signatures.RAW_INPUT_NAMES[card["modality"]]
+    result, cli_output = _run_fresh_process(
+        path,
+        examples,
+        card["serving_ops"]["needs_tensorflow_text"],
+        {name: {input_name: list(examples)} for name in tasks},
+        timeout,
+    )
+    if print_signatures:
+        print(cli_output)
+    _check_loaded(path, card["signatures"], result)
+    difference = 0.0
+    for name, recipe in tasks.items():
+        expected = np.asarray(
+            recipe.model(_prepared(recipe, None, None, examples), training=False),
+            np.float32,
+        )
+        prefix = f"{name}/"
+        combined = {
+            key.removeprefix(prefix): value
+            for key, value in result["outputs"].items()
+            if key.startswith(prefix)
+        }
+        for outputs in (result["signature_outputs"][name], combined):
+            if {"probabilities", "classes"} <= set(outputs):
+                _check_classes(path, name, outputs, card["tasks"][name]["class_names"])
+            difference = max(
+                difference, float(np.abs(expected - _model_outputs(outputs)).max())
+            )
+    if difference > atol:
+        raise ExportError(
+            f"Served outputs of {str(path)!r} differ from the in-memory "
+            f"recipes' by up to {difference:.3g} (> atol={atol})."
+        )
+    return VerifyReport(
+        path=path,
+        input_name=result["input_name"],
+        outputs=result["outputs"],
+        signatures=result["signatures"],
+        signature_outputs=result["signature_outputs"],
+        max_abs_difference=difference,
+        imported=result["imported"],
+        saved_model_cli=cli_output,
+    )
+
+
+def _read_card(path: Path) -> dict:
+    card_file = path / model_card.CARD_FILE
+    if not card_file.is_file():
+        raise ExportError(
+            f"{str(path)!r} is not a version folder written by "
+            f"tftransfer.export (no {model_card.CARD_FILE}). Pass "
+            "'<base_path>/<version>'."
+        )
+    return json.loads(card_file.read_text())
+
+
+def _check_loaded(path: Path, described: Mapping, result: dict) -> None:
+    """Refuses an export whose SavedModel lacks a signature of its card."""
+    missing = sorted(set(described) - set(result["signatures"]))
+    if missing:
+        raise ExportError(
+            f"Signatures {missing} of the model card of {str(path)!r} are not "
+            f"in its SavedModel (it has {result['signatures']}). Export again."
+        )
 
 
 def _run_fresh_process(
