@@ -97,7 +97,7 @@ def source_backbone(recipe) -> Backbone:
     return recipe.backbone.with_output(key) if key else recipe.backbone
 
 
-def backbone_changes(recipe) -> BackboneChanges:
+def backbone_changes(recipe, source: keras.Layer | None = None) -> BackboneChanges:
     """Compares the backbone a fitted recipe serves with its source.
 
     A kernel that LoRA adapted is one `"lora"` change (its factors, left
@@ -109,6 +109,8 @@ def backbone_changes(recipe) -> BackboneChanges:
     Args:
         recipe: a fitted `FeatureExtraction` or `FineTuning` whose backbone
             is a `tftransfer.Backbone`.
+        source: the source layer, where the caller has built it from
+            `source_backbone(recipe)` already (else it is built here).
 
     Returns:
         A `BackboneChanges`.
@@ -124,7 +126,8 @@ def backbone_changes(recipe) -> BackboneChanges:
     """
     backbone = source_backbone(recipe)
     config = backbone.get_config()
-    source = Backbone.from_config(config).build(trainable=False)
+    if source is None:
+        source = Backbone.from_config(config).build(trainable=False)
     served = peft.served_weights(recipe.backbone_layer)
     factors = getattr(recipe, "lora_factors", {})
     changes = []
