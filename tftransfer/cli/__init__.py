@@ -151,7 +151,20 @@ def _parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="repeat a run's export from its checkpoint"
     )
-    export.add_argument("run_dir", help="the run folder (runs/<name>)")
+    export.add_argument("run_dir", nargs="?", help="the run folder (runs/<name>)")
+    export.add_argument(
+        "--tasks",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="export the models of these runs, all on one backbone, as one "
+        "SavedModel: a signature per task (named after its run folder) and "
+        "serving_default with every task; the backbone's weights stored once",
+    )
+    export.add_argument(
+        "--base-path",
+        help="with --tasks: the model's base path (default "
+        "saved_models/<task>+<task>...)",
+    )
     export.add_argument(
         "--retrain",
         action="store_true",
@@ -249,6 +262,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from tftransfer.cli import run
 
+        if bool(args.tasks) == bool(args.run_dir) or (args.tasks and args.retrain):
+            raise ConfigError(
+                "Give one run folder (tftransfer export RUN_DIR [--retrain]), "
+                "or the runs to serve together (tftransfer export --tasks "
+                "RUN_DIR RUN_DIR ...; they must have finished training)."
+            )
+        if args.tasks:
+            checked = run.check_export_tasks(args.tasks)
+            _start_tensorflow(args.debug)
+            run.export_tasks(args.tasks, checked, args.base_path)
+            return 0
         settings, record = run.check_export(args.run_dir, retrain=args.retrain)
         _start_tensorflow(args.debug)
         run.check_recipe(settings, os.path.join(args.run_dir, run.RECIPE_FILE))

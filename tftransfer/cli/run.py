@@ -569,6 +569,64 @@ def export_run(config: RunConfig, folder: str | Path, record: dict | None) -> Pa
     return path
 
 
+def check_export_tasks(folders: Sequence[str | Path]) -> list[tuple[RunConfig, dict]]:
+    """Checks, before anything runs, that `tftransfer export --tasks` can
+    export the models of the runs in `folders` together: each as
+    `check_export()` checks one, and their names (the folders' names, which
+    name the tasks) distinct. Imports no TensorFlow.
+
+    Returns:
+        `(config, record)` of each run, in order.
+
+    Raises:
+        ConfigError, ExportError: as `check_export()`, or if two folders
+            have the same name.
+    """
+    names = [Path(folder).resolve().name for folder in folders]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"Runs named {repeated} are given more than once: each task is "
+            "named after its run folder, so the names must differ. Rename a "
+            "run folder (or its recipe's name) and run it again."
+        )
+    return [check_export(folder) for folder in folders]
+
+
+def export_tasks(
+    folders: Sequence[str | Path],
+    checked: Sequence[tuple[RunConfig, dict]],
+    base_path: str | None = None,
+) -> Path:
+    """Restores the trained recipe of each run (as `restore()` does),
+    evaluates it on its held-out split for the model card, and exports them
+    all as one multi-task SavedModel (`tftransfer.export.export_tasks`),
+    each task named after its run folder; then checks it in a fresh
+    process on a few held-out examples of the first run.
+
+    Call `check_export_tasks()` first: it returns `checked`.
+
+    Returns:
+        The version folder written.
+    """
+    import tftransfer
+
+    recipes, examples = {}, None
+    for folder, (config, record) in zip(folders, checked, strict=True):
+        check_recipe(config, os.path.join(folder, RECIPE_FILE))
+        _, parts, recipe = _train(config, Path(folder), record)
+        _, held_out = held_out_split(config, parts)
+        recipe.evaluate(held_out)
+        recipes[Path(folder).resolve().name] = recipe
+        examples = examples or _serving_examples(held_out)
+    with step(f"Exporting {len(recipes)} tasks on one backbone"):
+        path = tftransfer.export.export_tasks(recipes, base_path)
+        tftransfer.export.verify_tasks(path, examples, recipes, print_signatures=False)
+    print(f"Model:       {Path(path).resolve()}")
+    print(f"Signatures:  serving_default (every task), {', '.join(recipes)}")
+    return path
+
+
 def restore(folder: str | Path):
     """The trained recipe of the run in `folder`, restored from its
     checkpoints without training (for `tftransfer explain`).

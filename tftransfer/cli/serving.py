@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tftransfer.errors import DataError, HandleNotFoundError
+from tftransfer.errors import ConfigError, DataError, HandleNotFoundError
 
 BATCH = 64
 # The files a folder given to `predict` stands for, by the model's input.
@@ -34,6 +34,7 @@ def find_export(model_dir: str) -> Path:
 
     Raises:
         HandleNotFoundError: if `model_dir` holds no exported model.
+        ConfigError: if it holds a multi-task export (`export --tasks`).
     """
     path = Path(model_dir)
     if path.is_dir() and not (path / "saved_model.pb").exists():
@@ -47,6 +48,16 @@ def find_export(model_dir: str) -> Path:
             f"{model_dir} holds no exported model (no saved_model.pb, and no "
             "numbered version folder). Pass a folder written by `tftransfer run` "
             "or `tftransfer export`, such as saved_models/<name>/1."
+        )
+    card = path / "model_card.json"
+    tasks = json.loads(card.read_text()).get("tasks") if card.exists() else None
+    if tasks:
+        raise ConfigError(
+            f"{path} serves several tasks ({', '.join(tasks)}), and this "
+            "command reads a single-task export. Call a task's signature "
+            "(signature_name in a TF Serving request, or `saved_model_cli run "
+            f"--dir {path} --tag_set serve --signature_def <task>`), or use "
+            "the export of that task's run."
         )
     return path
 
