@@ -3,12 +3,13 @@ rebuilds the model from the source backbone, checked by digest."""
 
 import json
 
+import keras
 import numpy as np
 import pytest
 from data_fixtures import tiny_bert_preset
 from hub_fixtures import ImageFeatureVector, save_as_hub_model
 
-from tftransfer import Backbone, ExportError, HandleError, data
+from tftransfer import ArgumentError, Backbone, ExportError, HandleError, data
 from tftransfer.deltas import load_delta, save_delta
 from tftransfer.recipes import FineTuning
 
@@ -120,3 +121,44 @@ def test_lora_delta_holds_the_factors_and_is_small(tmp_path):
         loaded(inputs).numpy(), recipe.model(inputs).numpy(), atol=1e-5
     )
     assert not [w for w in loaded.weights if "lora" in w.path]
+
+
+def _keras_model(backbone):
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            backbone.build(trainable=True),
+            keras.layers.Dense(2, activation="softmax", name="head"),
+        ]
+    )
+
+
+def test_a_keras_model_delta_loads_into_a_fresh_copy(image_model_path, tmp_path):
+    backbone = Backbone.from_hub(image_model_path, image_size=(8, 8))
+    model = _keras_model(backbone)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(32, 8, 8, 3)).astype("float32")
+    labels = (images[:, :4].mean(axis=(1, 2, 3)) > 0.5).astype(int)
+    model.compile(keras.optimizers.Adam(1e-2), "sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=2, batch_size=16, verbose=0)
+    with pytest.raises(ArgumentError, match="need backbone="):
+        save_delta(model, tmp_path / "deltas")
+    folder = save_delta(model, tmp_path / "deltas", backbone=backbone)
+    metadata = json.loads((folder / "delta.json").read_text())
+    assert metadata["kind"] == "model"
+    assert {e["kind"] for e in metadata["entries"]} == {"difference"}
+    assert [p.split("/", 1)[1] for p in metadata["model_weights"]] == [
+        "head/kernel",
+        "head/bias",
+    ]
+    assert not (folder / "head.keras").exists()
+    with pytest.raises(ArgumentError, match="pass model="):
+        load_delta(folder)
+    loaded = load_delta(folder, model=_keras_model(backbone))
+    np.testing.assert_allclose(loaded(images).numpy(), model(images).numpy(), atol=1e-5)
+    other = keras.Sequential(
+        [keras.Input((8, 8, 3)), backbone.build(), keras.layers.Dense(3)]
+    )
+    with pytest.raises(ArgumentError, match="is not the model"):
+        load_delta(folder, model=other)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import keras
@@ -12,10 +13,15 @@ import numpy as np
 import tensorflow as tf
 
 from tftransfer.backbones import Backbone
-from tftransfer.errors import HandleError, HandleNotFoundError
+from tftransfer.errors import ArgumentError, HandleError, HandleNotFoundError
 from tftransfer.export.writer import atomic_version_dir, resolve_version, versions
+from tftransfer.messages import short_repr
 from tftransfer.recipes import heads
-from tftransfer.recipes.backbone_changes import WeightChange, backbone_changes
+from tftransfer.recipes.backbone_changes import (
+    WeightChange,
+    backbone_changes,
+    weight_changes,
+)
 
 FORMAT = "tftransfer-delta/1"
 _METADATA = "delta.json"
@@ -24,6 +30,7 @@ _HEAD = "head.keras"
 _ONE_INPUT = ""
 # The arrays of each kind of change, by key prefix in the `.npz` file.
 _ARRAY_KEYS = {"lora": ("a", "b"), "difference": ("d",)}
+_LORA_FACTOR = re.compile(r"(^|/)lora_(kernel|embeddings)_[ab]$")
 
 
 def weights_digest(layer: keras.Layer) -> str:
@@ -44,29 +51,35 @@ def weights_digest(layer: keras.Layer) -> str:
 
 
 def save_delta(
-    recipe,
+    recipe_or_model,
     path: str | os.PathLike,
     *,
+    backbone: Backbone | None = None,
     version: int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Writes what a fitted recipe changed of its backbone, and its head.
+    """Writes what fine-tuning changed of a backbone, and the rest of the model.
 
-    Every weight of the served backbone is compared with the source
-    backbone (rebuilt from its config): a kernel that LoRA adapted is
-    stored as its two factors and scale, any other changed weight (BitFit's
-    biases and norms, every weight after full fine-tuning, BatchNorm
-    statistics with `train_batchnorm=True`) as its difference from the
-    source, compressed; unchanged weights are not stored. Beside them: the
-    head (`head.keras`), the backbone's config (source and handle), a digest
-    of the source weights, the input spec, pooling, task and class names
-    (`delta.json`). The version folder `<path>/<version>/` appears at once
-    when complete (as exports do).
+    Every weight of the fine-tuned backbone is compared with the source
+    backbone: a kernel that LoRA adapted is stored as its two factors and
+    scale, any other changed weight (BitFit's biases and norms, every
+    weight after full fine-tuning, BatchNorm statistics with
+    `train_batchnorm=True`) as its difference from the source, compressed;
+    unchanged weights are not stored. Beside them (`delta.json`): the
+    backbone's config (source and handle) and a digest of the source
+    weights. Of a recipe, also its head (`head.keras`), input spec,
+    pooling, task and class names; of a Keras model, the values of its
+    weights outside the backbone layer (its head), by position. The
+    version folder `<path>/<version>/` appears at once when complete (as
+    exports do).
 
     Args:
-        recipe: a fitted `FineTuning` (or `FeatureExtraction`) recipe whose
-            backbone is a `tftransfer.Backbone` with a config.
+        recipe_or_model: a fitted `FineTuning` (or `FeatureExtraction`)
+            recipe whose backbone is a `tftransfer.Backbone` with a config;
+            or a `keras.Model` with a layer that `backbone.build()` made
+            (LoRA enabled on it or not), fine-tuned.
         path: the base folder; versions are numbered folders in it.
+        backbone: with a Keras model, the source `Backbone` (with a config).
         version: the version to write (`None`: the next one).
         overwrite: whether an existing `version` may be replaced.
 
@@ -74,20 +87,49 @@ def save_delta(
         The version folder written.
 
     Raises:
-        ArgumentError: if `recipe` is not fitted or its backbone cannot be
-            rebuilt from a config.
+        ArgumentError: if a recipe is not fitted or its backbone cannot be
+            rebuilt from a config, or a Keras model comes without
+            `backbone` or has no layer with that backbone's weights.
         ExportError: if the version exists (without `overwrite`) or cannot
             be written.
 
-    Example:
+    Examples:
 
     >>> recipe = FineTuning(backbone, method="lora").fit(train, validation)
     >>> tftransfer.deltas.save_delta(recipe, "deltas/bbc")
     PosixPath('deltas/bbc/1')
+
+    >>> model = keras.Sequential([keras.Input((224, 224, 3)), backbone.build(),
+    ...                           keras.layers.Dense(5, activation="softmax")])
+    >>> model.fit(images, labels)
+    >>> tftransfer.deltas.save_delta(model, "deltas/flowers", backbone=backbone)
     """
-    found = backbone_changes(recipe)
-    arrays, entries = {}, []
-    for change in found.changes:
+    if isinstance(recipe_or_model, keras.Model):
+        model = recipe_or_model
+        config = _config_of(backbone)
+        source = _build(config)
+        layer = _backbone_layer(model, source, config)
+        changes = weight_changes(source, layer)
+        own = {id(w) for w in layer.weights}
+        rest = [w for w in model.weights if id(w) not in own]
+        extra = {f"w{j}": w.numpy() for j, w in enumerate(rest)}
+        facts = {"kind": "model", "model_weights": [w.path for w in rest]}
+        head = None
+    else:
+        recipe = recipe_or_model
+        found = backbone_changes(recipe)
+        config, source, changes = found.config, found.source, found.changes
+        extra, head = {}, recipe.head
+        facts = {
+            "kind": "recipe",
+            "inputs": _input_configs(recipe.model.input),
+            "pooling": recipe.settings["pooling"],
+            "task": recipe.task,
+            "class_names": recipe.class_names,
+            "method": recipe.settings.get("method", "head"),
+        }
+    arrays, entries = dict(extra), []
+    for change in changes:
         i = change.position
         keys = _ARRAY_KEYS[change.kind]
         arrays.update(
@@ -103,46 +145,55 @@ def save_delta(
         )
     metadata = {
         "format": FORMAT,
-        "backbone": found.config,
-        "source_digest": weights_digest(found.source),
-        "inputs": _input_configs(recipe.model.input),
-        "pooling": recipe.settings["pooling"],
-        "task": recipe.task,
-        "class_names": recipe.class_names,
-        "method": recipe.settings.get("method", "head"),
+        "backbone": config,
+        "source_digest": weights_digest(source),
+        **facts,
         "entries": entries,
     }
     version = resolve_version(path, version, overwrite)
     with atomic_version_dir(path, version, overwrite) as tmp:
         np.savez_compressed(tmp / _ARRAYS, **arrays)
-        recipe.head.save(tmp / _HEAD)
+        if head is not None:
+            head.save(tmp / _HEAD)
         (tmp / _METADATA).write_text(json.dumps(metadata, indent=2))
     return Path(path) / str(version)
 
 
-def load_delta(path: str | os.PathLike, *, backbone: Backbone | None = None):
+def load_delta(
+    path: str | os.PathLike,
+    *,
+    backbone: Backbone | None = None,
+    model: keras.Model | None = None,
+):
     """Rebuilds a fine-tuned model from its source backbone and a delta.
 
     The source backbone is built (from the config the delta records, or
-    `backbone`), its weights checked against the recorded digest, the
+    `backbone`), its weights checked against the recorded digest and the
     delta applied (LoRA products merged into their kernels: the model has
-    no LoRA overhead) and the head put on top.
+    no LoRA overhead). A recipe's delta gets its head put on top; a Keras
+    model's delta is loaded into `model`, a fresh copy of its architecture
+    on the source backbone, whose other weights take the saved values.
 
     Args:
         path: a version folder that `save_delta` wrote, or its base folder
             (the latest version is read).
         backbone: the source `Backbone`, where the recorded handle is not
             where it lives here (for example a local copy).
+        model: for a delta of a Keras model: the model to load it into
+            (built as the saved one was, with `backbone.build()`'s layer
+            holding the source weights).
 
     Returns:
-        A `keras.Model` from prepared inputs to the task's outputs, as the
-        recipe's `model`. `delta.json` in the folder holds its
-        `class_names` and task.
+        A `keras.Model`: from prepared inputs to the task's outputs (as the
+        recipe's `model`; `delta.json` in the folder holds its
+        `class_names` and task), or `model`, loaded.
 
     Raises:
         HandleNotFoundError: if `path` holds no delta.
         HandleError: if the source backbone's weights do not have the
             digest the delta was made against.
+        ArgumentError: if a Keras model's delta comes without `model`, or
+            `model` does not have the saved model's weights.
 
     Example:
 
@@ -154,10 +205,16 @@ def load_delta(path: str | os.PathLike, *, backbone: Backbone | None = None):
     config = metadata["backbone"]
     if backbone is not None:
         key = Backbone.from_config(config).output_key
-        config = (
-            backbone.with_output(key).get_config() if key else backbone.get_config()
+        config = _config_of(backbone.with_output(key) if key else backbone)
+    by_model = metadata.get("kind") == "model"
+    if by_model and model is None:
+        raise ArgumentError(
+            f"The delta {str(folder)!r} was saved from a keras.Model: pass "
+            "model=, the same architecture built on the source backbone, to "
+            "load it into."
         )
-    layer = _build(config)
+    source = _build(config)
+    layer = _backbone_layer(model, source, config) if by_model else source
     digest = weights_digest(layer)
     if digest != metadata["source_digest"]:
         raise HandleError(
@@ -179,6 +236,9 @@ def load_delta(path: str | os.PathLike, *, backbone: Backbone | None = None):
             )
             weight = layer.weights[i]
             weight.assign(change.applied_to(weight.numpy()))
+        if by_model:
+            _load_rest(model, layer, arrays, metadata["model_weights"], folder)
+            return model
     head = keras.saving.load_model(folder / _HEAD)
     specs = {name: _spec(c) for name, c in metadata["inputs"].items()}
     inputs = heads.model_inputs(specs.get(_ONE_INPUT, specs))
@@ -186,6 +246,47 @@ def load_delta(path: str | os.PathLike, *, backbone: Backbone | None = None):
         layer, inputs, pooling=metadata["pooling"], backbone_name=repr(config)
     )
     return keras.Model(features.input, head(features.output), name="delta")
+
+
+def _config_of(backbone) -> dict:
+    if not isinstance(backbone, Backbone):
+        raise ArgumentError(
+            "save_delta and load_delta of a keras.Model need backbone=, the "
+            "tftransfer.Backbone its backbone layer was built from. Received: "
+            f"backbone={short_repr(backbone)}."
+        )
+    return backbone.get_config()
+
+
+def _backbone_layer(model: keras.Model, source: keras.Layer, config: dict):
+    """The outermost layer of `model` with the weights of `source` (their
+    shapes and dtypes, in order; LoRA factors aside)."""
+    wanted = [(tuple(w.shape), w.dtype) for w in source.weights]
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        # Keras names the factors of its LoRA layers lora_*_a and lora_*_b.
+        own = [w for w in layer.weights if not _LORA_FACTOR.search(w.path)]
+        if [(tuple(w.shape), w.dtype) for w in own] == wanted:
+            return layer
+    raise ArgumentError(
+        f"Model {model.name!r} has no layer with the weights of the backbone "
+        f"{config['arguments'].get('handle')!r}. Build the model on the layer "
+        "that backbone.build() returns, and pass that backbone."
+    )
+
+
+def _load_rest(model, layer, arrays, paths: list, folder: Path) -> None:
+    """Assigns the saved values of `model`'s weights outside `layer`."""
+    own = {id(w) for w in layer.weights}
+    rest = [w for w in model.weights if id(w) not in own]
+    shapes = [tuple(arrays[f"w{j}"].shape) for j in range(len(paths))]
+    if [tuple(w.shape) for w in rest] != shapes:
+        raise ArgumentError(
+            f"Model {model.name!r} is not the model the delta {str(folder)!r} "
+            f"was saved from: its weights outside the backbone are "
+            f"{[w.path for w in rest]}, the delta's {paths}."
+        )
+    for j, weight in enumerate(rest):
+        weight.assign(arrays[f"w{j}"])
 
 
 def _build(config: dict) -> keras.Layer:

@@ -128,11 +128,35 @@ def backbone_changes(recipe, source: keras.Layer | None = None) -> BackboneChang
     config = backbone.get_config()
     if source is None:
         source = Backbone.from_config(config).build(trainable=False)
-    served = peft.served_weights(recipe.backbone_layer)
-    factors = getattr(recipe, "lora_factors", {})
+    # A fitted FineTuning serves its LoRA products merged; it keeps the factors.
+    factors = getattr(recipe, "lora_factors", None) or None
+    changes = weight_changes(source, recipe.backbone_layer, factors)
+    return BackboneChanges(config, source, changes)
+
+
+def weight_changes(
+    source: keras.Layer, tuned: keras.Layer, factors: dict | None = None
+) -> tuple[WeightChange, ...]:
+    """The weights of `tuned` that differ from those of `source` (the same
+    backbone before fine-tuning), as `backbone_changes()` describes them.
+
+    Args:
+        source: the source backbone layer.
+        tuned: the fine-tuned copy, LoRA enabled or merged.
+        factors: LoRA factors by position (`peft.lora_factors()`), where
+            `tuned` has them merged already (a recipe's `lora_factors`);
+            `None`: those of `tuned`'s LoRA layers.
+
+    Example:
+
+    >>> [change.path for change in weight_changes(source, tuned)]
+    ['dense/bias']
+    """
+    if factors is None:
+        factors = peft.lora_factors(tuned)
     changes = []
     for position, (weight, (variable, value)) in enumerate(
-        zip(source.weights, served, strict=True)
+        zip(source.weights, peft.served_weights(tuned), strict=True)
     ):
         path = peft.variable_path(variable)
         if position in factors:
@@ -145,4 +169,4 @@ def backbone_changes(recipe, source: keras.Layer | None = None) -> BackboneChang
                 changes.append(
                     WeightChange(position, path, "difference", (value - original,))
                 )
-    return BackboneChanges(config, source, tuple(changes))
+    return tuple(changes)
