@@ -173,16 +173,7 @@ def verify(
                 "The serving graph prepares inputs differently from the "
                 "`prepare` given here; export with the training preparation."
             )
-    return VerifyReport(
-        path=path,
-        input_name=result["input_name"],
-        outputs=result["outputs"],
-        signatures=result["signatures"],
-        signature_outputs=result["signature_outputs"],
-        max_abs_difference=difference,
-        imported=result["imported"],
-        saved_model_cli=cli_output,
-    )
+    return _report(path, result, difference, cli_output)
 
 
 def verify_tasks(
@@ -272,6 +263,11 @@ def verify_tasks(
             f"Served outputs of {str(path)!r} differ from the in-memory "
             f"recipes' by up to {difference:.3g} (> atol={atol})."
         )
+    return _report(path, result, difference, cli_output)
+
+
+def _report(path: Path, result: dict, difference, cli_output: str) -> VerifyReport:
+    """The report of what the fresh process `result` found."""
     return VerifyReport(
         path=path,
         input_name=result["input_name"],
