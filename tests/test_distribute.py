@@ -7,9 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import signal_images, tiny_recipe
 
+import tftransfer
 from tftransfer import ConfigError, distribute
-from tftransfer.recipes import training_loop
+from tftransfer.recipes import FeatureExtraction, training_loop
 from tftransfer.recipes.callbacks import TrainingState
 
 
@@ -275,3 +277,42 @@ def test_recipes_build_hub_backbones_with_the_strategy_load_options(
     # Read inside a TPU strategy's scope, the signature is read with them too.
     with pytest.raises(tf.errors.InvalidArgumentError, match="/job:nowhere"):
         Backbone.from_hub(image_model_path)
+
+
+def _two_cpus():
+    assert len(tf.config.list_logical_devices("CPU")) >= 2, "needs 2 logical CPUs"
+    return distribute.resolve_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
+
+
+def test_one_mirrored_strategy_serves_every_recipe_on_its_devices():
+    # A second strategy on the same devices would reuse the first one's
+    # collective keys (tensorflow/tensorflow#62790).
+    assert _two_cpus() is _two_cpus()
+    assert (
+        distribute.resolve_strategy("mirrored", devices=["/cpu:0"]) is not _two_cpus()
+    )
+
+
+def test_several_steps_per_execution_are_refused_with_two_replicas(tmp_path):
+    strategy = _two_cpus()
+    assert not distribute.several_steps_per_execution(strategy)
+    assert distribute.steps_per_execution(strategy) == 1
+    with pytest.raises(ConfigError, match="keras-team/keras#19246"):
+        distribute.steps_per_execution(strategy, 4)
+    with pytest.raises(ConfigError, match="steps_per_execution=4 cannot run"):
+        tiny_recipe(
+            FeatureExtraction, tmp_path, strategy=strategy, steps_per_execution=4
+        )
+
+
+def test_the_head_trains_several_steps_an_epoch_on_two_replicas(tmp_path):
+    # The head runs a whole epoch per execution where it can; not here.
+    pixels, signal = signal_images(64)
+    data = tftransfer.data.from_arrays(pixels, (signal > 0.5).astype(int))
+    recipe = tiny_recipe(
+        FeatureExtraction, tmp_path, strategy=_two_cpus(), batch_size=8
+    )
+    history = recipe.fit(data, data)
+    assert recipe.strategy.num_replicas_in_sync == 2
+    assert len(history.history["loss"]) == 3
+    assert np.isfinite(history.history["loss"]).all()

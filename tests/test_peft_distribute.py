@@ -75,11 +75,7 @@ def _fit_on(tmp_path, method, strategy, batch_size):
 
 @pytest.fixture(scope="module")
 def mirrored():
-    """One MirroredStrategy on 2 logical CPUs for the module's tests, its
-    collective keys apart from those of strategies made before it in this
-    process (each new one starts at the same keys, and TensorFlow then
-    mixes up their all-reduces: tensorflow/tensorflow#62790)."""
-    tf.distribute.MirroredStrategy._collective_key_base += 10_000
+    """The MirroredStrategy on 2 logical CPUs (one per process)."""
     return distribute.resolve_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
 
 
@@ -91,9 +87,7 @@ def test_peft_on_two_cpus_matches_one_device_for_same_global_batch(
     assert len(tf.config.list_logical_devices("CPU")) >= 2, "needs 2 logical CPUs"
     # Phase 2 reads the data's batches of 16; phase 1 the 64 cached training
     # features in one global batch (batch_size x replicas) on both: one step
-    # per epoch, so the shuffle order does not matter, and the head's
-    # whole-epoch executions stay at one step (more fail under
-    # MirroredStrategy in Keras 3: keras-team/keras#19246).
+    # per epoch, so the shuffle order does not matter.
     one, _ = _fit_on(tmp_path / "one", method, "default", batch_size=64)
     two, trained = _fit_on(tmp_path / "two", method, mirrored, batch_size=32)
     assert two.strategy.num_replicas_in_sync == 2

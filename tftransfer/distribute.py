@@ -25,6 +25,9 @@ STRATEGY_KINDS = ("auto", "default", "mirrored", "multi_worker", "tpu")
 TPUClusterResolver = tf.distribute.cluster_resolver.TPUClusterResolver
 
 
+_MIRRORED: dict[tuple, tf.distribute.MirroredStrategy] = {}
+
+
 def resolve_strategy(
     kind: str = "auto",
     tpu: str | None = None,
@@ -69,8 +72,19 @@ def resolve_strategy(
     if kind == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=devices)
+        return _mirrored(devices)
     return tf.distribute.get_strategy()
+
+
+def _mirrored(devices: list[str] | None) -> tf.distribute.MirroredStrategy:
+    """One `MirroredStrategy` per device list in a process: each new one
+    starts its collective keys where the first did, and TensorFlow then
+    mixes up the all-reduces of the two (tensorflow/tensorflow#62790), so a
+    second recipe under "mirrored" would fail."""
+    key = (tf.distribute.MirroredStrategy, None if devices is None else tuple(devices))
+    if key not in _MIRRORED:
+        _MIRRORED[key] = tf.distribute.MirroredStrategy(devices=devices)
+    return _MIRRORED[key]
 
 
 def _auto_kind(tpu: str | None) -> str:
@@ -185,6 +199,10 @@ def steps_per_execution(
 
     TPUs idle between host round trips, so they run 32 steps per execution
     unless `requested` says otherwise; other devices run 1.
+
+    Raises:
+        ConfigError: if `requested` is below 1, or above 1 where
+            `several_steps_per_execution(strategy)` is false.
     """
     if requested is not None:
         if requested < 1:
@@ -192,5 +210,26 @@ def steps_per_execution(
                 "Expected steps_per_execution >= 1. "
                 f"Received: steps_per_execution={requested}"
             )
+        if requested > 1 and not several_steps_per_execution(strategy):
+            raise ConfigError(
+                f"steps_per_execution={requested} cannot run under "
+                f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} "
+                "replicas: Keras 3 fails on several steps per execution there "
+                "(keras-team/keras#19246). Leave it unset (1 off TPUs)."
+            )
         return requested
     return 32 if is_tpu(strategy) else 1
+
+
+def several_steps_per_execution(strategy: tf.distribute.Strategy) -> bool:
+    """Whether Keras can run several steps per `fit` execution under
+    `strategy`: on TPUs and one replica, not with more replicas of a
+    (multi-worker) mirrored strategy, whose multi-step loop fails in Keras 3
+    (keras-team/keras#19246).
+
+    Example:
+
+    >>> several_steps_per_execution(tf.distribute.get_strategy())
+    True
+    """
+    return is_tpu(strategy) or strategy.num_replicas_in_sync == 1

@@ -749,9 +749,11 @@ class FeatureExtraction(Recipe):
     def _head_steps_per_execution(self, features: CachedFeatures, steps: int) -> int:
         """Steps per execution of the head: a whole epoch (`steps`) per
         call when the features are in memory (the steps are tiny, so
-        per-call overhead would dominate), the recipe's setting (a divisor
-        of `steps`) when they are streamed."""
-        if features.nbytes > self.memory_budget:
+        per-call overhead would dominate) and the strategy can, the
+        recipe's setting (a divisor of `steps`) otherwise."""
+        if features.nbytes > self.memory_budget or not (
+            distribute.several_steps_per_execution(self.strategy)
+        ):
             return self._steps_per_execution(steps)
         return steps
 
