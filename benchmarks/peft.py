@@ -1,29 +1,46 @@
-"""LoRA vs full fine-tuning of all-MiniLM-L6-v2 on BBC News, and its delta.
+"""Parameter-efficient fine-tuning (issue 14): LoRA and BitFit vs full
+fine-tuning, on a text and an image backbone, and their deltas.
 
-One bounded configuration for both sides (stated in the output): BBC News
-(60/20/20 split, seed 0; `--train-examples` keeps N training articles
-at random, seed 0), seq_length `--seq-length`, one head epoch, `--epochs` phase-2
-epochs at fixed peak learning rates (no range test: it would cost more
-than the training), batch 32.
+Each part runs one bounded configuration, the same for every method and
+stated in its `config:` line, at fixed peak learning rates per method (no
+range test: it would cost more than the training; the backbone trains at
+0.3x the peak), batch 32, the recipe's seed 0 unless `--seeds` says more.
+`--parts` chooses the parts (each can be rerun alone):
 
-- accuracy: `FineTuning(method="full")` and `FineTuning(method="lora")`
-  test accuracy (and which model each kept: fine-tuned or frozen);
-- trainable share, optimizer memory, step time: the backbone plus a linear
-  head on mean-pooled tokens, all backbone weights trainable vs LoRA
-  factors (rank 8, query and value) only, both with `DiscriminativeAdamW`;
-  steps timed interleaved (`--rounds` rounds of `--steps` steps of each,
-  the first round left out) on one batch, medians printed;
-- delta: `save_delta` of both recipes, the `.npz` size vs the backbone's
-  float32 weights; `load_delta` + the source backbone vs the recipe's
-  model on test inputs (max absolute difference).
+- `speed` (all-MiniLM-L6-v2): trainable share, optimizer memory, step time
+  of the backbone plus a linear head on mean-pooled tokens, all backbone
+  weights trainable vs LoRA factors (rank 8, query and value) only, both
+  with `DiscriminativeAdamW`; steps timed interleaved (`--rounds` rounds of
+  `--steps` steps of each, the first round left out) on one batch, medians.
+- `text` (all-MiniLM-L6-v2 on BBC News: 60/20/20 split, seed 0;
+  `--train-examples` keeps N training articles at random, seed 0;
+  `--seq-length`; one head epoch, `--epochs` phase-2 epochs):
+  `FineTuning(method=...)` for full, LoRA and BitFit.
+- `image` (EfficientNet-Lite0, ImageNet, on Fashion-MNIST: the loader of
+  `transfer_quality.py`, `--per-class` training images and
+  `--validation-per-class` validation images a class drawn per seed, a
+  fixed test set of `--test-per-class` a class, 28x28 grayscale prepared
+  by the library as 224x224 RGB; `--head-epochs` head epochs on cached
+  features, `--image-epochs` phase-2 epochs): full, LoRA (rank 8 on every
+  convolution Keras's `enable_lora` supports: `lora_targets="auto"`) and
+  BitFit (biases and BatchNorm gamma/beta; statistics frozen).
 
-Prints `name: value` lines; goals (issue 14): lora_accuracy >= full - 0.005,
-lora_trainable_share <= 0.02, lora_step_time_ratio <= 1,
-lora_optimizer_memory_ratio <= 0.05, lora_delta_size_ratio <= 0.03,
-load_delta_max_abs_diff <= 1e-5.
+For each fitted recipe: test accuracy (and which model it kept: fine-tuned
+or frozen), fit time, and its delta: `save_delta`, the `.npz` size over the
+backbone's float32 weights (`delta_size_ratio`), and `load_delta` + the
+source backbone vs the recipe's model on a test batch (max absolute
+difference).
+
+Prints `name: value` lines; goals (issue 14):
+minilm_lora_accuracy >= minilm_full_accuracy - 0.005,
+minilm_lora_trainable_share <= 0.02, minilm_lora_step_time_ratio <= 1,
+minilm_lora_optimizer_memory_ratio <= 0.05;
+lite0_lora_accuracy or lite0_bitfit_accuracy >= lite0_full_accuracy - 0.01;
+<backbone>_{lora,bitfit}_delta_size_ratio <= 0.03;
+<backbone>_<method>_load_delta_max_abs_diff <= 1e-5.
 
     PYTHONPATH=benchmarks:. TF_CPP_MIN_LOG_LEVEL=3 python benchmarks/peft.py \\
-        [--train-examples 600 --seq-length 128 --epochs 2 --rounds 4 --steps 3]
+        [--parts speed,text,image --seeds 0]
 """
 
 import argparse
@@ -35,7 +52,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from transfer_quality import bbc_news
+from transfer_quality import bbc_news, fashion_pool, few_shot
 
 import tftransfer
 from tftransfer.deltas import load_delta, save_delta
@@ -43,21 +60,34 @@ from tftransfer.recipes import FineTuning, peft
 from tftransfer.recipes.optimizers import DiscriminativeAdamW
 
 BATCH = 32
-PEAK = {"full": 1e-4, "lora": 1e-3}
+PARTS = ("speed", "text", "image")
+METHODS = ("full", "lora", "bitfit")
+# Fixed peak (head) learning rates of phase 2; the backbone trains at 0.3x.
+PEAK = {
+    "minilm": {"full": 1e-4, "lora": 1e-3, "bitfit": 3e-3},
+    "lite0": {"full": 3e-4, "lora": 3e-3, "bitfit": 3e-3},
+}
 
 
-def fit(method, splits, backbone, work, epochs):
+# Shared measurements ------------------------------------------------------
+
+
+def fit(backbone, method, splits, work, *, peak, head_epochs, epochs, seed, rank):
+    """A `FineTuning(method=...)` at a fixed peak rate, fitted; returns the
+    recipe, its test accuracy and its fit time in seconds."""
     recipe = FineTuning(
         backbone,
         method=method,
-        head_epochs=1,
+        lora_rank=rank,
+        head_epochs=head_epochs,
         fine_tune_epochs=epochs,
-        fine_tune_learning_rate=PEAK[method],
+        fine_tune_learning_rate=peak,
         learning_rate=1e-2,
         head_weight_decay=0.0,
         batch_size=BATCH,
+        seed=seed,
         cache_dir=f"{work}/cache",
-        run_dir=f"{work}/{method}",
+        run_dir=f"{work}/{method}-seed{seed}",
         strategy="default",
         verbose=0,
     )
@@ -67,12 +97,100 @@ def fit(method, splits, backbone, work, epochs):
     return recipe, recipe.evaluate(splits.test)["accuracy"], seconds
 
 
-def training_model(backbone, method):
-    """Backbone + linear head, compiled for one phase-2 step."""
+def weights_bytes(backbone) -> int:
+    """The bytes of the backbone's weights, all float32 (as built)."""
+    weights = backbone.build(trainable=False).weights
+    assert all(w.dtype == "float32" for w in weights), "expected float32 weights"
+    return sum(w.numpy().nbytes for w in weights)
+
+
+def report_delta(name, recipe, test, work, source_bytes) -> None:
+    """Prints the delta of a fitted recipe: size, ratio to the backbone's
+    float32 weights, and `load_delta`'s difference from the recipe's model."""
+    folder = save_delta(recipe, Path(work) / f"delta-{name}")
+    size = (folder / "delta.npz").stat().st_size
+    folder_size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    print(f"{name}_delta_mb: {size / 2**20:.2f}")
+    print(f"{name}_delta_size_ratio: {size / source_bytes:.4f}")
+    print(f"{name}_delta_folder_mb: {folder_size / 2**20:.2f}")
+    inputs = next(iter(recipe._batches(test)))[0]
+    loaded = load_delta(folder)
+    difference = np.abs(loaded(inputs).numpy() - recipe.model(inputs).numpy())
+    print(f"{name}_load_delta_max_abs_diff: {difference.max():.2e}", flush=True)
+
+
+def compare_methods(
+    prefix, backbone, load_splits, seeds, methods, **fit_options
+) -> None:
+    """Fits every method on the same splits per seed (methods in turn, so
+    a change in the machine's load touches them alike); prints accuracy,
+    kept model, fit time and delta of each, then the differences from full
+    fine-tuning (means over the seeds)."""
+    source_bytes = weights_bytes(backbone)
+    print(f"{prefix}_backbone_float32_mb: {source_bytes / 2**20:.2f}")
+    accuracies = {m: [] for m in methods}
+    for seed in seeds:
+        splits = load_splits(seed)
+        with tempfile.TemporaryDirectory() as work:
+            for method in methods:
+                recipe, accuracy, seconds = fit(
+                    backbone,
+                    method,
+                    splits,
+                    work,
+                    peak=PEAK[prefix][method],
+                    seed=seed,
+                    **fit_options,
+                )
+                accuracies[method].append(accuracy)
+                name = f"{prefix}_{method}"
+                print(
+                    f"{name}_accuracy: {accuracy:.4f} (seed {seed}, "
+                    f"{splits.test.num_examples} test examples, kept {recipe.chosen})"
+                )
+                print(f"{name}_fit_seconds: {seconds:.0f}")
+                if seed == seeds[0]:
+                    report_delta(name, recipe, splits.test, work, source_bytes)
+                del recipe
+    mean = {m: float(np.mean(a)) for m, a in accuracies.items()}
+    if len(seeds) > 1:
+        for method in methods:
+            print(
+                f"{prefix}_{method}_mean_accuracy: {mean[method]:.4f} +- "
+                f"{np.std(accuracies[method]):.4f} (seeds {seeds})"
+            )
+    for method in [m for m in methods if m != "full" and "full" in methods]:
+        print(
+            f"{prefix}_{method}_minus_full_accuracy: {mean[method] - mean['full']:+.4f}"
+        )
+
+
+def count(variables):
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+# Text: all-MiniLM-L6-v2 on BBC News --------------------------------------
+
+
+def bbc_subset(args):
+    splits = bbc_news(0, args)
+    if args.train_examples:
+        splits.train = dataclasses.replace(
+            splits.train,
+            dataset=splits.train.dataset.shuffle(4096, seed=0).take(
+                args.train_examples
+            ),
+            num_examples=min(args.train_examples, splits.train.num_examples),
+        )
+    return splits
+
+
+def training_model(backbone, method, rank):
+    """MiniLM + linear head, compiled for one phase-2 step."""
     layer = backbone.build(trainable=True)
     chosen = layer.trainable_weights
     if method == "lora":
-        chosen = peft.enable_lora(peft.lora_layers(layer, chosen, "auto"), 8, None)
+        chosen = peft.enable_lora(peft.lora_layers(layer, chosen, "auto"), rank, None)
         chosen_ids = {id(v) for v in chosen}
         for variable in layer.weights:
             variable.trainable = id(variable) in chosen_ids
@@ -89,38 +207,15 @@ def training_model(backbone, method):
     return model
 
 
-def count(variables):
-    return sum(int(np.prod(v.shape)) for v in variables)
-
-
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--train-examples", type=int, default=600)
-    parser.add_argument("--seq-length", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args()
-    backbone = tftransfer.backbone("all-minilm-l6-v2", seq_length=args.seq_length)
-    splits = bbc_news(0, args)
-    if args.train_examples:
-        splits.train = dataclasses.replace(
-            splits.train,
-            dataset=splits.train.dataset.shuffle(4096, seed=0).take(
-                args.train_examples
-            ),
-            num_examples=min(args.train_examples, splits.train.num_examples),
-        )
+def speed(backbone, splits, args) -> None:
+    """Step time, trainable share, optimizer memory: full vs LoRA, interleaved."""
     print(
-        f"config: all-MiniLM-L6-v2, BBC News seed 0, train "
-        f"{args.train_examples or 'all'} articles, seq_length {args.seq_length}, "
-        f"batch {BATCH}, 1 head epoch, {args.epochs} fine-tuning epochs, peak "
-        f"lr full {PEAK['full']} / lora {PEAK['lora']} (backbone x0.3), LoRA "
-        "rank 8 on query/value"
+        f"config speed: all-MiniLM-L6-v2, seq_length {args.seq_length}, batch "
+        f"{BATCH}, one BBC News test batch, {args.rounds} rounds of {args.steps} "
+        f"steps of each (first round left out), LoRA rank {args.lora_rank} on "
+        "query/value"
     )
-
-    # Step time, trainable share, optimizer memory: interleaved.
-    models = {m: training_model(backbone, m) for m in ("full", "lora")}
+    models = {m: training_model(backbone, m, args.lora_rank) for m in ("full", "lora")}
     preprocess = backbone.text_preprocessor()
     texts = next(iter(splits.test.dataset.batch(BATCH)))[0]
     batch = (preprocess(texts), np.zeros(BATCH, "int64"))
@@ -141,32 +236,113 @@ def main():
     }
     step = {m: statistics.median(t) for m, t in times.items()}
     for method in models:
-        print(f"{method}_trainable_share: {share[method]:.4f}")
-        print(f"{method}_optimizer_memory_mb: {memory[method] / 2**20:.2f}")
-        print(f"{method}_step_time_s: {step[method]:.3f}")
-    print(f"lora_step_time_ratio: {step['lora'] / step['full']:.3f}")
-    print(f"lora_optimizer_memory_ratio: {memory['lora'] / memory['full']:.4f}")
-    del models
+        print(f"minilm_{method}_trainable_share: {share[method]:.4f}")
+        print(f"minilm_{method}_optimizer_memory_mb: {memory[method] / 2**20:.2f}")
+        print(f"minilm_{method}_step_time_s: {step[method]:.3f}")
+    print(f"minilm_lora_step_time_ratio: {step['lora'] / step['full']:.3f}")
+    print(
+        f"minilm_lora_optimizer_memory_ratio: {memory['lora'] / memory['full']:.4f}",
+        flush=True,
+    )
 
-    with tempfile.TemporaryDirectory() as work:
-        results = {m: fit(m, splits, backbone, work, args.epochs) for m in PEAK}
-        source_bytes = sum(
-            w.numpy().nbytes for w in results["full"][0].backbone_layer.weights
-        )
-        for method, (recipe, accuracy, seconds) in results.items():
-            print(f"{method}_accuracy: {accuracy:.4f} (kept {recipe.chosen})")
-            print(f"{method}_fit_seconds: {seconds:.0f}")
-            folder = save_delta(recipe, Path(work) / f"delta-{method}")
-            size = (folder / "delta.npz").stat().st_size
-            print(f"{method}_delta_mb: {size / 2**20:.2f}")
-            print(f"{method}_delta_size_ratio: {size / source_bytes:.4f}")
-            inputs = next(iter(recipe._batches(splits.test)))[0]
-            loaded = load_delta(folder)
-            difference = np.abs(loaded(inputs).numpy() - recipe.model(inputs).numpy())
-            print(f"{method}_load_delta_max_abs_diff: {difference.max():.2e}")
-        print(f"backbone_float32_mb: {source_bytes / 2**20:.2f}")
-        full, lora = results["full"][1], results["lora"][1]
-        print(f"lora_minus_full_accuracy: {lora - full:+.4f}")
+
+def text(backbone, splits, args) -> None:
+    print(
+        f"config text: all-MiniLM-L6-v2, BBC News seed 0, train "
+        f"{args.train_examples or 'all'} articles, seq_length {args.seq_length}, "
+        f"batch {BATCH}, 1 head epoch, {args.epochs} fine-tuning epochs, peak lr "
+        + ", ".join(f"{m} {r}" for m, r in PEAK["minilm"].items())
+        + f" (backbone x0.3), LoRA rank {args.lora_rank} on query/value, recipe seed 0",
+        flush=True,
+    )
+    compare_methods(
+        "minilm",
+        backbone,
+        lambda seed: splits,
+        [0],
+        args.methods,
+        head_epochs=1,
+        epochs=args.epochs,
+        rank=args.lora_rank,
+    )
+
+
+# Image: EfficientNet-Lite0 on Fashion-MNIST -------------------------------
+
+
+def image(args, seeds) -> None:
+    backbone = tftransfer.backbone("efficientnet-lite0")
+    load = few_shot(
+        fashion_pool,
+        per_class=args.per_class,
+        validation_per_class=args.validation_per_class,
+        test_per_class=args.test_per_class,
+    )
+    print(
+        f"config image: EfficientNet-Lite0 (ImageNet), Fashion-MNIST (first "
+        f"5,000 test-file images), {args.per_class} train / "
+        f"{args.validation_per_class} validation images a class drawn per seed, "
+        f"fixed test set {args.test_per_class} a class (10 classes), 28x28 "
+        f"grayscale prepared as {backbone.image_size[0]}x{backbone.image_size[1]} "
+        f"RGB, batch {BATCH}, up to {args.head_epochs} head epochs (lr 1e-2), "
+        f"{args.image_epochs} fine-tuning epochs, peak lr "
+        + ", ".join(f"{m} {r}" for m, r in PEAK["lite0"].items())
+        + f" (backbone x0.3), LoRA rank {args.lora_rank} on every supported convolution, "
+        f"BatchNorm statistics frozen, seeds {seeds}",
+        flush=True,
+    )
+    compare_methods(
+        "lite0",
+        backbone,
+        lambda seed: load(seed, args),
+        seeds,
+        args.methods,
+        head_epochs=args.head_epochs,
+        epochs=args.image_epochs,
+        rank=args.lora_rank,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated")
+    parser.add_argument("--seeds", default="0", help="image part: comma-separated")
+    parser.add_argument(
+        "--methods", default=",".join(METHODS), help="text and image parts"
+    )
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--train-examples", type=int, default=600)
+    parser.add_argument("--seq-length", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=2, help="text part")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--validation-per-class", type=int, default=30)
+    parser.add_argument("--test-per-class", type=int, default=200)
+    parser.add_argument("--head-epochs", type=int, default=20, help="image part")
+    parser.add_argument("--image-epochs", type=int, default=3, help="image part")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose among {list(PARTS)}")
+    args.methods = args.methods.split(",")
+    if set(args.methods) - set(METHODS):
+        parser.error(f"unknown methods in {args.methods}; choose among {METHODS}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    start = time.perf_counter()
+    if "speed" in parts or "text" in parts:
+        backbone = tftransfer.backbone("all-minilm-l6-v2", seq_length=args.seq_length)
+        splits = bbc_subset(args)
+        if "speed" in parts:
+            speed(backbone, splits, args)
+        if "text" in parts:
+            text(backbone, splits, args)
+    if "image" in parts:
+        image(args, seeds)
+    print(f"total_seconds: {time.perf_counter() - start:.0f}")
 
 
 if __name__ == "__main__":
