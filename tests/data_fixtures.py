@@ -137,9 +137,11 @@ def batchnorm_backbone() -> Backbone:
 def tiny_bert_preset(path: str, vocabulary: list[str], seed: int, **sizes) -> str:
     """Saves a KerasHub BERT preset (backbone and tokenizer) to `path`, its
     weights drawn with `seed`; `sizes` are `BertBackbone` arguments
-    (`num_layers`, `num_heads`, `hidden_dim`, `intermediate_dim`)."""
+    (`num_layers`, `num_heads`, `hidden_dim`, `intermediate_dim`; by
+    default 2, 2, 32 and 64)."""
     import keras_hub
 
+    sizes = dict(num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64) | sizes
     keras.utils.set_random_seed(seed)
     keras_hub.models.BertBackbone(
         vocabulary_size=len(vocabulary), max_sequence_length=16, **sizes

@@ -95,15 +95,7 @@ def test_delta_versions_and_refuses_a_mismatching_source(image_model_path, tmp_p
 
 def test_lora_delta_holds_the_factors_and_is_small(tmp_path):
     pytest.importorskip("keras_hub")
-    path = tiny_bert_preset(
-        str(tmp_path / "bert"),
-        VOCAB,
-        seed=3,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-    )
+    path = tiny_bert_preset(str(tmp_path / "bert"), VOCAB, seed=3)
     backbone = Backbone.from_keras_hub(path, seq_length=8)
     words = ["good film", "bad film", "good plot", "bad plot"] * 8
     labeled = data.from_arrays(words, [int(w.startswith("good")) for w in words])

@@ -44,15 +44,7 @@ def tasks(tmp_path_factory):
     """Three text tasks on one tiny BERT: frozen features, LoRA, BitFit."""
     pytest.importorskip("keras_hub")
     root = tmp_path_factory.mktemp("tasks")
-    preset = tiny_bert_preset(
-        str(root / "bert"),
-        VOCAB,
-        seed=3,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        intermediate_dim=64,
-    )
+    preset = tiny_bert_preset(str(root / "bert"), VOCAB, seed=3)
     backbone = Backbone.from_keras_hub(preset, seq_length=8)
     tuning = dict(fine_tune_epochs=1, fine_tune_learning_rate=3e-2)
     return {
