@@ -4,7 +4,8 @@
 (`"full"`), only their biases and normalization parameters (`"bitfit"`),
 low-rank factors added to the kernels of chosen layers (`"lora"`, through
 Keras's own `enable_lora` of `Dense`, `EinsumDense`, `Embedding` and the
-convolutions), or nothing of the backbone (`"head"`: phase 1 only).
+convolutions, and `tftransfer.recipes.hub_lora` for the kernel variables of
+TF Hub SavedModels), or nothing of the backbone (`"head"`: phase 1 only).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from tftransfer import defaults
 from tftransfer.errors import ConfigError
 from tftransfer.messages import short_list, short_repr
+from tftransfer.recipes import hub_lora
 from tftransfer.recipes.optimizers import NO_DECAY_PATTERNS
 
 METHODS = ("full", "lora", "bitfit", "head")
@@ -77,15 +79,19 @@ def bitfit_variables(variables: list) -> list:
     return [v for v in variables if pattern.search(variable_path(v))]
 
 
-def lora_layers(layer: keras.Layer, variables: list, targets) -> list[keras.Layer]:
-    """The layers of `layer` that LoRA adapts: those with Keras's
-    `enable_lora` whose kernel is one of `variables` (the part `unfreeze`
-    chose) and whose kernel path matches `targets` (`"auto"`: see
-    `ATTENTION_TARGETS`).
+def lora_layers(layer: keras.Layer, variables: list, targets) -> list:
+    """What LoRA adapts in `layer`: its layers with Keras's `enable_lora`
+    whose kernel is one of `variables` (the part `unfreeze` chose), and the
+    kernel variables among `variables` of its TF Hub SavedModels
+    (`hub_lora.HubKernel`s), those whose path matches `targets` (`"auto"`:
+    see `ATTENTION_TARGETS`, else all of them).
 
     Raises:
-        ConfigError: if no layer qualifies (a TF Hub SavedModel has none:
-            its variables are not Keras layers' kernels).
+        ConfigError: if nothing qualifies.
+
+    Example:
+
+    >>> targets = lora_layers(backbone_layer, backbone_layer.trainable_weights, "auto")
     """
     chosen = {id(v) for v in variables}
     capable = [
@@ -95,26 +101,27 @@ def lora_layers(layer: keras.Layer, variables: list, targets) -> list[keras.Laye
         and sub.built
         and id(_base_kernel(sub)) in chosen
         and not getattr(sub, "kernel_constraint", None)
-    ]
+    ] + hub_lora.hub_kernels(layer, variables)
     patterns = ATTENTION_TARGETS if targets == defaults.AUTO else targets
     compiled = [re.compile(p) for p in patterns]
     matched = [
-        sub
-        for sub in capable
-        if any(p.search(variable_path(_base_kernel(sub))) for p in compiled)
+        target
+        for target in capable
+        if any(p.search(_target_path(target)) for p in compiled)
     ]
     if targets == defaults.AUTO and not matched:
         matched = capable
     if not matched:
-        paths = [variable_path(_base_kernel(sub)) for sub in capable]
+        paths = [_target_path(target) for target in capable]
         found = (
             f"Kernel paths of the layers it supports: {short_list(paths)}."
             if paths
             else (
-                "The backbone has no layer with Keras's enable_lora "
-                "(Dense, EinsumDense, Embedding, convolutions) among the "
-                "variables unfreeze chose; a TF Hub SavedModel has none. "
-                "Use method='bitfit' or 'full' there."
+                "Among the backbone variables unfreeze chose there is no "
+                "kernel of a layer with Keras's enable_lora (Dense, "
+                "EinsumDense, Embedding, convolutions) nor a float variable "
+                "of two or more dimensions of a TF Hub SavedModel. Use "
+                "method='bitfit' or 'full' there."
             )
         )
         raise ConfigError(
@@ -124,35 +131,40 @@ def lora_layers(layer: keras.Layer, variables: list, targets) -> list[keras.Laye
     return matched
 
 
-def enable_lora(
-    layers: list[keras.Layer], rank: int, alpha: float | None, seed: int = 0
-) -> list:
-    """Enables LoRA of `rank` on `layers` (their kernels freeze); returns the
-    new trainable factors. The first factors start from He-uniform values
-    drawn from `seed` (so a run starts the same in every process), the
-    second at zero (so the model starts as the pretrained one).
+def enable_lora(layers: list, rank: int, alpha: float | None, seed: int = 0) -> list:
+    """Enables LoRA of `rank` on `layers` (what `lora_layers` returns: their
+    kernels freeze); returns the new trainable factors. The first factors
+    start from He-uniform values drawn from `seed` (so a run starts the same
+    in every process), the second at zero (so the model starts as the
+    pretrained one).
 
     Example:
 
     >>> factors = enable_lora(lora_layers(backbone_layer, variables, "auto"), 8, 16)
     """
     factors = []
-    for index, layer in enumerate(layers):
-        layer.enable_lora(
+    hub_kernels, hub_seeds = [], []
+    for index, target in enumerate(layers):
+        if isinstance(target, hub_lora.HubKernel):
+            hub_kernels.append(target)
+            hub_seeds.append(seed + index)
+            continue
+        target.enable_lora(
             rank,
             lora_alpha=alpha,
             a_initializer=keras.initializers.HeUniform(seed=seed + index),
         )
-        factors += _factor_variables(layer)
-    return factors
+        factors += _factor_variables(target)
+    return factors + hub_lora.enable_lora(hub_kernels, rank, alpha, hub_seeds)
 
 
 def lora_enabled(layer: keras.Layer) -> list[keras.Layer]:
-    """The layers of `layer` (itself included) with LoRA enabled."""
+    """The layers of `layer` (itself included) with LoRA enabled, TF Hub
+    SavedModel layers (`HubLayer`) included."""
     return [
         sub
         for sub in layer._flatten_layers(include_self=True, recursive=True)
-        if getattr(sub, "lora_enabled", False)
+        if getattr(sub, "lora_enabled", False) or hub_lora.adapters(sub)
     ]
 
 
@@ -166,15 +178,14 @@ def lora_factors(layer: keras.Layer) -> dict[int, tuple[np.ndarray, np.ndarray, 
     >>> a, b, scale = lora_factors(backbone_layer)[0]
     """
     positions = {id(v): i for i, (v, _) in enumerate(served_weights(layer))}
-    factors = {}
-    for sub in lora_enabled(layer):
-        a, b = _factor_variables(sub)
-        factors[positions[id(_base_kernel(sub))]] = (
-            np.asarray(a.numpy()),
-            np.asarray(b.numpy()),
-            float(sub.lora_alpha / sub.lora_rank),
+    return {
+        positions[id(adapter.kernel)]: (
+            np.asarray(adapter.a.numpy()),
+            np.asarray(adapter.b.numpy()),
+            adapter.scale,
         )
-    return factors
+        for adapter in _adapters(layer)
+    }
 
 
 def served_weights(layer: keras.Layer) -> list[tuple[keras.Variable, np.ndarray]]:
@@ -189,9 +200,9 @@ def served_weights(layer: keras.Layer) -> list[tuple[keras.Variable, np.ndarray]
     """
     merged = {}
     factor_ids = set()
-    for sub in lora_enabled(layer):
-        merged[id(_base_kernel(sub))] = _merged_kernel(sub)
-        factor_ids.update(id(v) for v in _factor_variables(sub))
+    for adapter in _adapters(layer):
+        merged[id(adapter.kernel)] = hub_lora.merged_value(adapter)
+        factor_ids.update((id(adapter.a), id(adapter.b)))
     return [
         (v, merged[id(v)] if id(v) in merged else np.asarray(v.numpy()))
         for v in layer.weights
@@ -220,6 +231,30 @@ def variable_path(variable) -> str:
     return getattr(variable, "path", None) or variable.name
 
 
+def _target_path(target) -> str:
+    """The path `lora_targets` is matched against: a LoRA-capable layer's
+    kernel path, or a SavedModel kernel's (`hub_lora.HubKernel.path`)."""
+    if isinstance(target, hub_lora.HubKernel):
+        return target.path
+    return variable_path(_base_kernel(target))
+
+
+def _adapters(layer: keras.Layer) -> list[hub_lora.Adapter]:
+    """The kernels LoRA adapts in `layer`: those of Keras's `enable_lora`
+    (the kernel is its own frozen value) and those of TF Hub SavedModels."""
+    keras_adapters = [
+        hub_lora.Adapter(
+            _base_kernel(sub),
+            _base_kernel(sub),
+            *_factor_variables(sub),
+            float(sub.lora_alpha / sub.lora_rank),
+        )
+        for sub in layer._flatten_layers(include_self=True, recursive=True)
+        if getattr(sub, "lora_enabled", False)
+    ]
+    return keras_adapters + hub_lora.adapters(layer)
+
+
 def _base_kernel(layer: keras.Layer):
     """The weight that Keras's LoRA adapts: the kernel, or an embedding table."""
     if hasattr(layer, "_embeddings"):
@@ -231,12 +266,3 @@ def _factor_variables(layer: keras.Layer) -> tuple:
     if hasattr(layer, "lora_embeddings_a"):
         return layer.lora_embeddings_a, layer.lora_embeddings_b
     return layer.lora_kernel_a, layer.lora_kernel_b
-
-
-def _merged_kernel(layer: keras.Layer) -> np.ndarray:
-    base = _base_kernel(layer)
-    a, b = _factor_variables(layer)
-    scale = layer.lora_alpha / layer.lora_rank
-    value = np.asarray(base.numpy())
-    product = np.asarray(a.numpy()) @ np.asarray(b.numpy())
-    return (value + scale * product.reshape(value.shape)).astype(value.dtype)
