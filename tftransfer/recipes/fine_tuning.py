@@ -59,7 +59,9 @@ class FineTuning(FeatureExtraction):
     parameters only (`"bitfit"`, every backbone, TF Hub SavedModels
     included); low-rank factors `a @ b * lora_alpha / lora_rank` added to
     the kernels of its layers that match `lora_targets` (`"lora"`, through
-    Keras's `enable_lora`: KerasHub and `keras.applications` backbones);
+    Keras's `enable_lora` on KerasHub and `keras.applications` backbones,
+    and on the SavedModel's own kernel variables for TF Hub backbones, see
+    `tftransfer.recipes.hub_lora`);
     or nothing (`"head"`: phase 1 alone). After LoRA, `model` serves a
     rebuilt backbone with the product merged into its kernels (no LoRA
     overhead when exported); `lora_factors` keeps the factors for
