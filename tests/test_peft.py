@@ -142,8 +142,13 @@ class _KillAfterFirstFineTuneEpoch(keras.callbacks.Callback):
 
 
 def test_lora_resumes_after_a_kill_from_its_factors_checkpoint(tmp_path):
+    # Rank 8: its second epoch still improves on the first (early stopping
+    # would restore the first, which this test does not check).
     killed = _recipe(
-        tmp_path, method="lora", callbacks=[_KillAfterFirstFineTuneEpoch()]
+        tmp_path,
+        method="lora",
+        lora_rank=8,
+        callbacks=[_KillAfterFirstFineTuneEpoch()],
     )
     with pytest.raises(_Killed):
         _fit(killed)
@@ -155,7 +160,7 @@ def test_lora_resumes_after_a_kill_from_its_factors_checkpoint(tmp_path):
             if self.model.name == "fine_tuning":
                 seen.append(peft.lora_factors(killed_layer()))
 
-    resumed = _recipe(tmp_path, method="lora", callbacks=[Start()])
+    resumed = _recipe(tmp_path, method="lora", lora_rank=8, callbacks=[Start()])
     killed_layer = lambda: resumed.backbone_layer  # noqa: E731
     _fit_keeping_tuned(resumed)
     # Phase 2 went on from the killed run's first epoch: its factors, one
@@ -209,3 +214,16 @@ def test_recipe_file_options_select_the_method():
     assert recipe.settings["method"] == "lora"
     assert recipe.settings["lora_rank"] == 4
     assert "method" in FineTuning.argument_names()
+
+
+def test_auto_rank_is_4_on_convolutions_and_8_on_attention(tmp_path):
+    layer = _network()
+    convolutions = peft.lora_layers(layer, layer.trainable_weights, "auto")
+    assert [type(t).__name__ for t in convolutions] == ["Conv2D", "Conv2D"]
+    assert peft.lora_rank(convolutions, "auto") == 4
+    assert peft.lora_rank(convolutions, 6) == 6
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="query")])
+    assert peft.lora_rank(peft.lora_layers(dense, dense.weights, "auto"), "auto") == 8
+    recipe = _fit(_recipe(tmp_path, method="lora"))
+    (a, b, _), *_ = recipe.lora_factors.values()
+    assert a.shape[-1] == 4 and b.shape[0] == 4

@@ -48,6 +48,6 @@ RANK_EXAMPLES = 300
 
 # FineTuning, phase 2: what it trains of the backbone (`tftransfer.recipes.peft`).
 FINE_TUNE_METHOD = "full"  # "full", "lora", "bitfit" or "head"
-LORA_RANK = 8
+LORA_RANK = AUTO  # 8; 4 on convolutions (see recipes.peft.lora_rank)
 LORA_ALPHA = None  # None: the rank (the product scaled by 1)
 LORA_TARGETS = AUTO  # attention query/value where present, else every LoRA layer

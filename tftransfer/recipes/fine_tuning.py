@@ -111,7 +111,10 @@ class FineTuning(FeatureExtraction):
             backbone then follows the model's `training` flag, so its
             dropout is active too).
         method: `"full"`, `"lora"`, `"bitfit"` or `"head"` (see above).
-        lora_rank: the rank of the LoRA factors.
+        lora_rank: the rank of the LoRA factors, or `"auto"`: 8, but 4
+            where every adapted kernel is a convolution's (an image
+            backbone's thin 1x1 convolutions would store 5% of its weights
+            at rank 8).
         lora_alpha: LoRA's scale numerator (the product is scaled by
             `lora_alpha / lora_rank`); `None`: the rank (a scale of 1).
         lora_targets: `"auto"` (the attention query and value projections
@@ -150,7 +153,7 @@ class FineTuning(FeatureExtraction):
         clipnorm: float | None = defaults.CLIPNORM,
         train_batchnorm: bool = False,
         method: str = defaults.FINE_TUNE_METHOD,
-        lora_rank: int = defaults.LORA_RANK,
+        lora_rank: int | str = defaults.LORA_RANK,
         lora_alpha: float | None = defaults.LORA_ALPHA,
         lora_targets: str | list[str] = defaults.LORA_TARGETS,
         **kwargs,
@@ -424,12 +427,10 @@ class FineTuning(FeatureExtraction):
                 )
         elif method == "lora":
             s = self.settings
-            chosen = peft.enable_lora(
-                peft.lora_layers(layer, chosen, s["lora_targets"]),
-                s["lora_rank"],
-                s["lora_alpha"],
-                seed=s["seed"],
-            )
+            targets = peft.lora_layers(layer, chosen, s["lora_targets"])
+            rank = peft.lora_rank(targets, s["lora_rank"])
+            chosen = peft.enable_lora(targets, rank, s["lora_alpha"], seed=s["seed"])
+            self.say(f"LoRA: rank {rank} on {len(targets)} kernels.")
         chosen_ids = {id(v) for v in chosen}
         for variable in candidates:
             variable.trainable = id(variable) in chosen_ids
