@@ -5,11 +5,13 @@ Each part runs one bounded configuration, the same for every method and
 stated in its `config:` line, at fixed peak learning rates per method (no
 range test: it would cost more than the training; the backbone trains at
 0.3x the peak), batch 32, the recipe's seed 0 unless `--seeds` says more.
-`--parts` chooses the parts (each can be rerun alone):
+LoRA's rank is `--lora-rank`, by default the recipes' `"auto"`: 8 on
+MiniLM's query and value, 4 on Lite0's convolutions. `--parts` chooses the
+parts (each can be rerun alone):
 
 - `speed` (all-MiniLM-L6-v2): trainable share, optimizer memory, step time
   of the backbone plus a linear head on mean-pooled tokens, all backbone
-  weights trainable vs LoRA factors (rank 8, query and value) only, both
+  weights trainable vs LoRA factors (query and value) only, both
   with `DiscriminativeAdamW`; steps timed interleaved (`--rounds` rounds of
   `--steps` steps of each, the first round left out) on one batch, medians.
 - `text` (all-MiniLM-L6-v2 on BBC News: 60/20/20 split, seed 0;
@@ -21,7 +23,7 @@ range test: it would cost more than the training; the backbone trains at
   `--validation-per-class` validation images a class drawn per seed, a
   fixed test set of `--test-per-class` a class, 28x28 grayscale prepared
   by the library as 224x224 RGB; `--head-epochs` head epochs on cached
-  features, `--image-epochs` phase-2 epochs): full, LoRA (rank 8 on every
+  features, `--image-epochs` phase-2 epochs): full, LoRA (on every
   convolution Keras's `enable_lora` supports: `lora_targets="auto"`) and
   BitFit (biases and BatchNorm gamma/beta; statistics frozen).
 
@@ -190,7 +192,8 @@ def training_model(backbone, method, rank):
     layer = backbone.build(trainable=True)
     chosen = layer.trainable_weights
     if method == "lora":
-        chosen = peft.enable_lora(peft.lora_layers(layer, chosen, "auto"), rank, None)
+        targets = peft.lora_layers(layer, chosen, "auto")
+        chosen = peft.enable_lora(targets, peft.lora_rank(targets, rank), None)
         chosen_ids = {id(v) for v in chosen}
         for variable in layer.weights:
             variable.trainable = id(variable) in chosen_ids
@@ -312,7 +315,12 @@ def main():
     parser.add_argument(
         "--methods", default=",".join(METHODS), help="text and image parts"
     )
-    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument(
+        "--lora-rank",
+        type=lambda text: text if text == "auto" else int(text),
+        default="auto",
+        help="an integer, or auto (the recipes' default: 8; 4 on convolutions)",
+    )
     parser.add_argument("--train-examples", type=int, default=600)
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2, help="text part")
