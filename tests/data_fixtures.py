@@ -148,3 +148,15 @@ def tiny_bert_preset(path: str, vocabulary: list[str], seed: int, **sizes) -> st
     ).save_to_preset(path)
     keras_hub.models.BertTokenizer(vocabulary=vocabulary).save_to_preset(path)
     return path
+
+
+def with_lora_products(factors: dict, values: list) -> list:
+    """`values` (a backbone's weights, in order) with `scale * a @ b` of
+    each LoRA factor entry `{position: (a, b, scale)}` (a recipe's
+    `lora_factors`) added to its kernel: what serving the LoRA model must
+    compute with."""
+    values = list(values)
+    for position, (a, b, scale) in factors.items():
+        kernel = values[position]
+        values[position] = kernel + scale * (a @ b).reshape(kernel.shape)
+    return values

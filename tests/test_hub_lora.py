@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from data_fixtures import with_lora_products
 from hub_fixtures import BertEncoder, save_as_hub_model
 from test_distribute_multi_worker import _free_ports
 from test_peft import _images
@@ -171,7 +172,7 @@ def test_recipe_trains_the_factors_and_serves_the_merged_kernel(
     assert not peft.lora_enabled(recipe.backbone_layer)
     assert not [w for w in recipe.model.weights if "lora" in w.path]
     pretrained, served = _pretrained(image_model_path), _served(recipe)
-    merged = peft.merged_weights(recipe.lora_factors, list(pretrained.values()))
+    merged = with_lora_products(recipe.lora_factors, list(pretrained.values()))
     assert list(served) == WEIGHTS
     for name, value in zip(WEIGHTS, merged, strict=True):
         np.testing.assert_allclose(served[name], value, atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from data_fixtures import batchnorm_backbone as _backbone
 from data_fixtures import batchnorm_network as _network
-from data_fixtures import tiny_bert_preset
+from data_fixtures import tiny_bert_preset, with_lora_products
 
 from tftransfer import Backbone, ConfigError
 from tftransfer.config import RecipeConfig
@@ -84,7 +84,7 @@ def test_lora_trains_factors_and_serves_merged_kernels_without_lora(tmp_path):
     # Only the kernels changed, by exactly the factors' product.
     changed = sorted(k for k in source if not np.array_equal(source[k], tuned[k]))
     assert changed == ["conv_a/kernel", "conv_b/kernel"]
-    merged = peft.merged_weights(
+    merged = with_lora_products(
         recipe.lora_factors, [w.numpy() for w in _network().weights]
     )
     for weight, value in zip(recipe.backbone_layer.weights, merged, strict=True):

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_fixtures import batchnorm_network
+from data_fixtures import batchnorm_network, with_lora_products
 from test_distribute_multi_worker import _free_ports
 from test_peft import _fit_keeping_tuned, _recipe, _source_weights
 from test_recipes_resume import _epochs_done
@@ -121,7 +121,7 @@ def test_peft_on_two_cpus_matches_one_device_for_same_global_batch(
     assert not peft.lora_enabled(two.backbone_layer)
     assert not [w for w in two.model.weights if "lora" in w.path]
     assert _changed(source, served) == KERNELS
-    merged = peft.merged_weights(
+    merged = with_lora_products(
         two.lora_factors, [w.numpy() for w in batchnorm_network().weights]
     )
     for weight, value in zip(two.backbone_layer.weights, merged, strict=True):

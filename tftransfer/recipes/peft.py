@@ -244,23 +244,6 @@ def served_weights(layer: keras.Layer) -> list[tuple[keras.Variable, np.ndarray]
     ]
 
 
-def merged_weights(factors: dict, values: list[np.ndarray]) -> list[np.ndarray]:
-    """`values` (a backbone's weights, in order) with `scale * a @ b` of
-    each `factors` entry (see `lora_factors`) added to its kernel.
-
-    Example:
-
-    >>> merged = merged_weights(lora_factors(tuned), [w.numpy() for w in source.weights])
-    """
-    values = list(values)
-    for position, (a, b, scale) in factors.items():
-        kernel = values[position]
-        values[position] = (kernel + scale * (a @ b).reshape(kernel.shape)).astype(
-            kernel.dtype
-        )
-    return values
-
-
 def variable_path(variable) -> str:
     return getattr(variable, "path", None) or variable.name
 
