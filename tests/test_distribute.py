@@ -284,13 +284,20 @@ def _two_cpus():
     return distribute.resolve_strategy("mirrored", devices=["/cpu:0", "/cpu:1"])
 
 
-def test_one_mirrored_strategy_serves_every_recipe_on_its_devices():
-    # A second strategy on the same devices would reuse the first one's
-    # collective keys (tensorflow/tensorflow#62790).
-    assert _two_cpus() is _two_cpus()
-    assert (
-        distribute.resolve_strategy("mirrored", devices=["/cpu:0"]) is not _two_cpus()
+def test_mirrored_strategies_of_one_process_train_on_any_device_lists():
+    # A second strategy would reuse the first one's collective keys
+    # (tensorflow/tensorflow#62790): one per device list, each new list
+    # with its own keys.
+    assert _two_cpus() is distribute.resolve_strategy(
+        "mirrored", devices=["/CPU:0", "/device:CPU:1"]
     )
+    one_weights, _ = _train_tiny(tf.distribute.get_strategy(), owned=False)
+    for devices in (["/cpu:0", "/cpu:1"], ["/cpu:1", "/cpu:0"], ["/cpu:0"]):
+        strategy = distribute.resolve_strategy("mirrored", devices=devices)
+        weights, history = _train_tiny(strategy, owned=False)
+        assert np.isfinite(history["loss"]).all()
+        for one, other in zip(one_weights, weights, strict=True):
+            np.testing.assert_allclose(one, other, atol=1e-5)
 
 
 def test_several_steps_per_execution_are_refused_with_two_replicas(tmp_path):

@@ -26,6 +26,8 @@ TPUClusterResolver = tf.distribute.cluster_resolver.TPUClusterResolver
 
 
 _MIRRORED: dict[tuple, tf.distribute.MirroredStrategy] = {}
+# Collective group and instance keys set aside for each mirrored strategy.
+_COLLECTIVE_KEYS_PER_STRATEGY = 100_000
 
 
 def resolve_strategy(
@@ -52,7 +54,9 @@ def resolve_strategy(
 
     Returns:
         A `tf.distribute.Strategy`. Build backbones, heads and optimizers
-        inside its `scope()`.
+        inside its `scope()`. `"mirrored"` returns the same strategy for
+        the same devices throughout the process (two on one device list
+        would share collective keys, tensorflow/tensorflow#62790).
 
     Example:
 
@@ -77,14 +81,25 @@ def resolve_strategy(
 
 
 def _mirrored(devices: list[str] | None) -> tf.distribute.MirroredStrategy:
-    """One `MirroredStrategy` per device list in a process: each new one
-    starts its collective keys where the first did, and TensorFlow then
-    mixes up the all-reduces of the two (tensorflow/tensorflow#62790), so a
-    second recipe under "mirrored" would fail."""
-    key = (tf.distribute.MirroredStrategy, None if devices is None else tuple(devices))
+    """The process's `MirroredStrategy` on `devices` (their canonical names),
+    made once. Each new one starts its collective keys where the first did,
+    and TensorFlow then mixes up the all-reduces of the two
+    (tensorflow/tensorflow#62790): a second recipe under "mirrored" would
+    fail. So one is shared per device list, and each new list gets its own
+    range of keys (the base TensorFlow's own tests set)."""
+    canonical = None if devices is None else tuple(map(_device_name, devices))
+    key = (tf.distribute.MirroredStrategy, canonical)
     if key not in _MIRRORED:
+        tf.distribute.MirroredStrategy._collective_key_base = (
+            _COLLECTIVE_KEYS_PER_STRATEGY * len(_MIRRORED)
+        )
         _MIRRORED[key] = tf.distribute.MirroredStrategy(devices=devices)
     return _MIRRORED[key]
+
+
+def _device_name(device: str) -> str:
+    """One spelling of a device: "/cpu:0", "/CPU:0" -> "/device:CPU:0"."""
+    return tf.DeviceSpec.from_string(device).to_string()
 
 
 def _auto_kind(tpu: str | None) -> str:
