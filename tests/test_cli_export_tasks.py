@@ -70,3 +70,9 @@ def test_export_tasks_refuses_repeated_names_and_mixed_arguments(runs, capsys):
     assert cli.main(["export", topics, "--tasks", topics]) == 2
     assert "Give one run folder" in stderr(capsys)
     assert cli.main(["export"]) == 2
+    assert cli.main(["export", topics, "--base-path", "elsewhere"]) == 2
+    assert "--base-path DIR" in stderr(capsys)
+    dotted = runs / "runs" / "topics.v2"
+    dotted.mkdir()
+    assert cli.main(["export", "--tasks", topics, str(dotted)]) == 2
+    assert "'topics.v2' cannot name a task" in stderr(capsys)

@@ -91,6 +91,10 @@ def test_delta_versions_and_refuses_a_mismatching_source(image_model_path, tmp_p
         load_delta(tmp_path / "deltas" / "1", backbone=other)
     with pytest.raises(HandleError, match="No delta"):
         load_delta(tmp_path / "nothing")
+    with pytest.raises(ArgumentError, match="remove model="):
+        load_delta(tmp_path / "deltas" / "1", model=keras.Sequential())
+    with pytest.raises(ArgumentError, match="Remove backbone="):
+        save_delta(recipe, tmp_path / "deltas", backbone=backbone)
 
 
 def test_lora_delta_holds_the_factors_and_is_small(tmp_path):

@@ -41,7 +41,8 @@ def _fit(cls, backbone, labeled, folder, **kwargs):
 
 @pytest.fixture(scope="module")
 def tasks(tmp_path_factory):
-    """Three text tasks on one tiny BERT: frozen features, LoRA, BitFit."""
+    """Four text tasks on one tiny BERT: frozen features (mean and first
+    token pooling), LoRA, BitFit."""
     pytest.importorskip("keras_hub")
     root = tmp_path_factory.mktemp("tasks")
     preset = tiny_bert_preset(str(root / "bert"), VOCAB, seed=3)
@@ -62,6 +63,13 @@ def tasks(tmp_path_factory):
             method="lora",
             lora_rank=2,
             **tuning,
+        ),
+        "opening": _fit(
+            FeatureExtraction,
+            backbone,
+            _labeled(lambda w: int(w.startswith("good"))),
+            root / "opening",
+            pooling="first",
         ),
         "both": _fit(
             FineTuning,
@@ -96,6 +104,7 @@ def test_each_task_signature_and_the_default_match_their_recipes(tasks, tmp_path
     assert {name: t["method"] for name, t in card["tasks"].items()} == {
         "sentiment": "head",
         "subject": "lora",
+        "opening": "head",
         "both": "bitfit",
     }
     assert card["tasks"]["sentiment"]["shares_backbone_pass"]
@@ -103,6 +112,7 @@ def test_each_task_signature_and_the_default_match_their_recipes(tasks, tmp_path
     assert card["tasks"]["both"]["changed_weights"] > 0
     assert sorted(card["signatures"]) == [
         "both",
+        "opening",
         "sentiment",
         "serving_default",
         "subject",
@@ -134,7 +144,7 @@ def test_the_backbone_is_stored_once(tasks, tmp_path):
     backbone_bytes = sum(
         w.numpy().nbytes for w in tasks["subject"].backbone_layer.weights
     )
-    # Three tasks: one backbone, three small heads, LoRA factors and biases.
+    # Four tasks: one backbone, four small heads, LoRA factors and biases.
     assert _variable_bytes(multi) <= 1.1 * _variable_bytes(single)
     assert _variable_bytes(multi) < 1.5 * backbone_bytes
 

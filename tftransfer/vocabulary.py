@@ -32,3 +32,9 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 `precision`): `"auto"` (the hardware's fast reduced precision where it
 keeps the features within tolerance and saves time, else float32; see
 `tftransfer.precision`), `"float32"`, or a Keras mixed dtype policy."""
+
+TASK_NAME = r"[A-Za-z][A-Za-z0-9_-]{0,99}"
+"""A task's name in a multi-task export (`tftransfer.export.export_tasks`):
+its signature's name and the prefix of its outputs in `serving_default`, a
+letter then letters, digits, `_` and `-` (names that differ only in case
+are refused: their label files would collide on some file systems)."""

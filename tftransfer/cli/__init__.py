@@ -262,14 +262,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "export":
         from tftransfer.cli import run
 
-        if bool(args.tasks) == bool(args.run_dir) or (args.tasks and args.retrain):
+        if bool(args.tasks) == bool(args.run_dir) or (
+            args.retrain if args.tasks else args.base_path
+        ):
             raise ConfigError(
                 "Give one run folder (tftransfer export RUN_DIR [--retrain]), "
                 "or the runs to serve together (tftransfer export --tasks "
-                "RUN_DIR RUN_DIR ...; they must have finished training)."
+                "RUN_DIR RUN_DIR ... [--base-path DIR]; they must have "
+                "finished training)."
             )
         if args.tasks:
-            checked = run.check_export_tasks(args.tasks)
+            checked = run.check_export_tasks(args.tasks, args.base_path)
             _start_tensorflow(args.debug)
             run.export_tasks(args.tasks, checked, args.base_path)
             return 0

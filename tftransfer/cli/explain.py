@@ -42,6 +42,8 @@ def check_model(model: str) -> None:
     if not (Path(model) / run.RECIPE_FILE).is_file():
         try:
             serving.find_export(model)
+        except ConfigError:
+            raise  # An export of several tasks: its message says what to do.
         except Exception as error:
             raise ConfigError(
                 f"{model} is neither a run folder (with {run.RECIPE_FILE}) nor an "

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -31,6 +32,7 @@ import numpy as np
 import yaml
 
 from tftransfer import config as config_lib
+from tftransfer import vocabulary
 from tftransfer.cli import ranking, sources
 from tftransfer.config import RunConfig, short_repr
 from tftransfer.errors import ConfigError, ExportError
@@ -458,7 +460,9 @@ def run(config: RunConfig) -> Path:
     return folder
 
 
-def check_export(folder: str | Path, *, retrain: bool = False):
+def check_export(
+    folder: str | Path, *, retrain: bool = False, with_others: bool = False
+):
     """Checks, before anything runs, that `tftransfer export` can export
     the model the run in `folder` trained without training again.
 
@@ -470,6 +474,9 @@ def check_export(folder: str | Path, *, retrain: bool = False):
     Args:
         folder: The run folder (`runs/<name>`).
         retrain: Whether training again is allowed (`--retrain`).
+        with_others: Whether it is exported with other runs (`--tasks`):
+            then its own export folder is not checked, and the advice is
+            to finish its training first.
 
     Returns:
         `(config, record)`: the recipe as run, and the training record
@@ -491,11 +498,15 @@ def check_export(folder: str | Path, *, retrain: bool = False):
     config = config_lib.load(folder / RECIPE_FILE)
     sources.check_path(config.data)
     check_writable(folder, "RUN_DIR")
-    check_writable(export_base(config), "export.base_path")
+    if not with_others:
+        check_writable(export_base(config), "export.base_path")
     if retrain:
         return config, None
     fix = (
-        "Nothing was exported. Pass --retrain to train (resuming from the "
+        f"Nothing was exported. Run `tftransfer export {folder} --retrain` to "
+        "train what its checkpoints do not hold, then export the tasks."
+        if with_others
+        else "Nothing was exported. Pass --retrain to train (resuming from the "
         "checkpoints that still fit) and export."
     )
     try:
@@ -569,28 +580,64 @@ def export_run(config: RunConfig, folder: str | Path, record: dict | None) -> Pa
     return path
 
 
-def check_export_tasks(folders: Sequence[str | Path]) -> list[tuple[RunConfig, dict]]:
+def check_export_tasks(
+    folders: Sequence[str | Path], base_path: str | None = None
+) -> list[tuple[RunConfig, dict]]:
     """Checks, before anything runs, that `tftransfer export --tasks` can
     export the models of the runs in `folders` together: each as
-    `check_export()` checks one, and their names (the folders' names, which
-    name the tasks) distinct. Imports no TensorFlow.
+    `check_export()` checks one, their names (the folders' names, which
+    name the tasks) valid and distinct, their backbones the same, and the
+    export folder writable. Imports no TensorFlow.
 
     Returns:
         `(config, record)` of each run, in order.
 
     Raises:
-        ConfigError, ExportError: as `check_export()`, or if two folders
-            have the same name.
+        ConfigError: as `check_export()`, or for a name that cannot name a
+            task, two runs of one name, two backbones, or an export folder
+            that cannot be written.
+        ExportError: as `check_export()`.
     """
-    names = [Path(folder).resolve().name for folder in folders]
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    names = [task_name(folder) for folder in folders]
+    repeated = sorted(
+        {n for n in names if [m.lower() for m in names].count(n.lower()) > 1}
+    )
     if repeated:
         raise ConfigError(
-            f"Runs named {repeated} are given more than once: each task is "
-            "named after its run folder, so the names must differ. Rename a "
-            "run folder (or its recipe's name) and run it again."
+            f"Runs named {repeated} are given more than once (names are "
+            "compared ignoring case): each task is named after its run "
+            "folder, so the names must differ. Copy a run folder under "
+            "another name."
         )
-    return [check_export(folder) for folder in folders]
+    checked = [check_export(folder, with_others=True) for folder in folders]
+    first = checked[0][0].backbone
+    for name, (config, _) in zip(names, checked, strict=True):
+        if config.backbone != first:
+            raise ConfigError(
+                f"Runs {names[0]!r} and {name!r} were trained on different "
+                f"backbones ({first.handle!r} and {config.backbone.handle!r}, or "
+                "other backbone settings): a multi-task export serves tasks of "
+                "one backbone. Export them separately."
+            )
+    base = Path(base_path) if base_path else Path("saved_models") / "+".join(names)
+    check_writable(base, "--base-path")
+    return checked
+
+
+def task_name(folder: str | Path) -> str:
+    """The task name of a run folder: its name, checked.
+
+    Raises:
+        ConfigError: if the name cannot name a signature.
+    """
+    name = Path(folder).resolve().name
+    if not re.fullmatch(vocabulary.TASK_NAME, name):
+        raise ConfigError(
+            f"The run folder name {name!r} cannot name a task (its signature "
+            "and outputs): a task name is a letter, then letters, digits, "
+            "'_' or '-'. Copy the run folder under such a name."
+        )
+    return name
 
 
 def export_tasks(
@@ -617,7 +664,7 @@ def export_tasks(
         _, parts, recipe = _train(config, Path(folder), record)
         _, held_out = held_out_split(config, parts)
         recipe.evaluate(held_out)
-        recipes[Path(folder).resolve().name] = recipe
+        recipes[task_name(folder)] = recipe
         examples = examples or _serving_examples(held_out)
     with step(f"Exporting {len(recipes)} tasks on one backbone"):
         path = tftransfer.export.export_tasks(recipes, base_path)

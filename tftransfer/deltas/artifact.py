@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import keras
@@ -16,7 +15,7 @@ from tftransfer.backbones import Backbone
 from tftransfer.errors import ArgumentError, HandleError, HandleNotFoundError
 from tftransfer.export.writer import atomic_version_dir, resolve_version, versions
 from tftransfer.messages import short_repr
-from tftransfer.recipes import heads
+from tftransfer.recipes import heads, peft
 from tftransfer.recipes.backbone_changes import (
     WeightChange,
     backbone_changes,
@@ -30,7 +29,6 @@ _HEAD = "head.keras"
 _ONE_INPUT = ""
 # The arrays of each kind of change, by key prefix in the `.npz` file.
 _ARRAY_KEYS = {"lora": ("a", "b"), "difference": ("d",)}
-_LORA_FACTOR = re.compile(r"(^|/)lora_(kernel|embeddings)_[ab]$")
 
 
 def weights_digest(layer: keras.Layer) -> str:
@@ -87,9 +85,10 @@ def save_delta(
         The version folder written.
 
     Raises:
-        ArgumentError: if a recipe is not fitted or its backbone cannot be
-            rebuilt from a config, or a Keras model comes without
-            `backbone` or has no layer with that backbone's weights.
+        ArgumentError: if a recipe is not fitted, its backbone cannot be
+            rebuilt from a config or it comes with `backbone`, or a Keras
+            model comes without `backbone` or has no layer with that
+            backbone's weights.
         ExportError: if the version exists (without `overwrite`) or cannot
             be written.
 
@@ -116,6 +115,11 @@ def save_delta(
         facts = {"kind": "model", "model_weights": [w.path for w in rest]}
         head = None
     else:
+        if backbone is not None:
+            raise ArgumentError(
+                "save_delta takes backbone= with a keras.Model only: a "
+                "recipe has its backbone. Remove backbone=."
+            )
         recipe = recipe_or_model
         found = backbone_changes(recipe)
         config, source, changes = found.config, found.source, found.changes
@@ -180,8 +184,8 @@ def load_delta(
         backbone: the source `Backbone`, where the recorded handle is not
             where it lives here (for example a local copy).
         model: for a delta of a Keras model: the model to load it into
-            (built as the saved one was, with `backbone.build()`'s layer
-            holding the source weights).
+            (built as the saved one was, on `backbone.build()`'s layer
+            holding the source weights, without LoRA).
 
     Returns:
         A `keras.Model`: from prepared inputs to the task's outputs (as the
@@ -192,8 +196,9 @@ def load_delta(
         HandleNotFoundError: if `path` holds no delta.
         HandleError: if the source backbone's weights do not have the
             digest the delta was made against.
-        ArgumentError: if a Keras model's delta comes without `model`, or
-            `model` does not have the saved model's weights.
+        ArgumentError: if a Keras model's delta comes without `model` (or
+            a recipe's with one), or `model` does not have the saved
+            model's weights or has LoRA enabled on its backbone layer.
 
     Example:
 
@@ -207,14 +212,23 @@ def load_delta(
         key = Backbone.from_config(config).output_key
         config = _config_of(backbone.with_output(key) if key else backbone)
     by_model = metadata.get("kind") == "model"
-    if by_model and model is None:
+    if by_model == (model is None):
         raise ArgumentError(
             f"The delta {str(folder)!r} was saved from a keras.Model: pass "
             "model=, the same architecture built on the source backbone, to "
             "load it into."
+            if by_model
+            else f"The delta {str(folder)!r} was saved from a recipe and "
+            "rebuilds its model: remove model=."
         )
     source = _build(config)
     layer = _backbone_layer(model, source, config) if by_model else source
+    if peft.factor_variables(layer):
+        raise ArgumentError(
+            f"The backbone layer of model {model.name!r} has LoRA enabled; "
+            "load_delta merges LoRA into the kernels. Build the model to "
+            "load into without LoRA."
+        )
     digest = weights_digest(layer)
     if digest != metadata["source_digest"]:
         raise HandleError(
@@ -263,8 +277,8 @@ def _backbone_layer(model: keras.Model, source: keras.Layer, config: dict):
     shapes and dtypes, in order; LoRA factors aside)."""
     wanted = [(tuple(w.shape), w.dtype) for w in source.weights]
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        # Keras names the factors of its LoRA layers lora_*_a and lora_*_b.
-        own = [w for w in layer.weights if not _LORA_FACTOR.search(w.path)]
+        factors = {id(v) for v in peft.factor_variables(layer)}
+        own = [w for w in layer.weights if id(w) not in factors]
         if [(tuple(w.shape), w.dtype) for w in own] == wanted:
             return layer
     raise ArgumentError(

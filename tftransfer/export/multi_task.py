@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tftransfer import vocabulary
 from tftransfer.errors import ArgumentError, ExportError
 from tftransfer.export import model_card, signatures
 from tftransfer.export.archive import DEFAULT_TOP_K, SignatureArchive
@@ -34,9 +35,6 @@ from tftransfer.recipes.backbone_changes import (
     source_backbone,
 )
 
-# A task name is a signature name and a prefix of output names.
-_TASK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
-
 
 @dataclasses.dataclass
 class _Task:
@@ -45,10 +43,13 @@ class _Task:
 
     name: str
     recipe: Any
-    changes: tuple[WeightChange, ...]
     labels: tf.lookup.StaticHashTable
-    # The task's own model, where its changes cannot be applied to the
-    # shared layer (a TF Hub SavedModel's functions read their variables).
+    # How many backbone weights the task changed (0: it shares the trunk).
+    changed_weights: int
+    # The changes, in variables, applied to the shared layer's weights...
+    changes: tuple[WeightChange, ...] = ()
+    # ...or the task's own model, where they cannot be (a TF Hub
+    # SavedModel's functions read their own variables).
     own_model: keras.Model | None = None
 
     @property
@@ -105,36 +106,64 @@ class MultiTaskArchive(SignatureArchive):
         self.source = backbone.build(trainable=False)
         self.prepare = signatures.batched(signatures.preparation(backbone, None))
         shared_variables = _keras_reads_the_weights(self.source)
-        self.tasks = []
+        self._tasks = {}
         for name, recipe in tasks.items():
-            found = backbone_changes(recipe, self.source)
+            changes = backbone_changes(recipe, self.source).changes
             task = _Task(
                 name,
                 recipe,
-                tuple(_as_variables(name, change) for change in found.changes),
                 self.add_labels(recipe.class_names, f"{name}_labels.txt"),
+                len(changes),
             )
-            if task.changes and not shared_variables:
+            if changes and shared_variables:
+                task.changes = tuple(_as_variables(name, c) for c in changes)
+            elif changes:
                 task.own_model = recipe.model
-            self.tasks.append(task)
+            self._tasks[name] = task
         self._feature_models = {}
         raw_spec = tf.TensorSpec(
             [None], tf.string, name=signatures.RAW_INPUT_NAMES[self.modality]
         )
-        for task in self.tasks:
-            self.add_signature(task.name, self._signature_of(task), raw_spec)
+        for name in self._tasks:
+            self.add_signature(name, self._signature_of(name), raw_spec)
         self.add_signature(
             signatures.DEFAULT_SIGNATURE,
             lambda raw: self.serve_all(self.prepare(raw)),
             raw_spec,
         )
 
-    def _signature_of(self, task: _Task):
-        return lambda raw: self.serve(task, self.prepare(raw))
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks' names, in signature order."""
+        return list(self._tasks)
 
-    def serve(self, task: _Task, prepared, features=None) -> dict:
-        """`task`'s named outputs on prepared inputs (from `features`, the
-        pooled backbone outputs, where the caller computed them)."""
+    def _signature_of(self, name: str):
+        return lambda raw: self.serve(name, self.prepare(raw))
+
+    def serve(self, name: str, prepared) -> dict:
+        """The named outputs of task `name` on prepared inputs, as a single
+        export's `serving_default` returns them. Call it inside a signature
+        function added with `add_signature()`."""
+        return self._serve(self._tasks[name], prepared)
+
+    def serve_all(self, prepared) -> dict:
+        """Every task's outputs as `<task>/<output>`: one backbone pass for
+        the tasks that share the frozen trunk (and pooling), one more for
+        each task that changed it."""
+        shared = {}
+        outputs = {}
+        for task in self._tasks.values():
+            features = None
+            if not task.changed_weights:
+                pooling = repr(task.pooling)
+                if pooling not in shared:
+                    shared[pooling] = self._features(task, prepared)
+                features = shared[pooling]
+            for output, value in self._serve(task, prepared, features).items():
+                outputs[f"{task.name}/{output}"] = value
+        return outputs
+
+    def _serve(self, task: _Task, prepared, features=None) -> dict:
         if task.own_model is not None:
             outputs = task.own_model(prepared, training=False)
         else:
@@ -148,22 +177,6 @@ class MultiTaskArchive(SignatureArchive):
             task.recipe.class_names,
             max(1, min(self.top_k, len(task.recipe.class_names))),
         )
-
-    def serve_all(self, prepared) -> dict:
-        """Every task's outputs as `<task>/<output>`; one backbone pass for
-        the tasks that share the frozen trunk and pooling."""
-        shared = {}
-        outputs = {}
-        for task in self.tasks:
-            features = None
-            if not task.changes:
-                key = repr(task.pooling)
-                if key not in shared:
-                    shared[key] = self._features(task, prepared)
-                features = shared[key]
-            for key, value in self.serve(task, prepared, features).items():
-                outputs[f"{task.name}/{key}"] = value
-        return outputs
 
     def _features(self, task: _Task, prepared):
         """The pooled backbone outputs of `task`: the shared weights, with
@@ -210,12 +223,12 @@ class MultiTaskArchive(SignatureArchive):
                 "task": task.recipe.task,
                 "class_names": list(task.recipe.class_names),
                 "method": task.recipe.settings.get("method", "head"),
-                "changed_weights": len(task.changes),
-                "shares_backbone_pass": not task.changes,
+                "changed_weights": task.changed_weights,
+                "shares_backbone_pass": not task.changed_weights,
                 "metrics": getattr(task.recipe, "metrics", None) or {},
                 "recipe_settings": task.recipe.settings,
             }
-            for task in self.tasks
+            for task in self._tasks.values()
         }
 
 
@@ -277,7 +290,7 @@ def export_tasks(
         archive = MultiTaskArchive(
             tasks, top_k=DEFAULT_TOP_K if top_k is None else top_k
         )
-    default_name = "+".join(task.name for task in archive.tasks)
+    default_name = "+".join(archive.task_names)
     name = name or (Path(base_path).name if base_path else default_name)
     base = Path(base_path) if base_path else Path(DEFAULT_BASE_DIR) / name
 
@@ -301,10 +314,11 @@ def _check_names(tasks: Mapping[str, Any]) -> None:
             "Expected tasks to be a non-empty dict from task name to fitted "
             f"recipe. Received: {type(tasks).__name__}."
         )
+    seen = set()
     for name in tasks:
         if (
             not isinstance(name, str)
-            or not _TASK_NAME.fullmatch(name)
+            or not re.fullmatch(vocabulary.TASK_NAME, name)
             or name == signatures.DEFAULT_SIGNATURE
         ):
             raise ExportError(
@@ -312,6 +326,12 @@ def _check_names(tasks: Mapping[str, Any]) -> None:
                 "followed by letters, digits, '_' or '-' (and not "
                 f"{signatures.DEFAULT_SIGNATURE!r})."
             )
+        if name.lower() in seen:
+            raise ExportError(
+                f"Two tasks are named {name!r} but for case; their label "
+                "files would collide. Rename one."
+            )
+        seen.add(name.lower())
 
 
 def _source(name: str, recipe):

@@ -189,11 +189,17 @@ class FineTuning(FeatureExtraction):
                 "clipnorm": clipnorm,
                 "train_batchnorm": train_batchnorm,
                 "method": method,
-                "lora_rank": lora_rank,
-                "lora_alpha": lora_alpha,
-                "lora_targets": lora_targets,
             }
         )
+        if method == "lora":
+            # Only then: other methods' runs do not depend on them.
+            self.settings.update(
+                {
+                    "lora_rank": lora_rank,
+                    "lora_alpha": lora_alpha,
+                    "lora_targets": lora_targets,
+                }
+            )
         self.head_history: keras.callbacks.History | None = None
         # After LoRA: {position in the served backbone's weights: (a, b, scale)}.
         self.lora_factors: dict = {}

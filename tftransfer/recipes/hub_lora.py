@@ -68,7 +68,8 @@ class Adapter:
 def hub_kernels(layer: keras.Layer, variables: list) -> list[HubKernel]:
     """The kernels LoRA can adapt in the `HubLayer`s of `layer` (itself
     included): float variables of two or more dimensions among
-    `variables`, in the layers that have no LoRA yet.
+    `variables` (not depthwise kernels, whose last dimension is 1), in the
+    layers that have no LoRA yet.
 
     Example:
 
@@ -83,6 +84,9 @@ def hub_kernels(layer: keras.Layer, variables: list) -> list[HubKernel]:
         for variable in sub.weights
         if id(variable) in chosen
         and len(variable.shape) >= _MIN_KERNEL_RANK
+        # A depthwise kernel [h, w, channels, 1] has nothing low-rank to
+        # adapt (Keras's DepthwiseConv2D has no enable_lora either).
+        and variable.shape[-1] > 1
         and keras.backend.is_float_dtype(variable.dtype)
     ]
 

@@ -222,6 +222,18 @@ def lora_factors(layer: keras.Layer) -> dict[int, tuple[np.ndarray, np.ndarray, 
     }
 
 
+def factor_variables(layer: keras.Layer) -> list:
+    """The LoRA factor variables of `layer` (Keras's and those of its TF
+    Hub SavedModels): what `served_weights` leaves out.
+
+    Example:
+
+    >>> [v.path for v in factor_variables(backbone_layer)][:2]
+    ['query/lora_kernel_a', 'query/lora_kernel_b']
+    """
+    return [v for adapter in _adapters(layer) for v in (adapter.a, adapter.b)]
+
+
 def served_weights(layer: keras.Layer) -> list[tuple[keras.Variable, np.ndarray]]:
     """`(variable, value)` of each weight of `layer` as a copy of it without
     LoRA has them, in that copy's order: the LoRA factors left out, the
@@ -232,11 +244,8 @@ def served_weights(layer: keras.Layer) -> list[tuple[keras.Variable, np.ndarray]
     >>> for target, (source, value) in zip(fresh.weights, served_weights(tuned)):
     ...     target.assign(value)
     """
-    merged = {}
-    factor_ids = set()
-    for adapter in _adapters(layer):
-        merged[id(adapter.kernel)] = hub_lora.merged_value(adapter)
-        factor_ids.update((id(adapter.a), id(adapter.b)))
+    merged = {id(a.kernel): hub_lora.merged_value(a) for a in _adapters(layer)}
+    factor_ids = {id(v) for v in factor_variables(layer)}
     return [
         (v, merged[id(v)] if id(v) in merged else np.asarray(v.numpy()))
         for v in layer.weights
