@@ -65,7 +65,9 @@ class MultiTaskArchive(SignatureArchive):
     `text`): one per task, named after it, returning what a single
     export's `serving_default` returns for that task; and
     `serving_default`, returning every task's outputs as
-    `<task>/<output>` (for example `topic/probabilities`).
+    `<task>/<output>` (for example `topic/probabilities`). Add your own
+    with `add_signature()`, from `prepare(raw)` to `serve(name, prepared)`
+    or `serve_all(prepared)`.
 
     Args:
         tasks: task name to fitted recipe (`FeatureExtraction` or
@@ -74,10 +76,17 @@ class MultiTaskArchive(SignatureArchive):
             letter and hold letters, digits, `_` and `-`.
         top_k: how many classes `top_k_*` report (classification tasks).
 
+    Attributes:
+        task_names: the tasks, in signature order.
+        backbone: the source `Backbone`; `modality` its modality.
+        prepare: the preparation, from a `[batch]` string tensor of raw
+            inputs to the prepared batch.
+
     Raises:
         ExportError: if `tasks` is empty, a name is not a valid signature
-            name, a recipe is not fitted or its backbone is a plain Keras
-            layer, or the recipes do not share one source backbone.
+            name (or equals another but for case), a recipe is not fitted or
+            its backbone is a plain Keras layer, or the recipes do not share
+            one source backbone.
 
     Example:
 
