@@ -82,19 +82,27 @@ def resolve_strategy(
 
 def _mirrored(devices: list[str] | None) -> tf.distribute.MirroredStrategy:
     """The process's `MirroredStrategy` on `devices` (their canonical names),
-    made once. Each new one starts its collective keys where the first did,
-    and TensorFlow then mixes up the all-reduces of the two
+    made once. Each new strategy starts its collective keys at the class's
+    base, and TensorFlow mixes up the all-reduces of two that share keys
     (tensorflow/tensorflow#62790): a second recipe under "mirrored" would
-    fail. So one is shared per device list, and each new list gets its own
-    range of keys (the base TensorFlow's own tests set)."""
+    fail. So one is shared per device list, and each is made on a range of
+    keys of its own: the base (which TensorFlow's own tests set) moves past
+    it before and after, away from strategies made directly too."""
     canonical = None if devices is None else tuple(map(_device_name, devices))
     key = (tf.distribute.MirroredStrategy, canonical)
     if key not in _MIRRORED:
-        tf.distribute.MirroredStrategy._collective_key_base = (
-            _COLLECTIVE_KEYS_PER_STRATEGY * len(_MIRRORED)
-        )
+        _next_collective_keys()
         _MIRRORED[key] = tf.distribute.MirroredStrategy(devices=devices)
+        _next_collective_keys()
     return _MIRRORED[key]
+
+
+def _next_collective_keys() -> None:
+    strategy_class = tf.distribute.MirroredStrategy
+    strategy_class._collective_key_base = (
+        getattr(strategy_class, "_collective_key_base", 0)
+        + _COLLECTIVE_KEYS_PER_STRATEGY
+    )
 
 
 def _device_name(device: str) -> str:
