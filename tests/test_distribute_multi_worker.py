@@ -5,57 +5,15 @@ tests/test_distribute_multi_worker.py <index> <ports> <out>`).
 """
 
 import json
-import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from processes import finish, free_ports, join_cluster, start
 
 
 def test_multi_worker_training_gives_identical_weights_on_both_workers(tmp_path):
-    ports = _free_ports(2)
-    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")]),
-    }
-    workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                str(index),
-                ",".join(map(str, ports)),
-                str(tmp_path),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for index in range(2)
-    ]
-    try:
-        outputs = [worker.communicate(timeout=300)[0].decode() for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:  # hung: the workers disagreed on steps
-                worker.kill()
-                worker.wait()
-    for worker, output in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, output[-3000:]
+    ports = ",".join(map(str, free_ports(2)))
+    finish([start(__file__, index, ports, tmp_path) for index in range(2)])
     weights = [np.load(tmp_path / f"worker{index}.npz") for index in range(2)]
     assert weights[0].files == weights[1].files
     for key in weights[0].files:
@@ -83,12 +41,7 @@ def test_multi_worker_training_gives_identical_weights_on_both_workers(tmp_path)
 
 
 def _worker(index, ports, out_dir):
-    os.environ["TF_CONFIG"] = json.dumps(
-        {
-            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports.split(",")]},
-            "task": {"type": "worker", "index": index},
-        }
-    )
+    join_cluster(index, ports)
     import keras
     import tensorflow as tf
 

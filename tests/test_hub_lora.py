@@ -6,8 +6,6 @@ MultiWorkerMirroredStrategy workers: `python tests/test_hub_lora.py
 """
 
 import json
-import os
-import subprocess
 import sys
 
 import keras
@@ -16,7 +14,8 @@ import pytest
 import tensorflow as tf
 from data_fixtures import with_lora_products
 from hub_fixtures import BertEncoder, save_as_hub_model
-from test_distribute_multi_worker import _free_ports
+from processes import finish, free_ports, join_cluster
+from processes import start as start_process
 from test_peft import _images
 
 from tftransfer import Backbone, ConfigError, distribute
@@ -260,32 +259,13 @@ def test_resumes_after_a_kill_from_the_factors_checkpoint(image_model_path, tmp_
 
 
 def test_two_workers_match_one_device(image_model_path, tmp_path):
-    ports = ",".join(map(str, _free_ports(2)))
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": os.pathsep.join([os.path.dirname(tests), tests]),
-    }
-    workers = [
-        subprocess.Popen(
-            [sys.executable, __file__, str(i), ports, image_model_path, tmp_path],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    try:
-        outputs = [worker.communicate(timeout=300)[0].decode() for worker in workers]
-    finally:
-        for worker in workers:
-            if worker.poll() is None:  # hung: the workers disagreed on steps
-                worker.kill()
-                worker.wait()
-    for worker, output in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, output[-3000:]
+    ports = ",".join(map(str, free_ports(2)))
+    finish(
+        [
+            start_process(__file__, i, ports, image_model_path, tmp_path)
+            for i in range(2)
+        ]
+    )
     one = _trained_weights(tf.distribute.get_strategy(), image_model_path)
     for index in range(2):
         trained = np.load(tmp_path / f"worker{index}.npz")
@@ -295,12 +275,7 @@ def test_two_workers_match_one_device(image_model_path, tmp_path):
 
 
 def _worker(index, ports, path, out_dir):
-    os.environ["TF_CONFIG"] = json.dumps(
-        {
-            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports.split(",")]},
-            "task": {"type": "worker", "index": index},
-        }
-    )
+    join_cluster(index, ports)
     strategy = distribute.resolve_strategy("auto")
     assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     np.savez(f"{out_dir}/worker{index}.npz", **_trained_weights(strategy, path))

@@ -7,9 +7,6 @@ BitFit run that the test kills with SIGKILL, then restarts).
 """
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from data_fixtures import batchnorm_network, with_lora_products
-from test_distribute_multi_worker import _free_ports
+from processes import finish, free_ports, join_cluster, start
 from test_peft import _fit_keeping_tuned, _recipe, _source_weights
-from test_recipes_resume import _epochs_done
+from test_recipes_resume import _kill_after
 
 from tftransfer import distribute
 from tftransfer.recipes import peft
@@ -128,41 +125,10 @@ def test_peft_on_two_cpus_matches_one_device_for_same_global_batch(
         np.testing.assert_allclose(weight.numpy(), value, atol=1e-6)
 
 
-def _start(*arguments):
-    """Starts this file as a process with `arguments`."""
-    tests = os.path.dirname(os.path.abspath(__file__))
-    path = [os.path.dirname(tests), tests, os.environ.get("PYTHONPATH", "")]
-    env = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": "",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONPATH": os.pathsep.join(path),
-    }
-    return subprocess.Popen(
-        [sys.executable, __file__, *map(str, arguments)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _finish(processes, timeout=300):
-    """Waits for `processes`; asserts they exited with 0."""
-    try:
-        outputs = [p.communicate(timeout=timeout)[0].decode() for p in processes]
-    finally:
-        for process in processes:
-            if process.poll() is None:  # hung: the workers disagreed on steps
-                process.kill()
-                process.wait()
-    for process, output in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, output[-3000:]
-
-
 @pytest.mark.slow
 def test_lora_and_bitfit_with_two_workers_give_identical_weights(tmp_path):
-    ports = ",".join(map(str, _free_ports(2)))
-    _finish([_start("worker", index, ports, tmp_path) for index in range(2)])
+    ports = ",".join(map(str, free_ports(2)))
+    finish([start(__file__, "worker", index, ports, tmp_path) for index in range(2)])
     source = _source_weights()
     for method in ("lora", "bitfit"):
         served = [np.load(tmp_path / f"{method}{i}.npz") for i in range(2)]
@@ -185,12 +151,7 @@ def test_lora_and_bitfit_with_two_workers_give_identical_weights(tmp_path):
 
 
 def _worker(index, ports, out_dir):
-    os.environ["TF_CONFIG"] = json.dumps(
-        {
-            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports.split(",")]},
-            "task": {"type": "worker", "index": index},
-        }
-    )
+    join_cluster(index, ports)
     strategy = distribute.resolve_strategy("auto")
     assert isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     for method in ("lora", "bitfit"):
@@ -224,16 +185,9 @@ def _bitfit_recipe(work_dir):
 
 @pytest.mark.slow
 def test_bitfit_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
-    killed = _start("resume", tmp_path, "slow")
-    deadline = time.time() + 180
-    while _epochs_done(tmp_path, "fine_tune") < 1:
-        assert killed.poll() is None, killed.stdout.read().decode()[-3000:]
-        assert time.time() < deadline, "the run made no progress"
-        time.sleep(0.1)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    _kill_after(start(__file__, "resume", tmp_path, "slow"), tmp_path, "fine_tune", 1)
     assert not (tmp_path / "result.npz").exists()
-    _finish([_start("resume", tmp_path, "fast")], timeout=240)
+    finish([start(__file__, "resume", tmp_path, "fast")], timeout=240)
     resumed = np.load(tmp_path / "result.npz")
     # The restarted process trained the epochs the killed one had not: every
     # phase-2 step ran once across both processes.
