@@ -17,11 +17,12 @@ from hub_fixtures import BertEncoder, save_as_hub_model
 from processes import finish, free_ports, join_cluster
 from processes import start as start_process
 from test_peft import _images
+from test_peft import _recipe as peft_recipe
 
 from tftransfer import Backbone, ConfigError, distribute
 from tftransfer.deltas import load_delta, save_delta
 from tftransfer.hub import HubLayer
-from tftransfer.recipes import FineTuning, peft, training_loop
+from tftransfer.recipes import peft, training_loop
 from tftransfer.recipes.heads import InferenceMode
 
 # The weights of the image fixture's HubLayer, in its `weights` order.
@@ -131,21 +132,8 @@ def test_embedding_tables_and_dict_inputs_of_a_bert_style_encoder(encoder_path):
 
 
 def _recipe(tmp_path, path, **kwargs):
-    settings = dict(
-        method="lora",
-        lora_rank=2,
-        cache_dir=tmp_path / "cache",
-        run_dir=tmp_path / "run",
-        strategy="default",
-        head_epochs=1,
-        fine_tune_epochs=2,
-        fine_tune_learning_rate=3e-2,
-        learning_rate=1e-2,
-        head_weight_decay=0.0,
-        verbose=0,
-    )
-    settings.update(kwargs)
-    recipe = FineTuning(Backbone.from_hub(path), **settings)
+    settings = dict(method="lora", lora_rank=2) | kwargs
+    recipe = peft_recipe(tmp_path, Backbone.from_hub(path), **settings)
     # Keep the fine-tuned weights whatever the validation says.
     recipe._keep_frozen = lambda weights, reason: None
     return recipe

@@ -22,7 +22,9 @@ def _images(count=64, seed=0):
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
 
 
-def _recipe(tmp_path, **kwargs):
+def _recipe(tmp_path, backbone=None, **kwargs):
+    """A quiet `FineTuning` of `backbone` (default: `batchnorm_backbone()`)
+    at fixed rates: one head epoch, two phase-2 epochs."""
     settings = dict(
         cache_dir=tmp_path / "cache",
         run_dir=tmp_path / "run",
@@ -36,7 +38,7 @@ def _recipe(tmp_path, **kwargs):
         verbose=0,
     )
     settings.update(kwargs)
-    return FineTuning(_backbone(), **settings)
+    return FineTuning(backbone or _backbone(), **settings)
 
 
 def _source_weights():
