@@ -15,7 +15,7 @@ import numpy as np
 
 from tftransfer.backbones import Backbone
 from tftransfer.errors import ArgumentError
-from tftransfer.recipes import peft
+from tftransfer.recipes import hub_lora, peft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +49,7 @@ class WeightChange:
             return source + self.arrays[0]
         a, b = self.arrays
         if isinstance(source, np.ndarray):
-            product = (a @ b).reshape(source.shape)
-            return (source + self.scale * product).astype(source.dtype)
+            return hub_lora.merged(source, a, b, self.scale)
         product = keras.ops.reshape(keras.ops.matmul(a, b), source.shape)
         return source + self.scale * product
 

@@ -265,6 +265,23 @@ def _dense(gradient, kernel: tf.Variable) -> tf.Tensor:
 
 def merged_value(adapter: Adapter) -> np.ndarray:
     """The value `adapter`'s kernel computes with: `frozen + scale * a @ b`."""
-    value = np.asarray(adapter.frozen.numpy())
-    product = np.asarray(adapter.a.numpy()) @ np.asarray(adapter.b.numpy())
-    return (value + adapter.scale * product.reshape(value.shape)).astype(value.dtype)
+    return merged(
+        np.asarray(adapter.frozen.numpy()),
+        adapter.a.numpy(),
+        adapter.b.numpy(),
+        adapter.scale,
+    )
+
+
+def merged(value: np.ndarray, a, b, scale: float) -> np.ndarray:
+    """`value + scale * a @ b` (the product reshaped as `value`), in
+    `value`'s dtype: a LoRA-adapted kernel, Keras's or a SavedModel's.
+
+    Example:
+
+    >>> merged(np.zeros((2, 2), "float32"), np.ones((2, 1)), np.ones((1, 2)), 0.5)
+    array([[0.5, 0.5],
+           [0.5, 0.5]], dtype=float32)
+    """
+    product = np.asarray(a) @ np.asarray(b)
+    return (value + scale * product.reshape(value.shape)).astype(value.dtype)
